@@ -1,0 +1,696 @@
+//! Runs a [`Plan`] over the connection pool: mkdirs level by level, then the
+//! transfers concurrently, then (only if nothing failed) deletes and rmdirs,
+//! then the state-only items. Every finished item is sent to the state writer
+//! at once, so an interrupted run resumes where it stopped.
+//!
+//! Uploads go to a temporary name in the target directory and are renamed
+//! over the final name only after the transfer and a size check succeed;
+//! downloads do the same on the local disk. A crash therefore never leaves a
+//! partial file under a real name; leftover temporary files are removed by
+//! the next run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::task::JoinSet;
+
+use crate::ftp::FtpFailure;
+use crate::ftp::conn::FtpConn;
+use crate::ftp::list::RemoteTime;
+use crate::ftp::pool::Pool;
+use crate::job::{CompareMode, Job};
+use crate::local::{mtime_ns, safe_path, temp_name};
+use crate::path::RelPath;
+use crate::plan::{Op, Plan, PlanItem, Side};
+use crate::state::{StateChange, StateRecord, StateWriter};
+use crate::tree::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
+use crate::with_retry;
+
+/// Everything the executor reads.
+pub struct ExecInput {
+    pub job: Job,
+    /// Absolute remote root.
+    pub root: String,
+    pub local: LocalTree,
+    pub remote: RemoteTree,
+    pub state: BTreeMap<RelPath, StateRecord>,
+}
+
+/// How one item ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub item: PlanItem,
+    pub error: Option<FtpFailure>,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub outcomes: Vec<Outcome>,
+    /// Deletes and rmdirs not run because something failed earlier.
+    pub skipped_deletes: usize,
+    pub bytes: u64,
+    pub temps_removed: usize,
+}
+
+impl RunReport {
+    pub fn failed(&self) -> impl Iterator<Item = &Outcome> {
+        self.outcomes.iter().filter(|o| o.error.is_some())
+    }
+    pub fn done(&self, op: Op) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|o| o.item.op == op && o.error.is_none())
+            .count()
+    }
+}
+
+struct Ctx {
+    input: ExecInput,
+    pool: Arc<Pool>,
+    writer: Arc<StateWriter>,
+    bytes: AtomicU64,
+}
+
+impl Ctx {
+    fn remote_path(&self, p: &RelPath) -> String {
+        p.to_remote(&self.input.root)
+    }
+    fn local_meta(&self, p: &RelPath) -> Option<LocalMeta> {
+        self.input.local.entries.get(p).and_then(|e| e.meta.clone())
+    }
+    fn remote_meta(&self, p: &RelPath) -> Option<RemoteMeta> {
+        self.input
+            .remote
+            .entries
+            .get(p)
+            .and_then(|e| e.meta.clone())
+    }
+}
+
+/// Removes temporary files left by interrupted runs (found by the scans or
+/// journaled in the state). Best effort: failures are only logged.
+pub async fn clean_temps(
+    pool: &Pool,
+    job: &Job,
+    root: &str,
+    remote_temps: &[RelPath],
+    journaled: &[String],
+    local_temps: &[RelPath],
+    writer: &StateWriter,
+) -> usize {
+    let mut removed = 0;
+    let mut remote: BTreeSet<String> = remote_temps.iter().map(|p| p.to_remote(root)).collect();
+    remote.extend(journaled.iter().cloned());
+    for path in remote {
+        let r = with_retry!(pool, &job.retry, |c| match c.delete(&path).await {
+            Ok(()) => Ok(true),
+            Err(FtpFailure::Reply { code: 550, .. }) => Ok(false),
+            Err(e) => Err(e),
+        });
+        match r {
+            Ok(gone) => {
+                removed += usize::from(gone);
+                writer.send(StateChange::PendingRemove(path));
+            }
+            Err(e) => tracing::warn!("could not remove leftover temporary file {path}: {e}"),
+        }
+    }
+    for rel in local_temps {
+        if let Ok(p) = safe_path(&job.local_root, rel)
+            && std::fs::remove_file(&p).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Executes `plan`. `allow_deletes` is false when deletes must be skipped
+/// whatever happens (the caller's safety checks).
+pub async fn execute(
+    input: ExecInput,
+    plan: &Plan,
+    pool: Arc<Pool>,
+    writer: Arc<StateWriter>,
+) -> RunReport {
+    let ctx = Arc::new(Ctx {
+        input,
+        pool,
+        writer,
+        bytes: AtomicU64::new(0),
+    });
+    let mut report = RunReport::default();
+
+    if plan.create_target_root
+        && let Err(e) = create_target_root(&ctx).await
+    {
+        // Nothing can be placed under a root that does not exist.
+        for item in plan.changes() {
+            report.outcomes.push(Outcome {
+                item: item.clone(),
+                error: Some(e.clone()),
+            });
+        }
+        return report;
+    }
+
+    let by_op = |ops: &[Op]| -> Vec<PlanItem> {
+        plan.items
+            .iter()
+            .filter(|i| ops.contains(&i.op))
+            .cloned()
+            .collect()
+    };
+
+    // 1. Directories, parents before children: one depth level at a time.
+    let mkdirs = by_op(&[Op::Mkdir]);
+    run_levels(&ctx, mkdirs, false, &mut report).await;
+
+    // 2. Transfers, concurrently, skipping those whose directory failed to appear.
+    let failed_dirs: Vec<RelPath> = report.failed().map(|o| o.item.path.clone()).collect();
+    let transfers = by_op(&[Op::Upload, Op::Download]);
+    let (blocked, transfers): (Vec<_>, Vec<_>) = transfers
+        .into_iter()
+        .partition(|i| failed_dirs.iter().any(|d| i.path.is_within(d)));
+    for item in blocked {
+        report.outcomes.push(Outcome {
+            item,
+            error: Some(FtpFailure::Verify(
+                "its directory could not be created".into(),
+            )),
+        });
+    }
+    run_concurrent(&ctx, transfers, &mut report).await;
+
+    // 3. Deletes last, and only if nothing failed (rclone's rule: an error
+    // anywhere may mean the picture is incomplete).
+    let deletes = by_op(&[Op::Delete]);
+    let rmdirs = by_op(&[Op::Rmdir]);
+    let any_failed = report.failed().next().is_some();
+    if any_failed && !ctx.input.job.delete_after_errors {
+        report.skipped_deletes = deletes.len() + rmdirs.len();
+    } else {
+        run_concurrent(&ctx, deletes, &mut report).await;
+        run_levels(&ctx, rmdirs, true, &mut report).await;
+    }
+
+    // 4. State-only items.
+    for item in by_op(&[Op::Adopt, Op::Forget]) {
+        record_only(&ctx, &item);
+        report.outcomes.push(Outcome { item, error: None });
+    }
+
+    // 5. Record the remote fingerprints of what was uploaded: one listing per
+    // touched directory instead of a query per file.
+    refresh_uploaded(&ctx, &report).await;
+
+    report.bytes = ctx.bytes.load(Ordering::Relaxed);
+    report
+}
+
+async fn create_target_root(ctx: &Ctx) -> Result<(), FtpFailure> {
+    match ctx.input.job.direction {
+        crate::job::Direction::Pull => std::fs::create_dir_all(&ctx.input.job.local_root)
+            .map_err(|e| FtpFailure::Local(format!("{}: {e}", ctx.input.job.local_root.display()))),
+        crate::job::Direction::Push => {
+            // mkdir -p, component by component; existing ones answer 550, which is fine.
+            let root = ctx.input.root.clone();
+            let mut prefix = String::new();
+            for part in root.split('/').filter(|s| !s.is_empty()) {
+                prefix = if prefix.is_empty() && root.starts_with('/') {
+                    format!("/{part}")
+                } else if prefix.is_empty() {
+                    part.to_owned()
+                } else {
+                    format!("{prefix}/{part}")
+                };
+                let p = prefix.clone();
+                with_retry!(&ctx.pool, &ctx.input.job.retry, |c| mkdir_idempotent(c, &p)
+                    .await)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn mkdir_idempotent(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
+    match c.mkdir(path).await {
+        Ok(()) => Ok(()),
+        Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
+            // Already there (or created by a lost earlier attempt)?
+            if c.is_dir(path).await? {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs items grouped by depth: ascending for mkdirs, descending for rmdirs.
+async fn run_levels(
+    ctx: &Arc<Ctx>,
+    items: Vec<PlanItem>,
+    deepest_first: bool,
+    report: &mut RunReport,
+) {
+    let mut levels: BTreeMap<usize, Vec<PlanItem>> = BTreeMap::new();
+    for i in items {
+        levels.entry(i.path.depth()).or_default().push(i);
+    }
+    let order: Vec<usize> = if deepest_first {
+        levels.keys().rev().copied().collect()
+    } else {
+        levels.keys().copied().collect()
+    };
+    for depth in order {
+        let level = levels.remove(&depth).unwrap_or_default();
+        // A child of a directory that failed to appear cannot be created either.
+        let failed: Vec<RelPath> = report.failed().map(|o| o.item.path.clone()).collect();
+        let (blocked, level): (Vec<_>, Vec<_>) = level
+            .into_iter()
+            .partition(|i| !deepest_first && failed.iter().any(|f| i.path.is_within(f)));
+        for item in blocked {
+            report.outcomes.push(Outcome {
+                item,
+                error: Some(FtpFailure::Verify(
+                    "its parent directory could not be created".into(),
+                )),
+            });
+        }
+        run_concurrent(ctx, level, report).await;
+    }
+}
+
+/// Runs items concurrently, at most about twice the pool size in flight.
+async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunReport) {
+    let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut queue = items.into_iter();
+    loop {
+        while set.len() < ctx.pool.size() * 2 {
+            let Some(item) = queue.next() else { break };
+            let ctx = Arc::clone(ctx);
+            set.spawn(async move {
+                let error = run_item(&ctx, &item).await.err();
+                if let Some(e) = &error {
+                    tracing::warn!("{} {}: {e}", op_label(&item), item.path);
+                } else {
+                    tracing::info!("{} {}", op_label(&item), item.path);
+                }
+                Outcome { item, error }
+            });
+        }
+        match set.join_next().await {
+            Some(Ok(o)) => report.outcomes.push(o),
+            Some(Err(e)) => tracing::error!("worker task failed: {e}"),
+            None => break,
+        }
+    }
+}
+
+/// A short verb for logs.
+pub fn op_label(item: &PlanItem) -> &'static str {
+    match (item.op, item.side) {
+        (Op::Mkdir, _) => "mkdir",
+        (Op::Upload, _) => "upload",
+        (Op::Download, _) => "download",
+        (Op::Delete, _) => "delete",
+        (Op::Rmdir, _) => "rmdir",
+        (Op::Adopt, _) => "adopt",
+        (Op::Forget, _) => "forget",
+        (Op::Keep, _) => "keep",
+    }
+}
+
+async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
+    let retry = ctx.input.job.retry;
+    match (item.op, item.side) {
+        (Op::Mkdir, Side::Remote) => {
+            let p = ctx.remote_path(&item.path);
+            with_retry!(&ctx.pool, &retry, |c| mkdir_idempotent(c, &p).await)?;
+            put_dir(ctx, &item.path);
+            Ok(())
+        }
+        (Op::Mkdir, Side::Local) => {
+            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
+            match std::fs::create_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
+            }
+            put_dir(ctx, &item.path);
+            Ok(())
+        }
+        (Op::Upload, _) => {
+            let rec = with_retry!(&ctx.pool, &retry, |c| upload(ctx, c, &item.path).await)?;
+            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+            Ok(())
+        }
+        (Op::Download, _) => {
+            let rec = with_retry!(&ctx.pool, &retry, |c| download(ctx, c, &item.path).await)?;
+            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+            Ok(())
+        }
+        (Op::Delete, Side::Remote) => {
+            let p = ctx.remote_path(&item.path);
+            with_retry!(&ctx.pool, &retry, |c| delete_remote(c, &p).await)?;
+            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            Ok(())
+        }
+        (Op::Rmdir, Side::Remote) => {
+            let p = ctx.remote_path(&item.path);
+            with_retry!(&ctx.pool, &retry, |c| rmdir_remote(c, &p).await)?;
+            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            Ok(())
+        }
+        (Op::Delete, Side::Local) => {
+            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
+            }
+            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            Ok(())
+        }
+        (Op::Rmdir, Side::Local) => {
+            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
+            match std::fs::remove_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
+            }
+            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            Ok(())
+        }
+        (Op::Adopt | Op::Forget | Op::Keep, _) => Ok(()),
+    }
+}
+
+fn local_err(e: std::io::Error) -> FtpFailure {
+    FtpFailure::Local(e.to_string())
+}
+
+fn put_dir(ctx: &Ctx, path: &RelPath) {
+    ctx.writer.send(StateChange::Put(
+        path.clone(),
+        StateRecord {
+            kind: Kind::Dir,
+            local: None,
+            remote: None,
+        },
+    ));
+}
+
+fn record_only(ctx: &Ctx, item: &PlanItem) {
+    match item.op {
+        Op::Adopt => {
+            let rec = StateRecord {
+                kind: item.kind,
+                local: ctx.local_meta(&item.path),
+                remote: ctx.remote_meta(&item.path),
+            };
+            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+        }
+        Op::Forget => ctx.writer.send(StateChange::Remove(item.path.clone())),
+        _ => {}
+    }
+}
+
+async fn rmdir_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
+    match c.rmdir(path).await {
+        Ok(()) => Ok(()),
+        Err(e @ FtpFailure::Reply { code: 550, .. }) => {
+            // Gone already (a lost reply to an earlier attempt)?
+            if c.is_dir(path).await? {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn delete_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
+    match c.delete(path).await {
+        Ok(()) => Ok(()),
+        Err(e @ FtpFailure::Reply { code: 550, .. }) => {
+            // 550 is also the answer when an earlier DELE whose reply was lost
+            // already removed it: check before calling it a failure.
+            if exists_remote(c, path).await? {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a remote file exists, by listing its parent directory.
+async fn exists_remote(c: &mut FtpConn, path: &str) -> Result<bool, FtpFailure> {
+    let (dir, name) = match path.rfind('/') {
+        Some(0) => ("/", &path[1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (".", path),
+    };
+    let listing = c.list_dir(dir, chrono::Utc::now().naive_utc()).await?;
+    Ok(listing.exists
+        && listing
+            .listing
+            .entries
+            .iter()
+            .any(|e| e.name == name.as_bytes()))
+}
+
+fn to_utc(ns: i64) -> Option<chrono::NaiveDateTime> {
+    chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0).map(|t| t.naive_utc())
+}
+
+/// One upload attempt: STOR to a temporary name, check, rename into place.
+async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecord, FtpFailure> {
+    let job = &ctx.input.job;
+    let local_path = path.to_local(&job.local_root);
+    let before = std::fs::symlink_metadata(&local_path)
+        .map_err(|e| FtpFailure::Local(format!("{}: {e}", local_path.display())))?;
+    if !before.is_file() {
+        return Err(FtpFailure::Local(format!(
+            "{} is no longer a regular file",
+            local_path.display()
+        )));
+    }
+    let final_path = ctx.remote_path(path);
+    let hash = job.compare == CompareMode::Hash;
+    let (bytes, sha) = if job.atomic {
+        let parent = path.parent().unwrap_or_default();
+        let tmp = parent
+            .join(temp_name().as_bytes())
+            .map_err(|_| FtpFailure::BadPath)?;
+        let tmp = ctx.remote_path(&tmp);
+        ctx.writer.send(StateChange::PendingAdd(tmp.clone()));
+        let sent = match c.upload(&local_path, &tmp, hash).await {
+            Ok(r) => r,
+            Err(e) => {
+                if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
+                    ctx.writer.send(StateChange::PendingRemove(tmp.clone()));
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = verify_upload(c, &tmp, sent.0, &before).await {
+            let _ = c.delete(&tmp).await;
+            ctx.writer.send(StateChange::PendingRemove(tmp));
+            return Err(e);
+        }
+        match c.rename(&tmp, &final_path).await {
+            Ok(()) => {}
+            Err(FtpFailure::Reply { code, .. }) if code >= 500 => {
+                // Some servers (IIS, FileZilla) refuse to rename over an existing
+                // file: delete the old one, then rename. A crash in between
+                // leaves the new content under the temporary name, journaled,
+                // and the path absent: the next run uploads it again.
+                delete_remote(c, &final_path).await?;
+                c.rename(&tmp, &final_path).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        ctx.writer.send(StateChange::PendingRemove(tmp));
+        sent
+    } else {
+        let sent = c.upload(&local_path, &final_path, hash).await?;
+        verify_upload(c, &final_path, sent.0, &before).await?;
+        sent
+    };
+    ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
+    let mtime_ns = mtime_ns(&before);
+    let mut remote_time = RemoteTime::Unknown;
+    if let Some(t) = to_utc(mtime_ns)
+        && let Some(set) = c.set_mtime(&final_path, t).await?
+    {
+        remote_time = set;
+    }
+    Ok(StateRecord {
+        kind: Kind::File,
+        local: Some(LocalMeta {
+            size: bytes,
+            mtime_ns,
+            sha256: sha,
+        }),
+        remote: Some(RemoteMeta {
+            size: Some(bytes),
+            mtime: remote_time,
+        }),
+    })
+}
+
+/// After STOR: the bytes sent must be the file as it was before (else it
+/// changed while uploading), and the server's SIZE must agree.
+async fn verify_upload(
+    c: &mut FtpConn,
+    remote: &str,
+    sent: u64,
+    before: &std::fs::Metadata,
+) -> Result<(), FtpFailure> {
+    if sent != before.len() {
+        return Err(FtpFailure::Verify(format!(
+            "local file changed during upload ({} bytes before, {sent} sent)",
+            before.len()
+        )));
+    }
+    if let Some(size) = c.size(remote).await?
+        && size != sent
+    {
+        return Err(FtpFailure::Verify(format!(
+            "server has {size} bytes after upload of {sent}"
+        )));
+    }
+    Ok(())
+}
+
+/// One download attempt: RETR into a temporary file beside the target, check
+/// the size, then rename into place.
+async fn download(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecord, FtpFailure> {
+    let job = &ctx.input.job;
+    let remote_meta = ctx.remote_meta(path);
+    let final_local = safe_path(&job.local_root, path).map_err(local_err)?;
+    let dir = final_local.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(temp_name());
+    let remote = ctx.remote_path(path);
+    let result = c.download(&remote, &tmp).await;
+    let bytes = match result {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    if let Some(expected) = remote_meta.as_ref().and_then(|m| m.size)
+        && expected != bytes
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FtpFailure::Verify(format!(
+            "received {bytes} bytes, the listing said {expected}"
+        )));
+    }
+    // Keep the server's time on the local copy, as a mirror should.
+    let mtime = remote_meta.as_ref().and_then(|m| match m.mtime {
+        RemoteTime::Exact(t) | RemoteTime::Minute(t) => Some(t),
+        _ => None,
+    });
+    if let Some(t) = mtime
+        && let Ok(f) = std::fs::File::options().write(true).open(&tmp)
+    {
+        let st = std::time::UNIX_EPOCH
+            + std::time::Duration::from_secs(t.and_utc().timestamp().max(0) as u64);
+        let _ = f.set_modified(st);
+    }
+    if let Ok(md) = std::fs::symlink_metadata(&final_local)
+        && md.is_dir()
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(FtpFailure::Local(format!(
+            "{} is a directory",
+            final_local.display()
+        )));
+    }
+    std::fs::rename(&tmp, &final_local).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        FtpFailure::Local(format!("{}: {e}", final_local.display()))
+    })?;
+    let md = std::fs::symlink_metadata(&final_local).map_err(local_err)?;
+    ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
+    let sha = if job.compare == CompareMode::Hash {
+        crate::local::sha256_file(&final_local).ok()
+    } else {
+        None
+    };
+    Ok(StateRecord {
+        kind: Kind::File,
+        local: Some(LocalMeta {
+            size: md.len(),
+            mtime_ns: mtime_ns(&md),
+            sha256: sha,
+        }),
+        remote: remote_meta,
+    })
+}
+
+/// Re-lists the directories that received uploads and records the remote
+/// fingerprints as the server now reports them.
+async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
+    let mut by_dir: BTreeMap<RelPath, Vec<RelPath>> = BTreeMap::new();
+    for o in &report.outcomes {
+        if o.item.op == Op::Upload && o.error.is_none() {
+            by_dir
+                .entry(o.item.path.parent().unwrap_or_default())
+                .or_default()
+                .push(o.item.path.clone());
+        }
+    }
+    let mut set = JoinSet::new();
+    let mut dirs = by_dir.into_iter();
+    loop {
+        while set.len() < ctx.pool.size() {
+            let Some((dir, files)) = dirs.next() else {
+                break;
+            };
+            let ctx = Arc::clone(ctx);
+            set.spawn(async move {
+                let abs = ctx.remote_path(&dir);
+                let now = chrono::Utc::now().naive_utc();
+                let listing = with_retry!(&ctx.pool, &ctx.input.job.retry, |c| c
+                    .list_dir(&abs, now)
+                    .await);
+                let Ok(listing) = listing else { return };
+                let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
+                for e in listing.listing.entries {
+                    let Ok(name) = std::str::from_utf8(&e.name) else {
+                        continue;
+                    };
+                    if !wanted.contains(name) {
+                        continue;
+                    }
+                    let Ok(path) = dir.join(name.as_bytes()) else {
+                        continue;
+                    };
+                    // Completes the record this run's upload wrote.
+                    ctx.writer.send(StateChange::RefreshRemote(
+                        path,
+                        RemoteMeta {
+                            size: e.size,
+                            mtime: e.mtime,
+                        },
+                    ));
+                }
+            });
+        }
+        if set.join_next().await.is_none() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Failures of FTP operations and how they are classified for retries.
+//!
+//! RFC 959 §4.2: a 4yz reply is a transient negative completion ("the action
+//! may be requested again"), a 5yz one permanent. ftpsync decides on the code
+//! alone (the text is for humans): 4xx, network faults and timeouts are
+//! retried with backoff, 5xx fail the item, 530 at login fails the run.
+
+use std::fmt;
+
+/// How a failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyClass {
+    /// Retry after a backoff, on a fresh connection if the old one is broken.
+    Transient,
+    /// Fail this item; the run continues.
+    Permanent,
+    /// Login refused: the run stops.
+    Auth,
+}
+
+/// A failed FTP operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FtpFailure {
+    /// The server answered with a negative (or unexpected) reply.
+    #[error("{code} {text}")]
+    Reply { code: u32, text: String },
+    /// The connection broke or could not be made.
+    #[error("network error: {0}")]
+    Network(String),
+    /// The operation took longer than the configured timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// TLS negotiation failed.
+    #[error("TLS error: {0}")]
+    Tls(String),
+    /// The server said something that does not follow the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A path that cannot be sent safely (CR, LF or NUL).
+    #[error("refusing to send a path containing CR, LF or NUL")]
+    BadPath,
+    /// Data did not match what was expected (e.g. size after a transfer).
+    #[error("{0}")]
+    Verify(String),
+    /// A local file operation failed.
+    #[error("local I/O: {0}")]
+    Local(String),
+}
+
+impl FtpFailure {
+    /// The reply code, if the server gave one.
+    pub fn code(&self) -> Option<u32> {
+        match self {
+            FtpFailure::Reply { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> ReplyClass {
+        match self {
+            FtpFailure::Reply { code, .. } => classify(*code),
+            FtpFailure::Network(_) | FtpFailure::Timeout(_) | FtpFailure::Verify(_) => {
+                ReplyClass::Transient
+            }
+            FtpFailure::Tls(_)
+            | FtpFailure::Protocol(_)
+            | FtpFailure::BadPath
+            | FtpFailure::Local(_) => ReplyClass::Permanent,
+        }
+    }
+
+    /// Whether the control connection should be dropped and a new one made
+    /// before the next command (after a break, a timeout or a 421).
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            FtpFailure::Reply { code, .. } => *code == 421,
+            FtpFailure::Network(_)
+            | FtpFailure::Timeout(_)
+            | FtpFailure::Protocol(_)
+            | FtpFailure::Tls(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a reply says the server has too many connections (RFC 959's
+    /// 421, or the 530 some servers send), so the pool should shrink.
+    pub fn too_many_connections(&self) -> bool {
+        match self {
+            FtpFailure::Reply { code, text } if *code == 421 || *code == 530 => {
+                let t = text.to_ascii_lowercase();
+                [
+                    "too many",
+                    "maximum number",
+                    "max clients",
+                    "simultaneous",
+                    "try again later",
+                    "overloaded",
+                ]
+                .iter()
+                .any(|k| t.contains(k))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Class of a reply code.
+pub fn classify(code: u32) -> ReplyClass {
+    match code {
+        530 => ReplyClass::Auth,
+        400..=499 => ReplyClass::Transient,
+        _ => ReplyClass::Permanent,
+    }
+}
+
+impl From<suppaftp::FtpError> for FtpFailure {
+    fn from(e: suppaftp::FtpError) -> Self {
+        use suppaftp::FtpError as E;
+        match e {
+            E::ConnectionError(io) => FtpFailure::Network(io.to_string()),
+            E::SecureError(s) => FtpFailure::Tls(s),
+            E::UnexpectedResponse(r) => reply_failure(&r.body),
+            E::BadResponse => FtpFailure::Protocol("malformed reply".into()),
+            E::InvalidAddress(a) => FtpFailure::Protocol(format!("invalid address in reply: {a}")),
+            E::DataConnectionAlreadyOpen => {
+                FtpFailure::Protocol("data connection already open".into())
+            }
+        }
+    }
+}
+
+/// Builds a failure from a raw reply (`b"550 No such file\r\n"`). suppaftp's
+/// `Status` maps unknown codes to 0, so the code is parsed from the text.
+pub fn reply_failure(body: &[u8]) -> FtpFailure {
+    let text = String::from_utf8_lossy(body);
+    let code = text.get(..3).and_then(|c| c.parse::<u32>().ok());
+    let line = text.lines().last().unwrap_or("").trim();
+    let msg = line.get(4..).unwrap_or("").trim().to_string();
+    match code {
+        Some(code) => FtpFailure::Reply { code, text: msg },
+        None => FtpFailure::Protocol(format!("unparseable reply {:?}", text.trim())),
+    }
+}
+
+/// A short label for the reply class, for reports.
+impl fmt::Display for ReplyClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ReplyClass::Transient => "transient",
+            ReplyClass::Permanent => "permanent",
+            ReplyClass::Auth => "authentication",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        for c in [421, 425, 426, 450, 451, 452] {
+            assert_eq!(classify(c), ReplyClass::Transient, "{c}");
+        }
+        for c in [500, 501, 550, 552, 553] {
+            assert_eq!(classify(c), ReplyClass::Permanent, "{c}");
+        }
+        assert_eq!(classify(530), ReplyClass::Auth);
+        let f = reply_failure(b"554 Invalid REST parameter\r\n");
+        assert_eq!(f.code(), Some(554));
+        assert_eq!(f.class(), ReplyClass::Permanent);
+        let f = reply_failure(b"421-Too many\r\n421 Too many connections (8) from this IP\r\n");
+        assert_eq!(f.code(), Some(421));
+        assert!(f.too_many_connections());
+        assert!(f.breaks_connection());
+        assert!(!reply_failure(b"530 Login incorrect.\r\n").too_many_connections());
+    }
+}

@@ -1,0 +1,767 @@
+//! The job file: its YAML schema (version 1), defaults, validation, `${VAR}`
+//! expansion and secrets.
+//!
+//! A job is loaded once per run. Every error names the file, and where the
+//! YAML parser knows it the line, column and key, so a bad job file never
+//! gets as far as touching a server or the disk.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+/// A job file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Which way a job copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Local → remote.
+    Push,
+    /// Remote → local.
+    Pull,
+}
+
+/// How changes to a file are detected (see the README's "compare" section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CompareMode {
+    /// Size and modification time (the default).
+    #[default]
+    Auto,
+    /// Size only.
+    Size,
+    /// Size and modification time.
+    Mtime,
+    /// Size, and SHA-256 of the local file when its time changed.
+    Hash,
+}
+
+/// FTPS mode of the control and data connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain FTP.
+    #[default]
+    None,
+    /// Explicit FTPS (AUTH TLS, then PBSZ 0 / PROT P); fails closed if refused.
+    Explicit,
+}
+
+/// A password, kept out of `Debug` and `Display` so it cannot leak into logs
+/// or error messages by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself: call only where it is sent to the server.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+// ---- raw YAML schema -------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    name: Option<String>,
+    direction: Direction,
+    #[serde(default)]
+    delete: bool,
+    local: RawLocal,
+    remote: RawRemote,
+    #[serde(default = "default_concurrency")]
+    concurrency: usize,
+    #[serde(default)]
+    filters: RawFilters,
+    #[serde(default)]
+    compare: CompareMode,
+    #[serde(default)]
+    retry: RawRetry,
+    timeout: Option<String>,
+    state: Option<String>,
+    #[serde(default = "default_true")]
+    atomic: bool,
+    #[serde(default)]
+    safety: RawSafety,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLocal {
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_user")]
+    user: String,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    password: Option<String>,
+    #[serde(default = "default_root")]
+    root: String,
+    #[serde(default = "default_true")]
+    passive: bool,
+    #[serde(default)]
+    tls: TlsMode,
+    #[serde(default = "default_true")]
+    tls_verify: bool,
+    tls_ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFilters {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<u32>,
+    initial_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    max_delete: Option<serde_yaml::Value>,
+    #[serde(default)]
+    delete_after_errors: bool,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+fn default_port() -> u16 {
+    21
+}
+fn default_user() -> String {
+    "anonymous".into()
+}
+fn default_root() -> String {
+    "/".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+// ---- validated job ---------------------------------------------------------
+
+/// Where the password comes from; resolved only when connecting.
+#[derive(Debug, Clone)]
+pub enum PasswordSource {
+    /// No password configured (anonymous login sends a placeholder).
+    None,
+    Env(String),
+    File(PathBuf),
+    /// Inline in the job file (discouraged: a warning is printed).
+    Inline(Secret),
+}
+
+/// Connection settings of the remote side.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: PasswordSource,
+    /// Directory on the server that mirrors the local path.
+    pub root: String,
+    pub passive: bool,
+    pub tls: TlsMode,
+    pub tls_verify: bool,
+    /// Extra CA certificates (PEM) to trust, for servers with their own CA.
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+impl Remote {
+    /// Reads the password from its source.
+    pub fn password(&self) -> Result<Secret, String> {
+        match &self.password {
+            PasswordSource::None => Ok(Secret::new(if self.user == "anonymous" {
+                "ftpsync@"
+            } else {
+                ""
+            })),
+            PasswordSource::Env(var) => std::env::var(var)
+                .map(Secret::new)
+                .map_err(|_| format!("remote.password_env: environment variable {var} is not set")),
+            PasswordSource::File(path) => std::fs::read_to_string(path)
+                .map(|s| Secret::new(s.trim_end_matches(['\r', '\n'])))
+                .map_err(|e| format!("remote.password_file: cannot read {}: {e}", path.display())),
+            PasswordSource::Inline(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// Retry policy for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before attempt `attempt` (1-based; attempt 1 has no wait).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(2).min(30);
+        self.initial_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff)
+    }
+}
+
+/// The deletion limit of `safety.max_delete`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DeleteLimit {
+    Count(u64),
+    Percent(f64),
+}
+
+/// Include and exclude globs, matched against paths relative to the roots.
+#[derive(Debug, Clone)]
+pub struct Filters {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+}
+
+impl Filters {
+    /// No filtering.
+    pub fn none() -> Self {
+        Filters {
+            include: None,
+            exclude: GlobSet::empty(),
+        }
+    }
+
+    /// Builds the filter; `Err((index, message))` names a bad pattern.
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (String, String)> {
+        let build = |key: &str, pats: &[String]| -> Result<GlobSet, (String, String)> {
+            let mut b = GlobSetBuilder::new();
+            for (i, p) in pats.iter().enumerate() {
+                if p.is_empty() {
+                    return Err((format!("filters.{key}[{i}]"), "empty pattern".into()));
+                }
+                let g = Glob::new(p).map_err(|e| (format!("filters.{key}[{i}]"), e.to_string()))?;
+                b.add(g);
+            }
+            b.build()
+                .map_err(|e| (format!("filters.{key}"), e.to_string()))
+        };
+        Ok(Filters {
+            include: if include.is_empty() {
+                None
+            } else {
+                Some(build("include", include)?)
+            },
+            exclude: build("exclude", exclude)?,
+        })
+    }
+
+    /// Whether a directory is excluded (and so not descended into).
+    pub fn excludes_dir(&self, rel: &str) -> bool {
+        self.exclude.is_match(rel) || self.exclude.is_match(format!("{rel}/"))
+    }
+
+    /// Whether a file takes part in the sync.
+    pub fn accepts_file(&self, rel: &str) -> bool {
+        if self.exclude.is_match(rel) {
+            return false;
+        }
+        match &self.include {
+            Some(inc) => inc.is_match(rel),
+            None => true,
+        }
+    }
+}
+
+/// A validated job.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    /// The job file it came from.
+    pub file: PathBuf,
+    pub direction: Direction,
+    pub delete: bool,
+    pub local_root: PathBuf,
+    pub remote: Remote,
+    pub concurrency: usize,
+    pub filters: Filters,
+    pub compare: CompareMode,
+    pub retry: RetryPolicy,
+    /// Time limit of each FTP operation (and of data inactivity).
+    pub timeout: Duration,
+    pub state_path: PathBuf,
+    pub atomic: bool,
+    pub max_delete: DeleteLimit,
+    pub delete_after_errors: bool,
+    /// Non-fatal remarks about the job file (e.g. an inline password).
+    pub warnings: Vec<String>,
+}
+
+impl Job {
+    /// Loads and validates a job file.
+    pub fn load(file: &Path) -> Result<Job, JobError> {
+        let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::from_str(&text, file)
+    }
+
+    /// Parses job text; `file` is used for relative paths and messages.
+    pub fn from_str(text: &str, file: &Path) -> Result<Job, JobError> {
+        let raw: RawJob = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
+        let invalid = |key: &str, message: String| JobError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let expand = |key: &str, v: &str| expand_env(v).map_err(|m| invalid(key, m));
+        let base = file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+
+        let name = match &raw.name {
+            Some(n) => expand("name", n)?,
+            None => file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "job".into()),
+        };
+        if name.is_empty() {
+            return Err(invalid("name", "must not be empty".into()));
+        }
+        let local_path = expand("local.path", &raw.local.path)?;
+        if local_path.is_empty() {
+            return Err(invalid("local.path", "must not be empty".into()));
+        }
+        let local_root = base.join(local_path);
+
+        let r = &raw.remote;
+        let host = expand("remote.host", &r.host)?;
+        if host.is_empty() {
+            return Err(invalid("remote.host", "must not be empty".into()));
+        }
+        let user = expand("remote.user", &r.user)?;
+        let root = expand("remote.root", &r.root)?;
+        for (key, v) in [
+            ("remote.host", &host),
+            ("remote.user", &user),
+            ("remote.root", &root),
+        ] {
+            if v.contains(['\r', '\n', '\0']) {
+                return Err(invalid(key, "must not contain CR, LF or NUL".into()));
+            }
+        }
+        let mut warnings = Vec::new();
+        let sources = [
+            r.password_env.is_some(),
+            r.password_file.is_some(),
+            r.password.is_some(),
+        ];
+        if sources.iter().filter(|b| **b).count() > 1 {
+            return Err(invalid(
+                "remote.password_env",
+                "give only one of password_env, password_file and password".into(),
+            ));
+        }
+        let password = if let Some(v) = &r.password_env {
+            PasswordSource::Env(v.clone())
+        } else if let Some(p) = &r.password_file {
+            PasswordSource::File(base.join(expand("remote.password_file", p)?))
+        } else if let Some(p) = &r.password {
+            warnings.push(format!(
+                "{}: remote.password: the password is written in the job file; prefer password_env or password_file",
+                file.display()
+            ));
+            PasswordSource::Inline(Secret::new(expand("remote.password", p)?))
+        } else {
+            PasswordSource::None
+        };
+        if r.port == 0 {
+            return Err(invalid("remote.port", "must be 1..65535".into()));
+        }
+
+        if !(1..=64).contains(&raw.concurrency) {
+            return Err(invalid("concurrency", "must be between 1 and 64".into()));
+        }
+        let exp_list = |key: &str, v: &[String]| -> Result<Vec<String>, JobError> {
+            v.iter()
+                .enumerate()
+                .map(|(i, s)| expand(&format!("{key}[{i}]"), s))
+                .collect()
+        };
+        let include = exp_list("filters.include", &raw.filters.include)?;
+        let exclude = exp_list("filters.exclude", &raw.filters.exclude)?;
+        let filters = Filters::new(&include, &exclude).map_err(|(k, m)| invalid(&k, m))?;
+
+        let dur =
+            |key: &str, v: &Option<String>, default: Duration| -> Result<Duration, JobError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => parse_duration(s).map_err(|m| invalid(key, m)),
+                }
+            };
+        let retry = RetryPolicy {
+            max_attempts: raw.retry.max_attempts.unwrap_or(5),
+            initial_backoff: dur(
+                "retry.initial_backoff",
+                &raw.retry.initial_backoff,
+                Duration::from_secs(1),
+            )?,
+            max_backoff: dur(
+                "retry.max_backoff",
+                &raw.retry.max_backoff,
+                Duration::from_secs(60),
+            )?,
+        };
+        if retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1".into()));
+        }
+        let timeout = dur("timeout", &raw.timeout, Duration::from_secs(60))?;
+        if timeout.is_zero() {
+            return Err(invalid("timeout", "must be more than 0".into()));
+        }
+
+        let state_path = match &raw.state {
+            Some(s) => base.join(expand("state", s)?),
+            None => default_state_path(&name, file),
+        };
+        let max_delete = match &raw.safety.max_delete {
+            None => DeleteLimit::Percent(50.0),
+            Some(v) => parse_delete_limit(v).map_err(|m| invalid("safety.max_delete", m))?,
+        };
+
+        Ok(Job {
+            name,
+            file: file.to_owned(),
+            direction: raw.direction,
+            delete: raw.delete,
+            local_root,
+            remote: Remote {
+                host,
+                port: r.port,
+                user,
+                password,
+                root,
+                passive: r.passive,
+                tls: r.tls,
+                tls_verify: r.tls_verify,
+                tls_ca_file: match &r.tls_ca_file {
+                    Some(p) => Some(base.join(expand("remote.tls_ca_file", p)?)),
+                    None => None,
+                },
+            },
+            concurrency: raw.concurrency,
+            filters,
+            compare: raw.compare,
+            retry,
+            timeout,
+            state_path,
+            atomic: raw.atomic,
+            max_delete,
+            delete_after_errors: raw.safety.delete_after_errors,
+            warnings,
+        })
+    }
+}
+
+fn syntax_error(file: &Path, e: &serde_yaml::Error) -> JobError {
+    let (line, column) = e
+        .location()
+        .map(|l| (l.line(), l.column()))
+        .unwrap_or((0, 0));
+    // serde_yaml_ng appends " at line L column C"; the location is already in front.
+    let mut message = e.to_string();
+    if let Some(i) = message.find(" at line ") {
+        message.truncate(i);
+    }
+    JobError::Syntax {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    }
+}
+
+/// The default state database: `$XDG_STATE_HOME/ftpsync/<name>-<hash>.db`
+/// (or `~/.local/state/...`), the hash taken from the job file's absolute path
+/// so two jobs with the same name do not share a state.
+fn default_state_path(name: &str, file: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let digest = Sha256::digest(abs.to_string_lossy().as_bytes());
+    let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join("ftpsync").join(format!("{safe}-{short}.db"))
+}
+
+/// Expands `${VAR}` references; `$$` is a literal `$`.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| "unterminated ${ in value".to_string())?;
+            let var = &body[..end];
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("bad variable name ${{{var}}}"));
+            }
+            let val =
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+            out.push_str(&val);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Parses `500ms`, `30s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 30s, 5m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+}
+
+fn parse_delete_limit(v: &serde_yaml::Value) -> Result<DeleteLimit, String> {
+    match v {
+        serde_yaml::Value::Number(n) => n
+            .as_u64()
+            .map(DeleteLimit::Count)
+            .ok_or_else(|| "must be a whole number or a percentage like 50%".into()),
+        serde_yaml::Value::String(s) => {
+            let s = s.trim();
+            if let Some(p) = s.strip_suffix('%') {
+                let p: f64 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("`{s}` is not a percentage"))?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err("a percentage must be between 0% and 100%".into());
+                }
+                Ok(DeleteLimit::Percent(p))
+            } else {
+                s.parse()
+                    .map(DeleteLimit::Count)
+                    .map_err(|_| format!("`{s}` is not a count or a percentage"))
+            }
+        }
+        _ => Err("must be a whole number or a percentage like 50%".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Job, JobError> {
+        Job::from_str(text, Path::new("/jobs/site.yaml"))
+    }
+
+    const MINIMAL: &str =
+        "direction: push\nlocal:\n  path: ./public\nremote:\n  host: ftp.example.com\n";
+
+    #[test]
+    fn minimal_job_gets_defaults() {
+        let job = load(MINIMAL).unwrap();
+        assert_eq!(job.name, "site");
+        assert_eq!(job.direction, Direction::Push);
+        assert!(!job.delete);
+        assert_eq!(job.local_root, PathBuf::from("/jobs/./public"));
+        assert_eq!(job.remote.port, 21);
+        assert_eq!(job.remote.user, "anonymous");
+        assert_eq!(job.remote.root, "/");
+        assert_eq!(job.concurrency, 4);
+        assert_eq!(job.compare, CompareMode::Auto);
+        assert_eq!(job.retry.max_attempts, 5);
+        assert_eq!(job.max_delete, DeleteLimit::Percent(50.0));
+        assert!(job.atomic);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = load("direction: push\nlocal:\n  path: x\nremote:\n  host: h\n  hots: y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/jobs/site.yaml:6:3: "), "{err}");
+        assert!(err.contains("unknown field `hots`"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_line_and_key() {
+        let err = load(&format!("{MINIMAL}concurrency: lots\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/jobs/site.yaml:6:14: concurrency: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let err = load(&format!("{MINIMAL}concurrency: 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "/jobs/site.yaml: concurrency: must be between 1 and 64"
+        );
+        let err = load(&format!("{MINIMAL}retry:\n  initial_backoff: 3 days\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retry.initial_backoff"), "{err}");
+        let err = load(&format!("{MINIMAL}filters:\n  exclude: [\"a[\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("filters.exclude[0]"), "{err}");
+    }
+
+    #[test]
+    fn env_expansion() {
+        // SAFETY: test-only variable, no other thread reads it.
+        unsafe { std::env::set_var("FTPSYNC_TEST_HOST", "h.example") };
+        assert_eq!(
+            expand_env("a${FTPSYNC_TEST_HOST}b$$c$d").unwrap(),
+            "ah.exampleb$c$d"
+        );
+        assert!(
+            expand_env("${FTPSYNC_TEST_NOPE}")
+                .unwrap_err()
+                .contains("FTPSYNC_TEST_NOPE")
+        );
+        let err =
+            load("direction: push\nlocal:\n  path: x\nremote:\n  host: ${FTPSYNC_TEST_NOPE}\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("remote.host"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let job = load(&format!("{MINIMAL}  password: hunter2-secret\n")).unwrap();
+        let dbg = format!("{job:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert_eq!(job.warnings.len(), 1);
+        assert_eq!(job.remote.password().unwrap().expose(), "hunter2-secret");
+    }
+
+    #[test]
+    fn durations_and_limits() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("fast").is_err());
+        let job = load(&format!("{MINIMAL}safety:\n  max_delete: 10\n")).unwrap();
+        assert_eq!(job.max_delete, DeleteLimit::Count(10));
+        let job = load(&format!("{MINIMAL}safety:\n  max_delete: 5%\n")).unwrap();
+        assert_eq!(job.max_delete, DeleteLimit::Percent(5.0));
+        let p = RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+        };
+        assert_eq!(p.backoff(2), Duration::from_secs(1));
+        assert_eq!(p.backoff(3), Duration::from_secs(2));
+        assert_eq!(p.backoff(5), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn filters_match_paths() {
+        let f = Filters::new(&[], &[".git/**".into(), "**/*.tmp".into()]).unwrap();
+        assert!(f.excludes_dir(".git"));
+        assert!(!f.accepts_file(".git/config"));
+        assert!(!f.accepts_file("a/b/c.tmp"));
+        assert!(!f.accepts_file("c.tmp"));
+        assert!(f.accepts_file("a/b/c.txt"));
+        assert!(!f.excludes_dir("a"));
+        let f = Filters::new(&["*.html".into()], &[]).unwrap();
+        assert!(f.accepts_file("index.html"));
+        assert!(f.accepts_file("a/b.html"));
+        assert!(!f.accepts_file("a/b.css"));
+    }
+}

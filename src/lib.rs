@@ -1,0 +1,34 @@
+//! ftpsync mirrors directory trees between a local disk and FTP/FTPS servers.
+//!
+//! A run follows the data, and so does this crate:
+//!
+//! ```text
+//! job (YAML) ─▶ scan: local tree · remote tree · state ─▶ plan ─▶ execute ─▶ state + report
+//! ```
+//!
+//! - [`job`]: the job file: schema, defaults, validation, secrets.
+//! - [`path`]: validated relative paths; the rules for untrusted names.
+//! - [`local`]: the local scan, hashing, safe local paths.
+//! - [`ftp`]: connections, listing parsers, reply classes, the connection
+//!   pool and the remote scan.
+//! - [`tree`]: what a scan found.
+//! - [`state`]: the SQLite state database and the job lock.
+//! - [`plan`]: the pure three-way planner.
+//! - [`exec`]: runs a plan on the pool and records each result.
+//! - [`sync`]: one run from connect to report.
+//! - [`report`]: human and JSON output.
+//! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
+//! - [`error`]: the top-level error and exit codes.
+
+pub mod error;
+pub mod exec;
+pub mod ftp;
+pub mod job;
+pub mod local;
+pub mod path;
+pub mod plan;
+pub mod report;
+pub mod serve;
+pub mod state;
+pub mod sync;
+pub mod tree;

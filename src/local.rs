@@ -1,0 +1,266 @@
+//! The local side: scanning the tree under the job's local path (sorted,
+//! filtered, symlinks never followed), hashing, and the safe construction of
+//! local paths for writes.
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+use sha2::{Digest, Sha256};
+
+use crate::job::Filters;
+use crate::path::RelPath;
+use crate::tree::{Entry, LocalMeta, LocalTree, Problem};
+
+/// Prefix of the temporary names ftpsync writes beside their final names.
+/// Entries with this prefix are never synced, and leftovers are removed.
+pub const TEMP_PREFIX: &str = ".ftpsync-";
+/// Suffix of the temporary names.
+pub const TEMP_SUFFIX: &str = ".part";
+
+/// Whether `name` is one of ftpsync's temporary names
+/// (`.ftpsync-<16 hex>.part`).
+pub fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX)
+        .and_then(|r| r.strip_suffix(TEMP_SUFFIX))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A fresh temporary name for a file in the same directory as its target.
+pub fn temp_name() -> String {
+    format!("{TEMP_PREFIX}{:016x}{TEMP_SUFFIX}", rand::random::<u64>())
+}
+
+/// Nanoseconds since the epoch of a file's modification time.
+pub fn mtime_ns(md: &fs::Metadata) -> i64 {
+    match md.modified() {
+        Ok(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+        },
+        Err(_) => 0,
+    }
+}
+
+/// Scans `root`. A missing root gives an empty tree with `root_exists =
+/// false`; directories that cannot be read are marked untrusted; temporary
+/// files of ftpsync are listed in `temps` for cleanup.
+pub fn scan(root: &Path, filters: &Filters) -> (LocalTree, Vec<RelPath>) {
+    let mut tree = LocalTree::default();
+    let mut temps = Vec::new();
+    match fs::symlink_metadata(root) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            tree.root_exists = false;
+            tree.problems.push(Problem {
+                path: root.display().to_string(),
+                message: "local path is not a directory".into(),
+            });
+            return (tree, temps);
+        }
+        Err(_) => {
+            tree.root_exists = false;
+            return (tree, temps);
+        }
+    }
+    walk(root, &RelPath::root(), filters, &mut tree, &mut temps);
+    (tree, temps)
+}
+
+fn walk(
+    root: &Path,
+    dir: &RelPath,
+    filters: &Filters,
+    tree: &mut LocalTree,
+    temps: &mut Vec<RelPath>,
+) {
+    let abs = dir.to_local(root);
+    let rd = match fs::read_dir(&abs) {
+        Ok(rd) => rd,
+        Err(e) => {
+            tree.untrusted.insert(dir.clone());
+            tree.problems.push(Problem {
+                path: dir.to_string(),
+                message: format!("cannot read directory: {e}"),
+            });
+            return;
+        }
+    };
+    let mut children = Vec::new();
+    for item in rd {
+        match item {
+            Ok(item) => children.push(item),
+            Err(e) => {
+                tree.untrusted.insert(dir.clone());
+                tree.problems.push(Problem {
+                    path: dir.to_string(),
+                    message: format!("directory listing failed: {e}"),
+                });
+                return;
+            }
+        }
+    }
+    children.sort_by_key(|c| c.file_name());
+    for child in children {
+        let os_name = child.file_name();
+        let Some(name) = os_name.to_str() else {
+            tree.problems.push(Problem {
+                path: format!("{}/{}", dir, os_name.to_string_lossy()),
+                message: "name is not valid UTF-8: skipped".into(),
+            });
+            continue;
+        };
+        let rel = match dir.join(name.as_bytes()) {
+            Ok(r) => r,
+            Err(e) => {
+                tree.problems.push(Problem {
+                    path: format!("{dir}/{name:?}"),
+                    message: format!("name refused ({e}): skipped"),
+                });
+                continue;
+            }
+        };
+        let md = match fs::symlink_metadata(child.path()) {
+            Ok(md) => md,
+            Err(e) => {
+                tree.problems.push(Problem {
+                    path: rel.to_string(),
+                    message: format!("cannot stat: {e}"),
+                });
+                // Unknown state: treat like an unreadable subtree so nothing is deleted for it.
+                tree.untrusted.insert(rel);
+                continue;
+            }
+        };
+        let ft = md.file_type();
+        if ft.is_dir() {
+            if filters.excludes_dir(rel.as_str()) {
+                continue;
+            }
+            tree.entries.insert(rel.clone(), Entry::dir());
+            walk(root, &rel, filters, tree, temps);
+        } else if ft.is_file() {
+            if is_temp_name(name) {
+                temps.push(rel);
+                continue;
+            }
+            if !filters.accepts_file(rel.as_str()) {
+                continue;
+            }
+            tree.entries.insert(
+                rel,
+                Entry::file(LocalMeta {
+                    size: md.len(),
+                    mtime_ns: mtime_ns(&md),
+                    sha256: None,
+                }),
+            );
+        } else if ft.is_symlink() {
+            if filters.accepts_file(rel.as_str()) {
+                tree.problems.push(Problem {
+                    path: rel.to_string(),
+                    message: "symbolic link: not followed, skipped".into(),
+                });
+            }
+        } else if filters.accepts_file(rel.as_str()) {
+            tree.problems.push(Problem {
+                path: rel.to_string(),
+                message: "not a regular file or directory: skipped".into(),
+            });
+        }
+    }
+}
+
+/// SHA-256 of a file's content.
+pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// The local path of `rel` for writing, after checking that no existing
+/// component between `root` and it is a symbolic link: a link planted in the
+/// tree could otherwise redirect a write outside the root.
+pub fn safe_path(root: &Path, rel: &RelPath) -> io::Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for part in rel.as_str().split('/').filter(|s| !s.is_empty()) {
+        p.push(part);
+        match fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is a symbolic link; refusing to write through it",
+                        p.display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Kind;
+
+    #[test]
+    fn temp_names() {
+        let t = temp_name();
+        assert!(is_temp_name(&t), "{t}");
+        assert!(!is_temp_name(".ftpsync-zz.part"));
+        assert!(!is_temp_name("index.html"));
+    }
+
+    #[test]
+    fn scan_sorted_filtered_no_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("b/c")).unwrap();
+        fs::create_dir_all(r.join(".git")).unwrap();
+        fs::write(r.join(".git/config"), "x").unwrap();
+        fs::write(r.join("a.txt"), "hello").unwrap();
+        fs::write(r.join("b/c/x.tmp"), "t").unwrap();
+        fs::write(r.join("b/c/keep"), "").unwrap();
+        fs::write(r.join(format!("b/{}", temp_name())), "partial").unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("link")).unwrap();
+        let f = Filters::new(&[], &[".git/**".into(), "**/*.tmp".into()]).unwrap();
+        let (tree, temps) = scan(r, &f);
+        let paths: Vec<_> = tree.entries.keys().map(|p| p.as_str().to_owned()).collect();
+        assert_eq!(paths, ["a.txt", "b", "b/c", "b/c/keep"]);
+        assert_eq!(
+            tree.entries[&RelPath::parse("a.txt").unwrap()]
+                .meta
+                .as_ref()
+                .unwrap()
+                .size,
+            5
+        );
+        assert_eq!(tree.entries[&RelPath::parse("b").unwrap()].kind, Kind::Dir);
+        assert_eq!(temps.len(), 1);
+        assert_eq!(tree.problems.len(), 1, "{:?}", tree.problems);
+        assert!(tree.problems[0].message.contains("symbolic link"));
+        assert!(tree.root_exists);
+        let (missing, _) = scan(&r.join("nope"), &f);
+        assert!(!missing.root_exists);
+    }
+
+    #[test]
+    fn safe_path_refuses_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/tmp", d.path().join("evil")).unwrap();
+        assert!(safe_path(d.path(), &RelPath::parse("evil/x").unwrap()).is_err());
+        assert!(safe_path(d.path(), &RelPath::parse("ok/x").unwrap()).is_ok());
+    }
+}

@@ -1,0 +1,246 @@
+//! Relative paths inside a synced tree, and the rules for names that come
+//! from outside (a server listing or the local disk).
+//!
+//! Every path the planner and executor handle is a [`RelPath`]: a sequence of
+//! validated names joined by `/`. Validation happens once, where a name enters
+//! ftpsync, so nothing downstream can build a path that escapes the local root
+//! or smuggles a second command onto the FTP control connection.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("empty name")]
+    Empty,
+    #[error("`.` or `..` component")]
+    DotComponent,
+    #[error("contains a path separator (`/` or `\\`)")]
+    Separator,
+    #[error("contains a control character (NUL, CR, LF, …)")]
+    ControlChar,
+    #[error("not valid UTF-8")]
+    NotUtf8,
+}
+
+/// Checks one name (a single path component) taken from a listing or a
+/// directory walk. Rejects what could escape the root (`..`, separators,
+/// absolute paths) or inject protocol commands (CR, LF, NUL and the other
+/// C0/C1 control characters).
+pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
+    let name = std::str::from_utf8(raw).map_err(|_| NameError::NotUtf8)?;
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::DotComponent);
+    }
+    if name.contains(['/', '\\']) {
+        return Err(NameError::Separator);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::ControlChar);
+    }
+    Ok(name)
+}
+
+/// A path relative to a sync root, `/`-separated, every component checked by
+/// [`validate_name`]. The empty path is the root itself.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RelPath(String);
+
+impl RelPath {
+    /// The root of the tree.
+    pub fn root() -> Self {
+        RelPath(String::new())
+    }
+
+    /// Parses a stored or user-given `a/b/c` path, validating every component.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Ok(Self::root());
+        }
+        let mut p = Self::root();
+        for part in s.split('/') {
+            p = p.join(part.as_bytes())?;
+        }
+        Ok(p)
+    }
+
+    /// The child `name` of this path; `name` is validated.
+    pub fn join(&self, name: &[u8]) -> Result<Self, NameError> {
+        let name = validate_name(name)?;
+        Ok(self.join_valid(name))
+    }
+
+    fn join_valid(&self, name: &str) -> Self {
+        if self.0.is_empty() {
+            RelPath(name.to_owned())
+        } else {
+            RelPath(format!("{}/{}", self.0, name))
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last component (empty for the root).
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or("")
+    }
+
+    /// The parent directory, `None` for the root.
+    pub fn parent(&self) -> Option<RelPath> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(match self.0.rfind('/') {
+            Some(i) => RelPath(self.0[..i].to_owned()),
+            None => RelPath::root(),
+        })
+    }
+
+    /// Number of components (0 for the root).
+    pub fn depth(&self) -> usize {
+        if self.0.is_empty() {
+            0
+        } else {
+            self.0.split('/').count()
+        }
+    }
+
+    /// Whether `self` is `ancestor` or lies below it.
+    pub fn is_within(&self, ancestor: &RelPath) -> bool {
+        ancestor.0.is_empty()
+            || self.0 == ancestor.0
+            || (self.0.starts_with(&ancestor.0) && self.0.as_bytes()[ancestor.0.len()] == b'/')
+    }
+
+    /// The path under a local root. Components are validated, so the result
+    /// never leaves `root` lexically.
+    pub fn to_local(&self, root: &Path) -> PathBuf {
+        let mut p = root.to_path_buf();
+        if !self.0.is_empty() {
+            p.extend(self.0.split('/'));
+        }
+        p
+    }
+
+    /// The absolute (or login-relative) path on the server under `root`.
+    pub fn to_remote(&self, root: &str) -> String {
+        if self.0.is_empty() {
+            return root.to_owned();
+        }
+        if root.is_empty() {
+            self.0.clone()
+        } else if root.ends_with('/') {
+            format!("{root}{}", self.0)
+        } else {
+            format!("{root}/{}", self.0)
+        }
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str(".")
+        } else {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl serde::Serialize for RelPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Checks a remote path before it is sent in a command: RFC 959 commands end
+/// at CRLF, so a CR or LF (or a NUL, which some servers treat as the end of the
+/// string) inside a path would let a hostile name inject another command.
+pub fn check_command_arg(arg: &str) -> Result<(), NameError> {
+    if arg.contains(['\r', '\n', '\0']) {
+        Err(NameError::ControlChar)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_hostile_names() {
+        for bad in [
+            &b""[..],
+            b".",
+            b"..",
+            b"../x",
+            b"/etc/passwd",
+            b"a/b",
+            b"C:\\x",
+            b"x\0",
+            b"x\r\nDELE y",
+            b"tab\there",
+            b"\xff\xfe",
+            b"esc\x1b",
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            &b"index.html"[..],
+            b"with space",
+            b" leading",
+            b"trailing ",
+            b"#hash",
+            "ünïcödé €".as_bytes(),
+            b"...",
+            b".hidden",
+        ] {
+            assert_eq!(validate_name(good).unwrap().as_bytes(), good);
+        }
+    }
+
+    #[test]
+    fn relpath_operations() {
+        let p = RelPath::parse("a/b c/d.txt").unwrap();
+        assert_eq!(p.name(), "d.txt");
+        assert_eq!(p.parent().unwrap().as_str(), "a/b c");
+        assert_eq!(p.depth(), 3);
+        assert_eq!(p.to_remote("/www"), "/www/a/b c/d.txt");
+        assert_eq!(p.to_remote("/"), "/a/b c/d.txt");
+        assert_eq!(p.to_remote(""), "a/b c/d.txt");
+        assert_eq!(
+            p.to_local(Path::new("/tmp/x")),
+            PathBuf::from("/tmp/x/a/b c/d.txt")
+        );
+        assert!(p.is_within(&RelPath::parse("a").unwrap()));
+        assert!(
+            !RelPath::parse("ab")
+                .unwrap()
+                .is_within(&RelPath::parse("a").unwrap())
+        );
+        assert!(p.is_within(&RelPath::root()));
+        assert_eq!(RelPath::root().parent(), None);
+        assert_eq!(RelPath::parse("a").unwrap().parent(), Some(RelPath::root()));
+        assert!(RelPath::parse("a/../b").is_err());
+        assert!(RelPath::parse("a//b").is_err());
+        assert!(check_command_arg("/a\r\nDELE b").is_err());
+        assert!(check_command_arg("/a b").is_ok());
+    }
+}

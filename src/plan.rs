@@ -1,0 +1,933 @@
+//! The three-way comparison: local tree × remote tree × state → a plan of
+//! operations, each with the reason for it. Pure: no I/O, so every case is
+//! a unit test.
+//!
+//! The planner thinks in terms of a *source* and a *target* (push: local →
+//! remote, pull: remote → local). For each path it asks whether each side
+//! changed since the state recorded it, and then decides:
+//!
+//! | source | target | state | result |
+//! |---|---|---|---|
+//! | file | — | — | transfer (new) |
+//! | file | — | seen | transfer (target lost it) |
+//! | file | file | — | adopt if size/time match, else transfer (push) / conflict (pull) |
+//! | file | file | seen | transfer if source changed; if target changed: overwrite (push, reported as drift) or keep (pull, conflict) |
+//! | — | file | seen | delete if `delete: true`, else forget |
+//! | — | file | — | delete if `delete: true` (never synced), else leave |
+//! | — | — | seen | forget |
+//!
+//! Directories follow the same pattern with mkdir/rmdir. Nothing is planned
+//! below a directory whose listing failed, and no delete is planned below one
+//! that listed as suspiciously empty.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::ftp::list::RemoteTime;
+use crate::job::{CompareMode, Direction};
+use crate::path::RelPath;
+use crate::state::StateRecord;
+use crate::tree::{Entry, Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
+
+/// What an item does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Mkdir,
+    Upload,
+    Download,
+    Delete,
+    Rmdir,
+    /// Record in the state without transferring (already identical).
+    Adopt,
+    /// Drop from the state (gone, or deliberately left alone).
+    Forget,
+    /// Nothing is done; reported because the user should know (conflict, delete disabled, …).
+    Keep,
+}
+
+/// Which side an item acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Local,
+    Remote,
+}
+
+/// Why an item is in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Only the source has it and it was never synced.
+    New,
+    /// The source changed since the last sync.
+    SourceChanged,
+    /// The target changed behind ftpsync's back (drift); push overwrites it.
+    TargetChanged,
+    /// Both changed since the last sync.
+    BothChanged,
+    /// The target lost a path that the last sync put there.
+    TargetMissing,
+    /// Both exist, no state, and they differ.
+    Differs,
+    /// Both exist, no state, same size and time.
+    Identical,
+    /// The state lacked the remote time (after an upload); taken from the listing.
+    RecordRefresh,
+    /// The source deleted it since the last sync.
+    SourceDeleted,
+    /// Only the target has it and ftpsync never synced it.
+    NotInSource,
+    /// Gone from both sides.
+    Gone,
+    /// A file on one side, a directory on the other.
+    TypeConflict,
+    /// A delete was wanted but `delete: false`.
+    DeleteDisabled,
+    /// No delete below a directory that listed as empty while the state remembers files in it.
+    SuspectListing,
+}
+
+impl Reason {
+    /// Human wording, from the point of view of `direction`.
+    pub fn describe(self, direction: Direction) -> &'static str {
+        use Direction::{Pull, Push};
+        match (self, direction) {
+            (Reason::New, Push) => "new locally",
+            (Reason::New, Pull) => "new on the server",
+            (Reason::SourceChanged, Push) => "changed locally",
+            (Reason::SourceChanged, Pull) => "changed on the server",
+            (Reason::TargetChanged, Push) => {
+                "changed on the server since the last sync (drift): overwritten"
+            }
+            (Reason::TargetChanged, Pull) => "changed locally since the last sync: kept (conflict)",
+            (Reason::BothChanged, Push) => {
+                "changed on both sides since the last sync (drift): local copy wins"
+            }
+            (Reason::BothChanged, Pull) => {
+                "changed on both sides since the last sync: local copy kept (conflict)"
+            }
+            (Reason::TargetMissing, Push) => "missing on the server since the last sync",
+            (Reason::TargetMissing, Pull) => "missing locally since the last sync",
+            (Reason::Differs, Push) => "differs on the server and was never synced: overwritten",
+            (Reason::Differs, Pull) => "differs locally and was never synced: kept (conflict)",
+            (Reason::Identical, _) => "already identical (same size and time)",
+            (Reason::RecordRefresh, _) => "state refreshed from the listing",
+            (Reason::SourceDeleted, Push) => "deleted locally",
+            (Reason::SourceDeleted, Pull) => "deleted on the server",
+            (Reason::NotInSource, Push) => "not present locally",
+            (Reason::NotInSource, Pull) => "not present on the server",
+            (Reason::Gone, _) => "gone from both sides",
+            (Reason::TypeConflict, _) => {
+                "a file on one side and a directory on the other: left alone"
+            }
+            (Reason::DeleteDisabled, Push) => "deleted locally; kept on the server (delete: false)",
+            (Reason::DeleteDisabled, Pull) => "deleted on the server; kept locally (delete: false)",
+            (Reason::SuspectListing, _) => {
+                "not deleted: its directory listed as empty although files were synced there"
+            }
+        }
+    }
+}
+
+/// One operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlanItem {
+    pub op: Op,
+    pub side: Side,
+    pub path: RelPath,
+    pub kind: Kind,
+    pub reason: Reason,
+    /// Bytes to transfer (transfers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Options that shape the plan.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanOptions {
+    pub direction: Direction,
+    pub delete: bool,
+    pub compare: CompareMode,
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// Items in execution order: mkdirs (parents first), transfers, deletes,
+    /// rmdirs (children first), then state-only items.
+    pub items: Vec<PlanItem>,
+    /// Directories whose subtree was skipped because a listing failed.
+    pub skipped_untrusted: Vec<RelPath>,
+    /// Whether the target root must be created first.
+    pub create_target_root: bool,
+}
+
+impl Plan {
+    pub fn count(&self, op: Op) -> usize {
+        self.items.iter().filter(|i| i.op == op).count()
+    }
+
+    /// Items that change something on a side (not state-only, not keep).
+    pub fn changes(&self) -> impl Iterator<Item = &PlanItem> {
+        self.items
+            .iter()
+            .filter(|i| !matches!(i.op, Op::Adopt | Op::Forget | Op::Keep))
+    }
+
+    /// Bytes the transfers will move.
+    pub fn transfer_bytes(&self) -> u64 {
+        self.items
+            .iter()
+            .filter(|i| matches!(i.op, Op::Upload | Op::Download))
+            .filter_map(|i| i.size)
+            .sum()
+    }
+}
+
+/// Whether a local file changed since the state recorded it.
+pub fn local_changed(cur: &LocalMeta, rec: &LocalMeta, mode: CompareMode) -> bool {
+    if cur.size != rec.size {
+        return true;
+    }
+    match mode {
+        CompareMode::Size => false,
+        CompareMode::Auto | CompareMode::Mtime => cur.mtime_ns != rec.mtime_ns,
+        CompareMode::Hash => {
+            cur.mtime_ns != rec.mtime_ns
+                && match (cur.sha256, rec.sha256) {
+                    (Some(a), Some(b)) => a != b,
+                    _ => true,
+                }
+        }
+    }
+}
+
+/// Whether a remote file changed since the state recorded it. An unknown
+/// recorded time (not yet re-listed after an upload) matches any time.
+pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> bool {
+    if let (Some(a), Some(b)) = (cur.size, rec.size)
+        && a != b
+    {
+        return true;
+    }
+    if mode == CompareMode::Size || rec.mtime == RemoteTime::Unknown {
+        return false;
+    }
+    !cur.mtime.same_as(&rec.mtime)
+}
+
+/// Whether a local and a remote file seen for the first time (no state) can
+/// be taken as the same content: equal size, and (unless `compare: size`)
+/// equal time at the listing's precision. MLSD times are UTC; LIST times are
+/// taken as UTC too, and a server in another zone just means a transfer.
+pub fn same_content(local: &LocalMeta, remote: &RemoteMeta, mode: CompareMode) -> bool {
+    if remote.size != Some(local.size) {
+        return false;
+    }
+    if mode == CompareMode::Size {
+        return true;
+    }
+    let secs = local.mtime_ns.div_euclid(1_000_000_000);
+    let Some(local_t) = chrono::DateTime::from_timestamp(secs, 0).map(|t| t.naive_utc()) else {
+        return false;
+    };
+    match remote.mtime {
+        RemoteTime::Exact(t) => (t - local_t).num_seconds().abs() <= 1,
+        RemoteTime::Minute(t) => {
+            let floor = local_t - chrono::Duration::seconds(secs.rem_euclid(60));
+            floor == t
+        }
+        RemoteTime::Day(_) | RemoteTime::Unknown => false,
+    }
+}
+
+/// What is known about one path on the two sides, direction-neutral.
+struct Facts {
+    src: Option<Kind>,
+    tgt: Option<Kind>,
+    rec: Option<Kind>,
+    src_changed: bool,
+    tgt_changed: bool,
+    /// Same content although there is no state (adoption).
+    identical: bool,
+    /// The recorded remote time is unknown and the listing now has one.
+    refresh: bool,
+    src_size: Option<u64>,
+}
+
+fn facts(
+    local: Option<&Entry<LocalMeta>>,
+    remote: Option<&Entry<RemoteMeta>>,
+    rec: Option<&StateRecord>,
+    o: &PlanOptions,
+) -> Facts {
+    let lf = local.and_then(|e| e.meta.as_ref());
+    let rf = remote.and_then(|e| e.meta.as_ref());
+    let l_changed = match (lf, rec.and_then(|r| r.local.as_ref())) {
+        (Some(c), Some(r)) => local_changed(c, r, o.compare),
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let r_changed = match (rf, rec.and_then(|r| r.remote.as_ref())) {
+        (Some(c), Some(r)) => remote_changed(c, r, o.compare),
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let identical = match (lf, rf) {
+        (Some(l), Some(r)) => same_content(l, r, o.compare),
+        _ => false,
+    };
+    let refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
+        (Some(c), Some(r)) => r.mtime == RemoteTime::Unknown && c.mtime != RemoteTime::Unknown,
+        _ => false,
+    };
+    let (src, tgt, src_changed, tgt_changed, src_size) = match o.direction {
+        Direction::Push => (
+            local.map(|e| e.kind),
+            remote.map(|e| e.kind),
+            l_changed,
+            r_changed,
+            lf.map(|m| m.size),
+        ),
+        Direction::Pull => (
+            remote.map(|e| e.kind),
+            local.map(|e| e.kind),
+            r_changed,
+            l_changed,
+            rf.and_then(|m| m.size),
+        ),
+    };
+    Facts {
+        src,
+        tgt,
+        rec: rec.map(|r| r.kind),
+        src_changed,
+        tgt_changed,
+        identical,
+        refresh,
+        src_size,
+    }
+}
+
+/// Plans a sync. `state` is what the last successful sync recorded.
+pub fn plan(
+    local: &LocalTree,
+    remote: &RemoteTree,
+    state: &BTreeMap<RelPath, StateRecord>,
+    o: &PlanOptions,
+) -> Plan {
+    // Deletes on the target come from absences on the source, so a suspicious
+    // (empty) source listing is what blocks them.
+    let (target_side, transfer, src_suspect) = match o.direction {
+        Direction::Push => (Side::Remote, Op::Upload, &local.suspect_empty),
+        Direction::Pull => (Side::Local, Op::Download, &remote.suspect_empty),
+    };
+    let mut plan = Plan {
+        create_target_root: match o.direction {
+            Direction::Push => !remote.root_exists,
+            Direction::Pull => !local.root_exists,
+        },
+        ..Plan::default()
+    };
+    let mut untrusted: BTreeSet<RelPath> = local.untrusted.clone();
+    untrusted.extend(remote.untrusted.iter().cloned());
+    plan.skipped_untrusted = untrusted.iter().cloned().collect();
+
+    let paths: BTreeSet<&RelPath> = local
+        .entries
+        .keys()
+        .chain(remote.entries.keys())
+        .chain(state.keys())
+        .collect();
+
+    let mut mkdirs = Vec::new();
+    let mut transfers = Vec::new();
+    let mut deletes = Vec::new();
+    let mut rmdirs = Vec::new();
+    let mut records = Vec::new();
+    for path in paths {
+        if path.is_root() || untrusted.iter().any(|u| path.is_within(u)) {
+            continue;
+        }
+        let f = facts(
+            local.entries.get(path),
+            remote.entries.get(path),
+            state.get(path),
+            o,
+        );
+        let item = |op: Op, side: Side, kind: Kind, reason: Reason| PlanItem {
+            op,
+            side,
+            path: path.clone(),
+            kind,
+            reason,
+            size: None,
+        };
+        let suspect = src_suspect.iter().any(|s| path.is_within(s) && path != s);
+        match (f.src, f.tgt) {
+            (Some(Kind::File), None) => {
+                let reason = if f.rec.is_some() {
+                    Reason::TargetMissing
+                } else {
+                    Reason::New
+                };
+                transfers.push(PlanItem {
+                    size: f.src_size,
+                    ..item(transfer, target_side, Kind::File, reason)
+                });
+            }
+            (Some(Kind::File), Some(Kind::File)) => {
+                if f.rec != Some(Kind::File) {
+                    if f.identical {
+                        records.push(item(Op::Adopt, target_side, Kind::File, Reason::Identical));
+                    } else if o.direction == Direction::Push {
+                        transfers.push(PlanItem {
+                            size: f.src_size,
+                            ..item(transfer, target_side, Kind::File, Reason::Differs)
+                        });
+                    } else {
+                        records.push(item(Op::Keep, target_side, Kind::File, Reason::Differs));
+                    }
+                } else if f.tgt_changed {
+                    let reason = if f.src_changed {
+                        Reason::BothChanged
+                    } else {
+                        Reason::TargetChanged
+                    };
+                    if o.direction == Direction::Push {
+                        transfers.push(PlanItem {
+                            size: f.src_size,
+                            ..item(transfer, target_side, Kind::File, reason)
+                        });
+                    } else {
+                        records.push(item(Op::Keep, target_side, Kind::File, reason));
+                    }
+                } else if f.src_changed {
+                    transfers.push(PlanItem {
+                        size: f.src_size,
+                        ..item(transfer, target_side, Kind::File, Reason::SourceChanged)
+                    });
+                } else if f.refresh {
+                    records.push(item(
+                        Op::Adopt,
+                        target_side,
+                        Kind::File,
+                        Reason::RecordRefresh,
+                    ));
+                }
+            }
+            (Some(Kind::Dir), None) => {
+                let reason = if f.rec.is_some() {
+                    Reason::TargetMissing
+                } else {
+                    Reason::New
+                };
+                mkdirs.push(item(Op::Mkdir, target_side, Kind::Dir, reason));
+            }
+            (Some(Kind::Dir), Some(Kind::Dir)) => {
+                if f.rec != Some(Kind::Dir) {
+                    records.push(item(Op::Adopt, target_side, Kind::Dir, Reason::Identical));
+                }
+            }
+            (Some(src), Some(_)) => {
+                records.push(item(Op::Keep, target_side, src, Reason::TypeConflict));
+            }
+            (None, Some(tk)) => {
+                let synced = f.rec.is_some();
+                let reason = if synced {
+                    Reason::SourceDeleted
+                } else {
+                    Reason::NotInSource
+                };
+                if !o.delete {
+                    if synced {
+                        records.push(item(Op::Forget, target_side, tk, Reason::DeleteDisabled));
+                    }
+                } else if suspect {
+                    records.push(item(Op::Keep, target_side, tk, Reason::SuspectListing));
+                } else if tk == Kind::File {
+                    if synced && f.tgt_changed && o.direction == Direction::Pull {
+                        // Changed locally, deleted on the server: keep the local work.
+                        records.push(item(Op::Keep, target_side, tk, Reason::TargetChanged));
+                    } else {
+                        deletes.push(item(Op::Delete, target_side, tk, reason));
+                    }
+                } else {
+                    rmdirs.push(item(Op::Rmdir, target_side, tk, reason));
+                }
+            }
+            (None, None) => {
+                if let Some(k) = f.rec {
+                    records.push(item(Op::Forget, target_side, k, Reason::Gone));
+                }
+            }
+        }
+    }
+    // A kept item below a directory blocks that directory's removal.
+    let blocked: Vec<RelPath> = records
+        .iter()
+        .filter(|i| i.op == Op::Keep)
+        .map(|i| i.path.clone())
+        .chain(transfers.iter().map(|i| i.path.clone()))
+        .collect();
+    rmdirs.retain(|d| !blocked.iter().any(|b| b.is_within(&d.path) && *b != d.path));
+    mkdirs.sort_by(|a, b| {
+        a.path
+            .depth()
+            .cmp(&b.path.depth())
+            .then(a.path.cmp(&b.path))
+    });
+    rmdirs.sort_by(|a, b| {
+        b.path
+            .depth()
+            .cmp(&a.path.depth())
+            .then(a.path.cmp(&b.path))
+    });
+    plan.items.extend(mkdirs);
+    plan.items.extend(transfers);
+    plan.items.extend(deletes);
+    plan.items.extend(rmdirs);
+    plan.items.extend(records);
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::Tree;
+    use chrono::NaiveDate;
+
+    fn t(s: &str) -> chrono::NaiveDateTime {
+        NaiveDate::from_ymd_opt(2026, 1, 2)
+            .unwrap()
+            .and_hms_opt(3, 4, s.parse().unwrap())
+            .unwrap()
+    }
+    fn ns(s: &str) -> i64 {
+        t(s).and_utc().timestamp() * 1_000_000_000 + 123
+    }
+    fn lf(size: u64, sec: &str) -> Entry<LocalMeta> {
+        Entry::file(LocalMeta {
+            size,
+            mtime_ns: ns(sec),
+            sha256: None,
+        })
+    }
+    fn rf(size: u64, sec: &str) -> Entry<RemoteMeta> {
+        Entry::file(RemoteMeta {
+            size: Some(size),
+            mtime: RemoteTime::Exact(t(sec)),
+        })
+    }
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+    fn rec(l: Option<&Entry<LocalMeta>>, r: Option<&Entry<RemoteMeta>>) -> StateRecord {
+        StateRecord {
+            kind: Kind::File,
+            local: l.and_then(|e| e.meta.clone()),
+            remote: r.and_then(|e| e.meta.clone()),
+        }
+    }
+
+    struct Case {
+        local: Option<Entry<LocalMeta>>,
+        remote: Option<Entry<RemoteMeta>>,
+        state: Option<StateRecord>,
+    }
+
+    fn run(c: &Case, direction: Direction, delete: bool) -> Vec<(Op, Side, Reason)> {
+        let mut l = Tree::default();
+        let mut r = Tree::default();
+        let mut s = BTreeMap::new();
+        if let Some(e) = &c.local {
+            l.entries.insert(p("f"), e.clone());
+        }
+        if let Some(e) = &c.remote {
+            r.entries.insert(p("f"), e.clone());
+        }
+        if let Some(e) = &c.state {
+            s.insert(p("f"), e.clone());
+        }
+        let o = PlanOptions {
+            direction,
+            delete,
+            compare: CompareMode::Auto,
+        };
+        plan(&l, &r, &s, &o)
+            .items
+            .into_iter()
+            .map(|i| (i.op, i.side, i.reason))
+            .collect()
+    }
+
+    #[test]
+    fn three_way_table() {
+        use Direction::{Pull, Push};
+        use Op::*;
+        let l1 = lf(10, "00");
+        let l2 = lf(11, "30");
+        let r1 = rf(10, "00");
+        let r2 = rf(12, "40");
+        let synced = rec(Some(&l1), Some(&r1));
+        let some = |e: &Entry<LocalMeta>| Some(e.clone());
+        let rs = |e: &Entry<RemoteMeta>| Some(e.clone());
+        type Row = (Case, Direction, bool, Vec<(Op, Side, Reason)>);
+        let rows: Vec<Row> = vec![
+            // new locally
+            (
+                Case {
+                    local: some(&l1),
+                    remote: None,
+                    state: None,
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::New)],
+            ),
+            // unchanged
+            (
+                Case {
+                    local: some(&l1),
+                    remote: rs(&r1),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                true,
+                vec![],
+            ),
+            // changed locally
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r1),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::SourceChanged)],
+            ),
+            // drift on the server: push overwrites
+            (
+                Case {
+                    local: some(&l1),
+                    remote: rs(&r2),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::TargetChanged)],
+            ),
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r2),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::BothChanged)],
+            ),
+            // deleted on the server behind our back
+            (
+                Case {
+                    local: some(&l1),
+                    remote: None,
+                    state: Some(synced.clone()),
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::TargetMissing)],
+            ),
+            // deleted locally
+            (
+                Case {
+                    local: None,
+                    remote: rs(&r1),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                true,
+                vec![(Delete, Side::Remote, Reason::SourceDeleted)],
+            ),
+            (
+                Case {
+                    local: None,
+                    remote: rs(&r1),
+                    state: Some(synced.clone()),
+                },
+                Push,
+                false,
+                vec![(Forget, Side::Remote, Reason::DeleteDisabled)],
+            ),
+            // stray on the server
+            (
+                Case {
+                    local: None,
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Push,
+                false,
+                vec![],
+            ),
+            (
+                Case {
+                    local: None,
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Push,
+                true,
+                vec![(Delete, Side::Remote, Reason::NotInSource)],
+            ),
+            // first run: identical → adopt; different → upload
+            (
+                Case {
+                    local: some(&l1),
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Push,
+                false,
+                vec![(Adopt, Side::Remote, Reason::Identical)],
+            ),
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Push,
+                false,
+                vec![(Upload, Side::Remote, Reason::Differs)],
+            ),
+            // gone everywhere
+            (
+                Case {
+                    local: None,
+                    remote: None,
+                    state: Some(synced.clone()),
+                },
+                Push,
+                true,
+                vec![(Forget, Side::Remote, Reason::Gone)],
+            ),
+            // pull: mirror image
+            (
+                Case {
+                    local: None,
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Pull,
+                false,
+                vec![(Download, Side::Local, Reason::New)],
+            ),
+            (
+                Case {
+                    local: some(&l1),
+                    remote: rs(&r2),
+                    state: Some(synced.clone()),
+                },
+                Pull,
+                false,
+                vec![(Download, Side::Local, Reason::SourceChanged)],
+            ),
+            // pull: local edits are kept, never overwritten
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r1),
+                    state: Some(synced.clone()),
+                },
+                Pull,
+                true,
+                vec![(Keep, Side::Local, Reason::TargetChanged)],
+            ),
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r2),
+                    state: Some(synced.clone()),
+                },
+                Pull,
+                true,
+                vec![(Keep, Side::Local, Reason::BothChanged)],
+            ),
+            (
+                Case {
+                    local: some(&l2),
+                    remote: rs(&r1),
+                    state: None,
+                },
+                Pull,
+                true,
+                vec![(Keep, Side::Local, Reason::Differs)],
+            ),
+            (
+                Case {
+                    local: some(&l1),
+                    remote: None,
+                    state: Some(synced.clone()),
+                },
+                Pull,
+                true,
+                vec![(Delete, Side::Local, Reason::SourceDeleted)],
+            ),
+            (
+                Case {
+                    local: some(&l2),
+                    remote: None,
+                    state: Some(synced.clone()),
+                },
+                Pull,
+                true,
+                vec![(Keep, Side::Local, Reason::TargetChanged)],
+            ),
+            (
+                Case {
+                    local: some(&l1),
+                    remote: None,
+                    state: None,
+                },
+                Pull,
+                true,
+                vec![(Delete, Side::Local, Reason::NotInSource)],
+            ),
+            (
+                Case {
+                    local: some(&l1),
+                    remote: None,
+                    state: None,
+                },
+                Pull,
+                false,
+                vec![],
+            ),
+        ];
+        for (i, (case, dir, delete, want)) in rows.iter().enumerate() {
+            assert_eq!(&run(case, *dir, *delete), want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn minute_precision_and_unknown_times() {
+        let l = LocalMeta {
+            size: 3,
+            mtime_ns: ns("42"),
+            sha256: None,
+        };
+        let minute = RemoteMeta {
+            size: Some(3),
+            mtime: RemoteTime::Minute(t("00")),
+        };
+        assert!(same_content(&l, &minute, CompareMode::Auto));
+        let day = RemoteMeta {
+            size: Some(3),
+            mtime: RemoteTime::Day(t("00").date()),
+        };
+        assert!(!same_content(&l, &day, CompareMode::Auto));
+        assert!(same_content(&l, &day, CompareMode::Size));
+        let pending = RemoteMeta {
+            size: Some(3),
+            mtime: RemoteTime::Unknown,
+        };
+        assert!(!remote_changed(&minute, &pending, CompareMode::Auto));
+        let resized = RemoteMeta {
+            size: Some(4),
+            mtime: RemoteTime::Unknown,
+        };
+        assert!(remote_changed(&resized, &pending, CompareMode::Auto));
+    }
+
+    #[test]
+    fn hash_mode_ignores_touch() {
+        let a = LocalMeta {
+            size: 3,
+            mtime_ns: 1,
+            sha256: Some([1; 32]),
+        };
+        let touched = LocalMeta {
+            mtime_ns: 2,
+            ..a.clone()
+        };
+        let edited = LocalMeta {
+            mtime_ns: 2,
+            sha256: Some([2; 32]),
+            ..a.clone()
+        };
+        assert!(!local_changed(&touched, &a, CompareMode::Hash));
+        assert!(local_changed(&touched, &a, CompareMode::Mtime));
+        assert!(local_changed(&edited, &a, CompareMode::Hash));
+    }
+
+    #[test]
+    fn ordering_dirs_and_untrusted() {
+        let mut l: LocalTree = Tree::default();
+        for d in ["a", "a/b", "z"] {
+            l.entries.insert(p(d), Entry::dir());
+        }
+        l.entries.insert(p("a/b/f"), lf(1, "00"));
+        let mut r: RemoteTree = Tree::default();
+        r.entries.insert(p("old"), Entry::dir());
+        r.entries.insert(p("old/deep"), Entry::dir());
+        r.entries.insert(p("old/deep/x"), rf(1, "00"));
+        r.entries.insert(p("bad"), Entry::dir());
+        r.untrusted.insert(p("bad"));
+        let mut s = BTreeMap::new();
+        s.insert(p("bad/x"), rec(Some(&lf(1, "00")), Some(&rf(1, "00"))));
+        let o = PlanOptions {
+            direction: Direction::Push,
+            delete: true,
+            compare: CompareMode::Auto,
+        };
+        let got: Vec<(Op, String)> = plan(&l, &r, &s, &o)
+            .items
+            .into_iter()
+            .map(|i| (i.op, i.path.to_string()))
+            .collect();
+        let want: Vec<(Op, String)> = vec![
+            (Op::Mkdir, "a".into()),
+            (Op::Mkdir, "z".into()),
+            (Op::Mkdir, "a/b".into()),
+            (Op::Upload, "a/b/f".into()),
+            (Op::Delete, "old/deep/x".into()),
+            (Op::Rmdir, "old/deep".into()),
+            (Op::Rmdir, "old".into()),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn suspect_empty_listing_blocks_deletes() {
+        let mut l2: LocalTree = Tree::default();
+        l2.entries.insert(p("d"), Entry::dir());
+        l2.entries.insert(p("d/f"), lf(1, "00"));
+        let mut remote: RemoteTree = Tree::default();
+        remote.entries.insert(p("d"), Entry::dir());
+        remote.suspect_empty.insert(p("d"));
+        let mut s = BTreeMap::new();
+        s.insert(p("d/f"), rec(Some(&lf(1, "00")), Some(&rf(1, "00"))));
+        // pull: the server's d listed empty though we synced d/f: keep the local copy.
+        let o = PlanOptions {
+            direction: Direction::Pull,
+            delete: true,
+            compare: CompareMode::Auto,
+        };
+        let got: Vec<(Op, String, Reason)> = plan(&l2, &remote, &s, &o)
+            .items
+            .into_iter()
+            .map(|i| (i.op, i.path.to_string(), i.reason))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Op::Adopt, "d".to_string(), Reason::Identical),
+                (Op::Keep, "d/f".to_string(), Reason::SuspectListing),
+            ]
+        );
+    }
+}

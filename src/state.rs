@@ -1,0 +1,519 @@
+//! The state database: what the last successful sync saw on each side, per
+//! path. SQLite (WAL mode), one file per job, schema versioned with
+//! `PRAGMA user_version`, guarded by a lock file so two processes never run
+//! the same job at once.
+//!
+//! Durability: every completed operation is committed as soon as the writer
+//! thread sees it (several completions that arrive together share one
+//! transaction). WAL with `synchronous=NORMAL` keeps the database consistent
+//! across a crash of ftpsync at any point; a power loss may forget the last
+//! few commits, which only means the next run re-checks those files.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::ftp::list::RemoteTime;
+use crate::path::RelPath;
+use crate::tree::{Kind, LocalMeta, RemoteMeta};
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "state database {path} was written by a newer ftpsync (schema {found}, this build knows {SCHEMA_VERSION}); nothing was changed"
+    )]
+    TooNew { path: PathBuf, found: i64 },
+    #[error(
+        "state database {path} is damaged ({message}); nothing was changed. Move it away to start over (the next run then re-adopts matching files)"
+    )]
+    Corrupt { path: PathBuf, message: String },
+    #[error(
+        "another ftpsync is running this job (lock {path} is held); try again when it has finished"
+    )]
+    Locked { path: PathBuf },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database writer stopped: {0}")]
+    Writer(String),
+}
+
+/// What the last sync saw of one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateRecord {
+    pub kind: Kind,
+    pub local: Option<LocalMeta>,
+    /// For files: the remote fingerprint; `mtime` is `Unknown` while not yet
+    /// re-listed after an upload (the next listing fills it in).
+    pub remote: Option<RemoteMeta>,
+}
+
+/// A change to the state, applied by the writer.
+#[derive(Debug, Clone)]
+pub enum StateChange {
+    Put(RelPath, StateRecord),
+    Remove(RelPath),
+    /// A remote temporary file is about to be written (journal for cleanup).
+    PendingAdd(String),
+    /// The temporary file is gone (renamed or deleted).
+    PendingRemove(String),
+    /// The remote fingerprint of an existing record, as re-listed after an upload.
+    RefreshRemote(RelPath, RemoteMeta),
+}
+
+/// An open state database.
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// Holds the job's lock file; released on drop (and by the OS if the process dies).
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+}
+
+/// Takes the per-job lock beside the state database. A lock left by a killed
+/// process is released by the OS, so it is never stale.
+pub fn lock(state_path: &Path) -> Result<StateLock, StateError> {
+    let lock_path = lock_path(state_path);
+    if let Some(dir) = lock_path.parent() {
+        fs::create_dir_all(dir).map_err(|e| StateError::Open {
+            path: state_path.to_owned(),
+            message: format!("cannot create directory {}: {e}", dir.display()),
+        })?;
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| StateError::Open {
+            path: lock_path.clone(),
+            message: e.to_string(),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(StateLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(StateError::Locked { path: lock_path }),
+        Err(fs::TryLockError::Error(e)) => Err(StateError::Open {
+            path: lock_path,
+            message: format!("cannot lock: {e}"),
+        }),
+    }
+}
+
+fn lock_path(state_path: &Path) -> PathBuf {
+    let mut s = state_path.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+impl StateDb {
+    /// Opens (creating if needed) the database. `create = false` opens an
+    /// existing one read-only-ish for `plan` and returns `Ok(None)` if there is none.
+    pub fn open(path: &Path, create: bool) -> Result<Option<StateDb>, StateError> {
+        let open_err = |message: String| StateError::Open {
+            path: path.to_owned(),
+            message,
+        };
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create directory: {e}")))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
+        let corrupt = |e: rusqlite::Error| StateError::Corrupt {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(corrupt)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if version > SCHEMA_VERSION {
+            return Err(StateError::TooNew {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if check != "ok" {
+            return Err(StateError::Corrupt {
+                path: path.to_owned(),
+                message: check,
+            });
+        }
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(corrupt)?;
+        if version == 0 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS entries (
+                    path TEXT PRIMARY KEY,
+                    kind TEXT NOT NULL CHECK (kind IN ('file', 'dir')),
+                    local_size INTEGER,
+                    local_mtime_ns INTEGER,
+                    local_sha256 BLOB,
+                    remote_size INTEGER,
+                    remote_mtime TEXT
+                 );
+                 CREATE TABLE IF NOT EXISTS pending (remote_path TEXT PRIMARY KEY);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Some(StateDb {
+            conn,
+            path: path.to_owned(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The identity of the job the state belongs to (direction, server, roots).
+    pub fn binding(&self) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Records the binding; if it differs from the stored one, the old records
+    /// describe another tree and are dropped. Returns whether that happened.
+    pub fn bind(&mut self, binding: &str) -> Result<bool, StateError> {
+        let old = self.binding()?;
+        let reset = old.as_deref().is_some_and(|o| o != binding);
+        let tx = self.conn.transaction()?;
+        if reset {
+            tx.execute("DELETE FROM entries", [])?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('binding', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![binding],
+        )?;
+        tx.commit()?;
+        Ok(reset)
+    }
+
+    /// Every record, by path.
+    pub fn load(&self) -> Result<BTreeMap<RelPath, StateRecord>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT path, kind, local_size, local_mtime_ns, local_sha256, remote_size, remote_mtime FROM entries",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = BTreeMap::new();
+        while let Some(row) = rows.next()? {
+            let path: String = row.get(0)?;
+            let bad = |what: &str| StateError::Corrupt {
+                path: self.path.clone(),
+                message: format!("{what} in record {path:?}"),
+            };
+            let rel = RelPath::parse(&path).map_err(|_| bad("bad path"))?;
+            let kind = match row.get::<_, String>(1)?.as_str() {
+                "file" => Kind::File,
+                "dir" => Kind::Dir,
+                _ => return Err(bad("bad kind")),
+            };
+            let local = match (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?) {
+                (Some(size), Some(mtime_ns)) => {
+                    let sha: Option<Vec<u8>> = row.get(4)?;
+                    Some(LocalMeta {
+                        size: u64::try_from(size).map_err(|_| bad("bad size"))?,
+                        mtime_ns,
+                        sha256: sha.and_then(|v| v.try_into().ok()),
+                    })
+                }
+                _ => None,
+            };
+            let remote_size: Option<i64> = row.get(5)?;
+            let remote_mtime: Option<String> = row.get(6)?;
+            let remote = match (remote_size, remote_mtime) {
+                (None, None) => None,
+                (size, mtime) => Some(RemoteMeta {
+                    size: size.map(|s| s as u64),
+                    mtime: mtime
+                        .as_deref()
+                        .and_then(RemoteTime::parse_stored)
+                        .unwrap_or(RemoteTime::Unknown),
+                }),
+            };
+            out.insert(
+                rel,
+                StateRecord {
+                    kind,
+                    local,
+                    remote,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Remote temporary files that were being written when a run stopped.
+    pub fn pending(&self) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT remote_path FROM pending ORDER BY remote_path")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Applies changes in one transaction.
+    pub fn apply(&mut self, changes: &[StateChange]) -> Result<(), StateError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO entries (path, kind, local_size, local_mtime_ns, local_sha256, remote_size, remote_mtime)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(path) DO UPDATE SET kind = excluded.kind, local_size = excluded.local_size,
+                   local_mtime_ns = excluded.local_mtime_ns, local_sha256 = excluded.local_sha256,
+                   remote_size = excluded.remote_size, remote_mtime = excluded.remote_mtime",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM entries WHERE path = ?1")?;
+            let mut padd =
+                tx.prepare_cached("INSERT OR IGNORE INTO pending (remote_path) VALUES (?1)")?;
+            let mut prm = tx.prepare_cached("DELETE FROM pending WHERE remote_path = ?1")?;
+            let mut refresh = tx.prepare_cached(
+                "UPDATE entries SET remote_size = ?2, remote_mtime = ?3 WHERE path = ?1 AND kind = 'file'",
+            )?;
+            for c in changes {
+                match c {
+                    StateChange::Put(p, r) => {
+                        let l = r.local.as_ref();
+                        let rm = r.remote.as_ref();
+                        put.execute(params![
+                            p.as_str(),
+                            r.kind.as_str(),
+                            l.map(|l| l.size as i64),
+                            l.map(|l| l.mtime_ns),
+                            l.and_then(|l| l.sha256.map(|h| h.to_vec())),
+                            rm.and_then(|m| m.size.map(|s| s as i64)),
+                            rm.map(|m| m.mtime.to_stored()),
+                        ])?;
+                    }
+                    StateChange::Remove(p) => {
+                        del.execute(params![p.as_str()])?;
+                    }
+                    StateChange::PendingAdd(p) => {
+                        padd.execute(params![p])?;
+                    }
+                    StateChange::PendingRemove(p) => {
+                        prm.execute(params![p])?;
+                    }
+                    StateChange::RefreshRemote(p, m) => {
+                        refresh.execute(params![
+                            p.as_str(),
+                            m.size.map(|s| s as i64),
+                            m.mtime.to_stored()
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check` result ("ok" when healthy).
+    pub fn integrity_check(&self) -> Result<String, StateError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+enum WriterMsg {
+    Change(StateChange),
+    Flush(mpsc::Sender<Result<(), String>>),
+}
+
+/// A thread that owns the database during a run and commits changes as they
+/// arrive, batching whatever is queued into one transaction.
+pub struct StateWriter {
+    tx: mpsc::Sender<WriterMsg>,
+    handle: Option<thread::JoinHandle<StateDb>>,
+}
+
+impl StateWriter {
+    pub fn start(mut db: StateDb) -> StateWriter {
+        let (tx, rx) = mpsc::channel::<WriterMsg>();
+        let handle = thread::spawn(move || {
+            let mut failed: Option<String> = None;
+            while let Ok(first) = rx.recv() {
+                let mut batch = Vec::new();
+                let mut flushes = Vec::new();
+                let mut next = Some(first);
+                while let Some(msg) = next {
+                    match msg {
+                        WriterMsg::Change(c) => batch.push(c),
+                        WriterMsg::Flush(ack) => flushes.push(ack),
+                    }
+                    next = rx.try_recv().ok();
+                }
+                if !batch.is_empty()
+                    && failed.is_none()
+                    && let Err(e) = db.apply(&batch)
+                {
+                    failed = Some(e.to_string());
+                }
+                for ack in flushes {
+                    let _ = ack.send(failed.clone().map_or(Ok(()), Err));
+                }
+            }
+            db
+        });
+        StateWriter {
+            tx,
+            handle: Some(handle),
+        }
+    }
+
+    /// Queues a change; it is committed within moments.
+    pub fn send(&self, change: StateChange) {
+        let _ = self.tx.send(WriterMsg::Change(change));
+    }
+
+    /// Waits until everything sent so far is committed.
+    pub fn flush(&self) -> Result<(), StateError> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        self.tx
+            .send(WriterMsg::Flush(ack_tx))
+            .map_err(|_| StateError::Writer("thread gone".into()))?;
+        ack_rx
+            .recv()
+            .map_err(|_| StateError::Writer("thread gone".into()))?
+            .map_err(StateError::Writer)
+    }
+
+    /// Flushes and hands the database back.
+    pub fn finish(mut self) -> Result<StateDb, StateError> {
+        self.flush()?;
+        let handle = self.handle.take().expect("writer joined once");
+        drop(self);
+        handle
+            .join()
+            .map_err(|_| StateError::Writer("thread panicked".into()))
+    }
+}
+
+impl Drop for StateWriter {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after it commits what is queued.
+        let (tx, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> StateRecord {
+        StateRecord {
+            kind: Kind::File,
+            local: Some(LocalMeta {
+                size: 5,
+                mtime_ns: 1_700_000_000_123_456_789,
+                sha256: Some([7; 32]),
+            }),
+            remote: Some(RemoteMeta {
+                size: Some(5),
+                mtime: RemoteTime::Unknown,
+            }),
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_versioning() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("s/state.db");
+        assert!(StateDb::open(&path, false).unwrap().is_none());
+        let mut db = StateDb::open(&path, true).unwrap().unwrap();
+        assert!(!db.bind("push|h").unwrap());
+        let p = RelPath::parse("a/b c.txt").unwrap();
+        db.apply(&[
+            StateChange::Put(p.clone(), rec()),
+            StateChange::PendingAdd("/www/.ftpsync-0000000000000001.part".into()),
+        ])
+        .unwrap();
+        let all = db.load().unwrap();
+        assert_eq!(all.get(&p), Some(&rec()));
+        assert_eq!(db.pending().unwrap().len(), 1);
+        // Another binding drops the records.
+        assert!(db.bind("push|other").unwrap());
+        assert!(db.load().unwrap().is_empty());
+        drop(db);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99").unwrap();
+        drop(conn);
+        let err = StateDb::open(&path, true).err().unwrap();
+        assert!(matches!(err, StateError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn corrupt_file_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        fs::write(
+            &path,
+            b"this is not a database, just some text that is long enough",
+        )
+        .unwrap();
+        let err = StateDb::open(&path, true).err().unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"this is not a database, just some text that is long enough"
+        );
+    }
+
+    #[test]
+    fn writer_batches_and_flushes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let db = StateDb::open(&path, true).unwrap().unwrap();
+        let w = StateWriter::start(db);
+        for i in 0..100 {
+            w.send(StateChange::Put(
+                RelPath::parse(&format!("f{i}")).unwrap(),
+                rec(),
+            ));
+        }
+        w.flush().unwrap();
+        let db = w.finish().unwrap();
+        assert_eq!(db.load().unwrap().len(), 100);
+        assert_eq!(db.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn lock_is_exclusive() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let l = lock(&path).unwrap();
+        assert!(matches!(lock(&path), Err(StateError::Locked { .. })));
+        drop(l);
+        lock(&path).unwrap();
+    }
+}

@@ -1,0 +1,357 @@
+//! One run of a job, top to bottom: connect, scan both sides and read the
+//! state, plan, check the safety limits, execute, record. `ftpsync plan`
+//! stops after planning; `ftpsync run` goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::exec::{self, ExecInput, RunReport};
+use crate::ftp::conn::{ConnectOptions, FtpConn};
+use crate::ftp::pool::Pool;
+use crate::ftp::reply::ReplyClass;
+use crate::ftp::scan::{self, ScanInput};
+use crate::job::{CompareMode, DeleteLimit, Direction, Job};
+use crate::local;
+use crate::path::RelPath;
+use crate::plan::{self, Op, Plan, PlanOptions};
+use crate::state::{self, StateDb, StateRecord, StateWriter};
+use crate::tree::{Kind, LocalTree, Problem, RemoteTree};
+
+/// Options of `ftpsync run`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Allow more deletes than `safety.max_delete` for this run.
+    pub force_delete: bool,
+}
+
+/// Everything known after scanning and planning.
+pub struct Prepared {
+    pub job: Job,
+    pub root: String,
+    pub local: LocalTree,
+    pub remote: RemoteTree,
+    pub state: BTreeMap<RelPath, StateRecord>,
+    pub plan: Plan,
+    pub remote_temps: Vec<RelPath>,
+    pub local_temps: Vec<RelPath>,
+    pub pending: Vec<String>,
+    pub pool: Arc<Pool>,
+    pub db: Option<StateDb>,
+    /// Set when the state belonged to another server/root/direction and was dropped.
+    pub state_reset: bool,
+    /// A delete-limit problem, if the plan exceeds it.
+    pub delete_limit: Option<String>,
+}
+
+impl Prepared {
+    /// Everything the scans skipped or could not read.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.local
+            .problems
+            .iter()
+            .chain(self.remote.problems.iter())
+    }
+}
+
+fn binding(job: &Job, root: &str) -> String {
+    format!(
+        "{:?}|{}:{}|{}|{}|{}",
+        job.direction,
+        job.remote.host,
+        job.remote.port,
+        job.remote.user,
+        root,
+        job.local_root.display()
+    )
+}
+
+/// Connects, scans and plans. `for_run` opens (and creates) the state
+/// database under the job's lock; otherwise it is only read if present.
+pub async fn prepare(
+    job: &Job,
+    for_run: bool,
+    lock: Option<&state::StateLock>,
+) -> Result<Prepared, Error> {
+    let _ = lock;
+    let server = format!("{}:{}", job.remote.host, job.remote.port);
+    let password = job
+        .remote
+        .password()
+        .map_err(|m| Error::Usage(format!("{}: {m}", job.file.display())))?;
+    let opts = ConnectOptions {
+        host: job.remote.host.clone(),
+        port: job.remote.port,
+        user: job.remote.user.clone(),
+        password,
+        tls: job.remote.tls,
+        tls_verify: job.remote.tls_verify,
+        tls_ca_file: job.remote.tls_ca_file.clone(),
+        passive: job.remote.passive,
+        timeout: job.timeout,
+    };
+
+    // The state first: a damaged or too-new database stops us before any traffic.
+    let mut db = StateDb::open(&job.state_path, for_run)?;
+
+    // First connection: login problems end the run here with a clear message.
+    let mut first = connect_first(&opts, job, &server).await?;
+    let root = absolute_root(&mut first, &job.remote.root)
+        .await
+        .map_err(|failure| Error::Connect {
+            server: server.clone(),
+            failure,
+        })?;
+    let pool = Arc::new(Pool::new(opts, job.concurrency));
+    pool.put_idle(first).await;
+
+    let bind = binding(job, &root);
+    let mut state_reset = false;
+    let state = match db.as_mut() {
+        Some(db) if for_run => {
+            state_reset = db.bind(&bind)?;
+            db.load()?
+        }
+        Some(db) => {
+            if db.binding()?.is_some_and(|b| b != bind) {
+                state_reset = true;
+                BTreeMap::new()
+            } else {
+                db.load()?
+            }
+        }
+        None => BTreeMap::new(),
+    };
+    let pending = match &db {
+        Some(db) => db.pending()?,
+        None => Vec::new(),
+    };
+
+    // Scan both sides at once: the local walk on a blocking thread, the
+    // remote one over the pool.
+    let filters = job.filters.clone();
+    let local_root = job.local_root.clone();
+    let local_scan = tokio::task::spawn_blocking(move || local::scan(&local_root, &filters));
+    let remembered_dirs: BTreeSet<RelPath> = state.keys().filter_map(|p| p.parent()).collect();
+    let scan_input = Arc::new(ScanInput {
+        root: root.clone(),
+        filters: job.filters.clone(),
+        retry: job.retry,
+        remembered_dirs,
+    });
+    let (remote, remote_temps) = scan::scan(Arc::clone(&pool), scan_input).await;
+    let (mut local, local_temps) = local_scan
+        .await
+        .map_err(|e| Error::Io(format!("local scan failed: {e}")))?;
+
+    if job.compare == CompareMode::Hash {
+        fill_hashes(job, &mut local, &state).await;
+    }
+
+    // Refuse the dangerous cases before planning anything.
+    match job.direction {
+        Direction::Push => {
+            if !local.root_exists {
+                return Err(Error::Usage(format!(
+                    "local path {} does not exist or is not a directory; nothing was changed",
+                    job.local_root.display()
+                )));
+            }
+            if job.delete && local.entries.is_empty() && remote.file_count() + state.len() > 0 {
+                return Err(Error::Safety(format!(
+                    "local path {} is empty and delete: true would remove everything under {root} on the server; refusing (nothing was changed)",
+                    job.local_root.display()
+                )));
+            }
+        }
+        Direction::Pull => {
+            if !remote.root_exists {
+                return Err(Error::Usage(format!(
+                    "remote.root {root} does not exist on {server}; nothing was changed"
+                )));
+            }
+            if job.delete
+                && remote.entries.is_empty()
+                && remote.untrusted.is_empty()
+                && local.file_count() + state.len() > 0
+            {
+                return Err(Error::Safety(format!(
+                    "remote root {root} on {server} lists as empty and delete: true would remove everything under {}; refusing (nothing was changed)",
+                    job.local_root.display()
+                )));
+            }
+        }
+    }
+
+    let plan = plan::plan(
+        &local,
+        &remote,
+        &state,
+        &PlanOptions {
+            direction: job.direction,
+            delete: job.delete,
+            compare: job.compare,
+        },
+    );
+    let delete_limit = check_delete_limit(job, &plan, &state, &local, &remote);
+    Ok(Prepared {
+        job: job.clone(),
+        root,
+        local,
+        remote,
+        state,
+        plan,
+        remote_temps,
+        local_temps,
+        pending,
+        pool,
+        db,
+        state_reset,
+        delete_limit,
+    })
+}
+
+async fn connect_first(opts: &ConnectOptions, job: &Job, server: &str) -> Result<FtpConn, Error> {
+    let mut attempt = 1;
+    loop {
+        match FtpConn::connect(opts).await {
+            Ok(c) => return Ok(c),
+            Err(failure) => {
+                if failure.class() == ReplyClass::Auth && !failure.too_many_connections() {
+                    return Err(Error::Login {
+                        server: server.to_owned(),
+                        user: job.remote.user.clone(),
+                        failure,
+                    });
+                }
+                let transient =
+                    failure.class() == ReplyClass::Transient || failure.too_many_connections();
+                if !transient || attempt >= job.retry.max_attempts {
+                    return Err(Error::Connect {
+                        server: server.to_owned(),
+                        failure,
+                    });
+                }
+                attempt += 1;
+                tokio::time::sleep(job.retry.backoff(attempt)).await;
+            }
+        }
+    }
+}
+
+/// Makes a relative `remote.root` absolute against the login directory, so
+/// the CWDs of the scan cannot change what later paths mean.
+async fn absolute_root(c: &mut FtpConn, root: &str) -> Result<String, crate::ftp::FtpFailure> {
+    let root = if root.len() > 1 {
+        root.trim_end_matches('/')
+    } else {
+        root
+    };
+    if root.starts_with('/') {
+        return Ok(root.to_owned());
+    }
+    let home = c.pwd().await?;
+    let home = home.trim_end_matches('/');
+    Ok(if root.is_empty() || root == "." {
+        if home.is_empty() {
+            "/".into()
+        } else {
+            home.to_owned()
+        }
+    } else {
+        format!("{home}/{root}")
+    })
+}
+
+/// In hash mode, hashes the local files whose time changed but size did not.
+async fn fill_hashes(job: &Job, local: &mut LocalTree, state: &BTreeMap<RelPath, StateRecord>) {
+    let mut todo = Vec::new();
+    for (p, e) in &local.entries {
+        if let (Some(m), Some(rec)) = (&e.meta, state.get(p).and_then(|r| r.local.as_ref()))
+            && m.size == rec.size
+            && m.mtime_ns != rec.mtime_ns
+        {
+            todo.push(p.clone());
+        }
+    }
+    let root = job.local_root.clone();
+    let hashed = tokio::task::spawn_blocking(move || {
+        todo.into_iter()
+            .filter_map(|p| local::sha256_file(&p.to_local(&root)).ok().map(|h| (p, h)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap_or_default();
+    for (p, h) in hashed {
+        if let Some(m) = local.entries.get_mut(&p).and_then(|e| e.meta.as_mut()) {
+            m.sha256 = Some(h);
+        }
+    }
+}
+
+/// `safety.max_delete`: the deletes of a plan against the files tracked.
+fn check_delete_limit(
+    job: &Job,
+    plan: &Plan,
+    state: &BTreeMap<RelPath, StateRecord>,
+    local: &LocalTree,
+    remote: &RemoteTree,
+) -> Option<String> {
+    let deletes = plan.items.iter().filter(|i| i.op == Op::Delete).count() as u64;
+    if deletes == 0 {
+        return None;
+    }
+    let tracked = state.values().filter(|r| r.kind == Kind::File).count();
+    let target_files = match job.direction {
+        Direction::Push => remote.file_count(),
+        Direction::Pull => local.file_count(),
+    };
+    let base = tracked.max(target_files) as u64;
+    let (limit, label) = match job.max_delete {
+        DeleteLimit::Count(n) => (n, format!("{n} files")),
+        DeleteLimit::Percent(p) => (
+            ((base as f64) * p / 100.0).floor() as u64,
+            format!("{p}% of {base} tracked files"),
+        ),
+    };
+    (deletes > limit).then(|| {
+        format!(
+            "the plan deletes {deletes} files, more than safety.max_delete allows ({label}); nothing was changed. Check the plan with `ftpsync plan`, then rerun with --force-delete to allow it once"
+        )
+    })
+}
+
+/// Executes a prepared plan and records the results.
+pub async fn run(mut p: Prepared, opts: RunOptions) -> Result<RunReport, Error> {
+    if let Some(msg) = &p.delete_limit
+        && !opts.force_delete
+    {
+        return Err(Error::Safety(msg.clone()));
+    }
+    let db =
+        p.db.take()
+            .ok_or_else(|| Error::Io("state database not open".into()))?;
+    let writer = Arc::new(StateWriter::start(db));
+    let temps_removed = exec::clean_temps(
+        &p.pool,
+        &p.job,
+        &p.root,
+        &p.remote_temps,
+        &p.pending,
+        &p.local_temps,
+        &writer,
+    )
+    .await;
+    let input = ExecInput {
+        job: p.job.clone(),
+        root: p.root.clone(),
+        local: std::mem::take(&mut p.local),
+        remote: std::mem::take(&mut p.remote),
+        state: std::mem::take(&mut p.state),
+    };
+    let mut report = exec::execute(input, &p.plan, Arc::clone(&p.pool), Arc::clone(&writer)).await;
+    report.temps_removed = temps_removed;
+    p.pool.close().await;
+    writer.flush()?;
+    Ok(report)
+}

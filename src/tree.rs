@@ -1,0 +1,122 @@
+//! What a scan found: the entries of one side of a sync, keyed by path, plus
+//! the subtrees whose scan could not be trusted and the names that were
+//! skipped. Both the local and the remote scan produce a [`Tree`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::ftp::list::RemoteTime;
+use crate::path::RelPath;
+
+/// File or directory. Other kinds (symlinks, devices) are reported and skipped by the scans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    File,
+    Dir,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+        }
+    }
+}
+
+/// A local file's fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMeta {
+    pub size: u64,
+    /// Modification time in nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// SHA-256 of the content, computed only in `compare: hash` mode and only when needed.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// A remote file's fingerprint, exactly as the listing reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMeta {
+    pub size: Option<u64>,
+    pub mtime: RemoteTime,
+}
+
+/// One entry of a scanned tree; `meta` is `None` for directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<M> {
+    pub kind: Kind,
+    pub meta: Option<M>,
+}
+
+impl<M> Entry<M> {
+    pub fn dir() -> Self {
+        Entry {
+            kind: Kind::Dir,
+            meta: None,
+        }
+    }
+    pub fn file(meta: M) -> Self {
+        Entry {
+            kind: Kind::File,
+            meta: Some(meta),
+        }
+    }
+}
+
+/// Something a scan skipped or could not read.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The path as far as it is known (may be lossy for undecodable names).
+    pub path: String,
+    pub message: String,
+}
+
+/// A scanned side. `untrusted` holds directories whose listing failed: nothing
+/// below them is known, so the planner neither deletes nor transfers there.
+#[derive(Debug, Clone)]
+pub struct Tree<M> {
+    pub entries: BTreeMap<RelPath, Entry<M>>,
+    pub untrusted: BTreeSet<RelPath>,
+    /// Directories that listed as empty although the state remembers
+    /// content under them: deletes are not planned below them.
+    pub suspect_empty: BTreeSet<RelPath>,
+    pub problems: Vec<Problem>,
+    /// Whether the root itself exists.
+    pub root_exists: bool,
+}
+
+impl<M> Default for Tree<M> {
+    fn default() -> Self {
+        Tree {
+            entries: BTreeMap::new(),
+            untrusted: BTreeSet::new(),
+            suspect_empty: BTreeSet::new(),
+            problems: Vec::new(),
+            root_exists: true,
+        }
+    }
+}
+
+impl<M> Tree<M> {
+    /// Whether `path` lies in (or is) a directory whose listing failed.
+    pub fn is_untrusted(&self, path: &RelPath) -> bool {
+        self.untrusted.iter().any(|u| path.is_within(u))
+    }
+
+    /// Whether deletes under `path` are blocked by a suspicious empty listing.
+    pub fn is_suspect(&self, path: &RelPath) -> bool {
+        self.suspect_empty
+            .iter()
+            .any(|u| path.is_within(u) && path != u)
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.kind == Kind::File)
+            .count()
+    }
+}
+
+pub type LocalTree = Tree<LocalMeta>;
+pub type RemoteTree = Tree<RemoteMeta>;
