@@ -355,7 +355,7 @@ impl Job {
 
     /// Parses job text; `file` is used for relative paths and messages.
     pub fn from_str(text: &str, file: &Path) -> Result<Job, JobError> {
-        let raw: RawJob = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
+        let raw: RawJob = serde_yaml::from_str(text).map_err(|e| syntax_error(file, text, &e))?;
         let invalid = |key: &str, message: String| JobError::Invalid {
             file: file.to_owned(),
             key: key.to_owned(),
@@ -513,11 +513,22 @@ impl Job {
     }
 }
 
-fn syntax_error(file: &Path, e: &serde_yaml::Error) -> JobError {
-    let (line, column) = e
+fn syntax_error(file: &Path, text: &str, e: &serde_yaml::Error) -> JobError {
+    let (mut line, mut column) = e
         .location()
         .map(|l| (l.line(), l.column()))
         .unwrap_or((0, 0));
+    // A duplicate key is reported at the start of its mapping: point at the
+    // second occurrence instead.
+    if let Some(key) = e
+        .to_string()
+        .strip_prefix("duplicate field `")
+        .and_then(|r| r.split('`').next())
+        && let Some((i, l)) = lines_with_key(text, key).nth(1)
+    {
+        line = i + 1;
+        column = l.len() - l.trim_start().len() + 1;
+    }
     // serde_yaml_ng appends " at line L column C"; the location is already in front.
     let mut message = e.to_string();
     if let Some(i) = message.find(" at line ") {
@@ -529,6 +540,15 @@ fn syntax_error(file: &Path, e: &serde_yaml::Error) -> JobError {
         column,
         message,
     }
+}
+
+/// The lines (index, text) that set `key:` at any indentation.
+fn lines_with_key<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    text.lines().enumerate().filter(move |(_, l)| {
+        l.trim_start()
+            .strip_prefix(key)
+            .is_some_and(|r| r.starts_with(':'))
+    })
 }
 
 /// The default state database: `$XDG_STATE_HOME/ftpsync/<name>-<hash>.db`
@@ -680,6 +700,14 @@ mod tests {
             err.starts_with("/jobs/site.yaml:6:14: concurrency: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn duplicate_key_points_at_the_second_one() {
+        let err = load(&format!("{MINIMAL}concurrency: 2\nconcurrency: 3\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "/jobs/site.yaml:7:1: duplicate field `concurrency`");
     }
 
     #[test]

@@ -1,0 +1,8 @@
+//! The integration suite: one binary (one link step) driving the real
+//! `ftpsync` executable against real FTP servers on 127.0.0.1.
+
+mod support;
+
+mod cli;
+mod interop;
+mod mirror;

@@ -1,0 +1,848 @@
+//! Real third-party FTP servers on 127.0.0.1 for interoperability tests.
+//!
+//! * [`start_vsftpd`] runs Debian's vsftpd 3.0.3 in the foreground with a
+//!   private config file, temp root and port. Login is **anonymous** (user
+//!   `anonymous`, any password) with upload, mkdir, delete, rename,
+//!   overwrite and `MDTM <time> <file>` enabled. vsftpd has no MLSD and no
+//!   MFMT, so clients must use `LIST` (`LIST -a` shows dotfiles, plus `.`
+//!   and `..`) and `MDTM YYYYMMDDHHMMSS path` to set times.
+//! * [`start_pyftpdlib`] runs `python -m pyftpdlib` (2.2.0) with a user and
+//!   password, write access, MLSD and MFMT.
+//!
+//! Each call starts its own server process (own port, own passive port
+//! range, own temp dir), so tests may run them in parallel. Dropping the
+//! [`ExternalServer`] kills the server and all its session processes and
+//! deletes the temp dir. Every server runs under a small `sh` watchdog that
+//! also kills it when the test process dies without running `Drop`.
+//!
+//! When a server cannot be started, the functions print
+//! `SKIPPED: <kind> not available: <reason>` to stderr and return `None`,
+//! unless `FTPSYNC_REQUIRE_INTEROP=1` is set (CI sets it), in which case
+//! they panic.
+//!
+//! Environment overrides: `FTPSYNC_VSFTPD` (path of the vsftpd binary),
+//! `FTPSYNC_PYTHON` (a python that can `import pyftpdlib`).
+#![allow(dead_code)]
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a freshly spawned server may take to accept a login.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Number of ports in each server's passive data-port range.
+const PASV_PORTS: u16 = 32;
+/// Attempts with fresh ports when a port turned out to be taken.
+const START_ATTEMPTS: usize = 5;
+
+/// A third-party FTP server running on 127.0.0.1 for the duration of a test.
+pub struct ExternalServer {
+    /// `"vsftpd"` or `"pyftpdlib"`.
+    pub kind: &'static str,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    /// Remote path (as the FTP client sees it) of an empty writable
+    /// directory to use as a job's remote root.
+    pub remote_root: String,
+    /// The same directory on the local disk, to compare trees
+    /// byte-for-byte after a push (or to seed remote content before a pull;
+    /// call [`ExternalServer::fix_disk_ownership`] after writing there).
+    pub disk_root: PathBuf,
+    /// The watchdog shell; the server is its child.
+    child: Child,
+    /// Server log (vsftpd protocol log, or pyftpdlib's stderr).
+    log_path: PathBuf,
+    /// stdout/stderr of the watchdog and the server.
+    stderr_path: PathBuf,
+    /// vsftpd's fd 0, where it writes its fatal "500 OOPS" messages.
+    oops_path: Option<PathBuf>,
+    /// Owner (uid, gid) of files written by the server, when it differs from
+    /// the test process (vsftpd's anonymous user when running as root).
+    owner: Option<(u32, u32)>,
+    /// Deleted last (fields drop after `Drop::drop`).
+    _dir: tempfile::TempDir,
+}
+
+impl ExternalServer {
+    /// Always `"127.0.0.1"`.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The server's log so far (vsftpd: full protocol log; pyftpdlib: its
+    /// stderr), plus anything the server printed to stdout/stderr. Handy in
+    /// assertion messages.
+    pub fn log(&self) -> String {
+        let mut out = fs::read_to_string(&self.log_path).unwrap_or_default();
+        if self.log_path != self.stderr_path {
+            let extra = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+            if !extra.trim().is_empty() {
+                out.push_str("\n--- server stdout/stderr ---\n");
+                out.push_str(&extra);
+            }
+        }
+        if let Some(oops) = &self.oops_path {
+            let extra = fs::read_to_string(oops).unwrap_or_default();
+            if !extra.trim().is_empty() {
+                out.push_str("\n--- vsftpd fatal errors ---\n");
+                out.push_str(&extra);
+            }
+        }
+        out
+    }
+
+    /// Hand everything under `disk_root` to the user the server writes
+    /// files as. Call this after creating files/dirs in `disk_root` directly
+    /// (e.g. to seed a remote tree): vsftpd's anonymous user cannot delete
+    /// or overwrite entries in directories the test (root) created.
+    /// No-op for servers that run as the test user.
+    pub fn fix_disk_ownership(&self) {
+        if let Some((uid, gid)) = self.owner {
+            chown_tree(&self.disk_root, uid, gid)
+                .unwrap_or_else(|e| panic!("chown -R {}: {e}", self.disk_root.display()));
+        }
+    }
+
+    /// Write `data` to `disk_root/rel` (creating parent directories) as if
+    /// it had been uploaded, owned by the server's user.
+    pub fn write_remote_file(&self, rel: &str, data: &[u8]) {
+        let path = self.disk_root.join(rel.trim_start_matches('/'));
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        fs::write(&path, data).unwrap();
+        self.fix_disk_ownership();
+    }
+}
+
+impl Drop for ExternalServer {
+    fn drop(&mut self) {
+        let root = self.child.id();
+        // Kill the server and its per-session processes (vsftpd sessions
+        // call setsid(), so a process-group kill would miss them).
+        let victims = descendants(root);
+        kill_pids(&victims);
+        // Closing the watchdog's stdin also makes it kill the server.
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        // Anything forked in the meantime.
+        kill_pids(&descendants(root));
+    }
+}
+
+impl std::fmt::Debug for ExternalServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalServer")
+            .field("kind", &self.kind)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("remote_root", &self.remote_root)
+            .field("disk_root", &self.disk_root)
+            .finish()
+    }
+}
+
+/// Start a private vsftpd on 127.0.0.1. `None` (with a `SKIPPED:` line on
+/// stderr) when vsftpd cannot run here; panics instead when
+/// `FTPSYNC_REQUIRE_INTEROP=1`.
+///
+/// Login: user `anonymous`, password as given in the struct (vsftpd accepts
+/// any password for anonymous). As root, the session is chrooted into a
+/// root-owned directory and `remote_root` is `/data`; as a non-root user,
+/// vsftpd runs with `run_as_launching_user=YES` (no chroot) and
+/// `remote_root` is the absolute directory path.
+pub fn start_vsftpd() -> Option<ExternalServer> {
+    unavailable_or(try_start_vsftpd(), "vsftpd")
+}
+
+/// Start a private pyftpdlib server on 127.0.0.1 (user `ftpsync`, random
+/// password, write access, `remote_root` = `/data`). `None` (with a
+/// `SKIPPED:` line) when no python with pyftpdlib is found; panics instead
+/// when `FTPSYNC_REQUIRE_INTEROP=1`.
+pub fn start_pyftpdlib() -> Option<ExternalServer> {
+    unavailable_or(try_start_pyftpdlib(), "pyftpdlib")
+}
+
+fn unavailable_or(result: Result<ExternalServer, String>, kind: &str) -> Option<ExternalServer> {
+    match result {
+        Ok(server) => Some(server),
+        Err(reason) => {
+            if std::env::var("FTPSYNC_REQUIRE_INTEROP").as_deref() == Ok("1") {
+                panic!(
+                    "{kind} is required (FTPSYNC_REQUIRE_INTEROP=1) but could not be started: {reason}"
+                );
+            }
+            eprintln!("SKIPPED: {kind} not available: {reason}");
+            None
+        }
+    }
+}
+
+// ---------------------------------------------------------------- vsftpd ---
+
+enum StartError {
+    /// The chosen port was taken in the meantime: try again with new ports.
+    PortBusy(String),
+    Fatal(String),
+}
+
+fn try_start_vsftpd() -> Result<ExternalServer, String> {
+    let bin = find_vsftpd()?;
+    let mut last = String::new();
+    for _ in 0..START_ATTEMPTS {
+        match spawn_vsftpd(&bin) {
+            Ok(server) => return Ok(server),
+            Err(StartError::PortBusy(e)) => last = e,
+            Err(StartError::Fatal(e)) => return Err(e),
+        }
+    }
+    Err(format!("ports kept being taken: {last}"))
+}
+
+fn find_vsftpd() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("FTPSYNC_VSFTPD") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("FTPSYNC_VSFTPD={} is not a file", p.display()))
+        };
+    }
+    let mut dirs: Vec<PathBuf> = vec!["/usr/sbin".into(), "/usr/local/sbin".into(), "/sbin".into()];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.iter()
+        .map(|d| d.join("vsftpd"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "no vsftpd binary found (apt-get install vsftpd)".to_string())
+}
+
+fn spawn_vsftpd(bin: &Path) -> Result<ExternalServer, StartError> {
+    let fatal = StartError::Fatal;
+    let dir = tempfile::Builder::new()
+        .prefix("ftpsync-vsftpd-")
+        .tempdir()
+        .map_err(|e| fatal(format!("creating temp dir: {e}")))?;
+    let base = dir.path().to_path_buf();
+    let is_root = effective_uid() == 0;
+
+    // Layout: <base>/root      anonymous root (chroot), root-owned 0755:
+    //                          vsftpd refuses a chroot root the user can write
+    //         <base>/root/data the writable remote root
+    //         <base>/empty     secure_chroot_dir (must exist, not writable)
+    let anon_root = base.join("root");
+    let data = anon_root.join("data");
+    let empty = base.join("empty");
+    for d in [&anon_root, &data, &empty] {
+        fs::create_dir_all(d).map_err(|e| fatal(format!("mkdir {}: {e}", d.display())))?;
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+            .map_err(|e| fatal(format!("chmod {}: {e}", d.display())))?;
+    }
+
+    let (ftp_user, owner) = if is_root {
+        // Debian's vsftpd package creates the `ftp` system user; fall back
+        // to `nobody` (always present) if it is missing.
+        let (name, uid, gid) = ["ftp", "nobody"]
+            .iter()
+            .find_map(|n| lookup_user(n).map(|(u, g)| (*n, u, g)))
+            .ok_or_else(|| fatal("neither user `ftp` nor `nobody` exists".into()))?;
+        std::os::unix::fs::chown(&data, Some(uid), Some(gid))
+            .map_err(|e| fatal(format!("chown {}: {e}", data.display())))?;
+        (name, Some((uid, gid)))
+    } else {
+        ("ftp", None)
+    };
+    // The unprivileged helper process runs as nopriv_user (default nobody).
+    let nopriv = if lookup_user("nobody").is_some() {
+        "nobody"
+    } else {
+        ftp_user
+    };
+
+    let remote_root = if is_root {
+        "/data".to_string()
+    } else {
+        data.to_str()
+            .ok_or_else(|| fatal(format!("non-UTF-8 temp path {}", data.display())))?
+            .to_string()
+    };
+
+    let port = free_port().map_err(fatal)?;
+    let (pasv_lo, pasv_hi) = free_port_range(PASV_PORTS).map_err(fatal)?;
+    let log_path = base.join("vsftpd.log");
+    let stderr_path = base.join("stderr.log");
+    let oops_path = base.join("oops.log");
+    let conf_path = base.join("vsftpd.conf");
+
+    let mut conf = format!(
+        "# ftpsync interop test server
+listen=YES
+listen_ipv6=NO
+background=NO
+listen_address=127.0.0.1
+listen_port={port}
+pasv_enable=YES
+pasv_min_port={pasv_lo}
+pasv_max_port={pasv_hi}
+port_enable=YES
+connect_from_port_20=NO
+seccomp_sandbox=NO
+isolate=NO
+isolate_network=NO
+anonymous_enable=YES
+local_enable=NO
+no_anon_password=NO
+ftp_username={ftp_user}
+nopriv_user={nopriv}
+anon_root={anon_root}
+write_enable=YES
+anon_upload_enable=YES
+anon_mkdir_write_enable=YES
+anon_other_write_enable=YES
+anon_world_readable_only=NO
+anon_umask=022
+force_dot_files=YES
+mdtm_write=YES
+use_localtime=NO
+dirmessage_enable=NO
+max_clients=0
+max_per_ip=0
+secure_chroot_dir={empty}
+xferlog_enable=YES
+xferlog_std_format=NO
+log_ftp_protocol=YES
+vsftpd_log_file={log}
+",
+        anon_root = anon_root.display(),
+        empty = empty.display(),
+        log = log_path.display(),
+    );
+    if !is_root {
+        conf.push_str("run_as_launching_user=YES\n");
+    }
+    // vsftpd insists the config file is owned by the user running it.
+    write_file(&conf_path, conf.as_bytes(), 0o600).map_err(fatal)?;
+
+    // vsftpd writes fatal "500 OOPS" messages to fd 0 (the inetd socket in
+    // inetd mode), so fd 0 is opened read-write on a file.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("ftpsync-watchdog")
+        .arg(&oops_path)
+        .arg(bin)
+        .arg(&conf_path)
+        .env("TZ", "UTC");
+    let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
+        kind: "vsftpd",
+        port,
+        user: "anonymous".into(),
+        password: "ftpsync@example.invalid".into(),
+        remote_root,
+        disk_root: data.clone(),
+        child,
+        log_path: log_path.clone(),
+        stderr_path: stderr_path.clone(),
+        oops_path: Some(oops_path.clone()),
+        owner,
+        _dir: dir,
+    })?;
+    wait_ready(&mut server)?;
+    Ok(server)
+}
+
+// ------------------------------------------------------------- pyftpdlib ---
+
+fn try_start_pyftpdlib() -> Result<ExternalServer, String> {
+    let python = find_python()?;
+    let mut last = String::new();
+    for _ in 0..START_ATTEMPTS {
+        match spawn_pyftpdlib(&python) {
+            Ok(server) => return Ok(server),
+            Err(StartError::PortBusy(e)) => last = e,
+            Err(StartError::Fatal(e)) => return Err(e),
+        }
+    }
+    Err(format!("ports kept being taken: {last}"))
+}
+
+/// The first of `$FTPSYNC_PYTHON`, `/opt/ftpsync-venv/bin/python`, `python3`
+/// that can import pyftpdlib (looked up once per test binary).
+fn find_python() -> Result<PathBuf, String> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let mut candidates: Vec<PathBuf> = Vec::new();
+            if let Some(p) = std::env::var_os("FTPSYNC_PYTHON") {
+                candidates.push(p.into());
+            }
+            candidates.push("/opt/ftpsync-venv/bin/python".into());
+            candidates.push("python3".into());
+            let mut tried = Vec::new();
+            for c in candidates {
+                let out = Command::new(&c)
+                    .args(["-c", "import pyftpdlib; print(pyftpdlib.__ver__)"])
+                    .stdin(Stdio::null())
+                    .output();
+                match out {
+                    Ok(o) if o.status.success() => return Ok(c),
+                    Ok(o) => {
+                        let err = String::from_utf8_lossy(&o.stderr);
+                        let last = err.lines().last().unwrap_or("").trim().to_string();
+                        tried.push(format!("{}: {last}", c.display()));
+                    }
+                    Err(e) => tried.push(format!("{}: {e}", c.display())),
+                }
+            }
+            Err(format!(
+                "no python with pyftpdlib (pip install pyftpdlib==2.2.0; tried {})",
+                tried.join("; ")
+            ))
+        })
+        .clone()
+}
+
+fn spawn_pyftpdlib(python: &Path) -> Result<ExternalServer, StartError> {
+    let fatal = StartError::Fatal;
+    let dir = tempfile::Builder::new()
+        .prefix("ftpsync-pyftpdlib-")
+        .tempdir()
+        .map_err(|e| fatal(format!("creating temp dir: {e}")))?;
+    let home = dir.path().join("home");
+    let data = home.join("data");
+    fs::create_dir_all(&data).map_err(|e| fatal(format!("mkdir {}: {e}", data.display())))?;
+    let port = free_port().map_err(fatal)?;
+    let (pasv_lo, pasv_hi) = free_port_range(PASV_PORTS).map_err(fatal)?;
+    let password = format!("pw-{:016x}", random_u64());
+    let stderr_path = dir.path().join("pyftpdlib.log");
+
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("ftpsync-watchdog")
+        .arg("/dev/null")
+        .arg(python)
+        .args(["-u", "-m", "pyftpdlib", "-i", "127.0.0.1", "-w"])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-d")
+        .arg(&home)
+        .args(["-u", "ftpsync", "-P", &password])
+        .arg("-r")
+        .arg(format!("{pasv_lo}-{pasv_hi}"))
+        .env("TZ", "UTC")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
+        kind: "pyftpdlib",
+        port,
+        user: "ftpsync".into(),
+        password,
+        remote_root: "/data".into(),
+        disk_root: data.clone(),
+        child,
+        log_path: stderr_path.clone(),
+        stderr_path: stderr_path.clone(),
+        oops_path: None,
+        owner: None,
+        _dir: dir,
+    })?;
+    wait_ready(&mut server)?;
+    Ok(server)
+}
+
+// ------------------------------------------------------ process handling ---
+
+/// `sh -c WATCHDOG ftpsync-watchdog FD0_FILE PROGRAM ARGS...`: runs PROGRAM
+/// with fd 0 opened read-write on FD0_FILE, exits with its status when it
+/// exits, and kills it when our end of the watchdog's stdin pipe closes
+/// (i.e. when the test process dies, even without running destructors).
+const WATCHDOG: &str = r#"fd0="$1"; shift
+exec 3<&0
+"$@" 0<>"$fd0" 3<&- &
+pid=$!
+( while read -r _; do :; done; kill -KILL "$pid" 2>/dev/null ) <&3 3<&- >/dev/null 2>&1 &
+watcher=$!
+exec 3<&-
+wait "$pid"
+status=$?
+kill "$watcher" 2>/dev/null
+exit "$status"
+"#;
+
+fn spawn_watched(
+    mut cmd: Command,
+    stderr_path: &Path,
+    build: impl FnOnce(Child) -> ExternalServer,
+) -> Result<ExternalServer, StartError> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_path)
+        .map_err(|e| StartError::Fatal(format!("open {}: {e}", stderr_path.display())))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| StartError::Fatal(format!("dup: {e}")))?;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        // Own process group: a Ctrl-C in the terminal running the tests
+        // reaches the test binary, whose death then stops the watchdog.
+        .process_group(0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| StartError::Fatal(format!("spawning sh: {e}")))?;
+    Ok(build(child))
+}
+
+/// Wait until the server accepts a login and lists `remote_root` over a
+/// passive data connection. On failure the server is dropped (killed).
+fn wait_ready(server: &mut ExternalServer) -> Result<(), StartError> {
+    let kind = server.kind;
+    let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            let log = server.log();
+            let msg = format!(
+                "{kind} exited during startup ({status}): {}",
+                tail(&log, 1500)
+            );
+            let busy = log.contains("could not bind")
+                || log.contains("Address already in use")
+                || log.contains("Errno 98");
+            return Err(if busy {
+                StartError::PortBusy(msg)
+            } else {
+                StartError::Fatal(msg)
+            });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Fatal(format!(
+                "{kind} did not accept connections on {addr} within {STARTUP_TIMEOUT:?}: {}",
+                tail(&server.log(), 1500)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    probe(server).map_err(|e| {
+        StartError::Fatal(format!(
+            "{kind} on port {} accepts connections but a login/LIST probe failed: {e}; log: {}",
+            server.port,
+            tail(&server.log(), 1500)
+        ))
+    })
+}
+
+/// USER/PASS, CWD remote_root, TYPE I, PASV + LIST, QUIT.
+fn probe(server: &ExternalServer) -> Result<(), String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let timeout = Duration::from_secs(5);
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    stream.set_write_timeout(Some(timeout)).ok();
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let mut cmd = |line: Option<String>, want: &[&str]| -> Result<String, String> {
+        if let Some(line) = &line {
+            writer
+                .write_all(format!("{line}\r\n").as_bytes())
+                .map_err(|e| format!("sending {line}: {e}"))?;
+        }
+        let reply = read_reply(&mut reader)?;
+        if want.iter().any(|w| reply.starts_with(w)) {
+            Ok(reply)
+        } else {
+            let what = line.unwrap_or_else(|| "banner".into());
+            let what = if what.starts_with("PASS ") {
+                "PASS ***".into()
+            } else {
+                what
+            };
+            Err(format!("{what} -> {}", reply.trim_end()))
+        }
+    };
+    cmd(None, &["220"])?;
+    let r = cmd(Some(format!("USER {}", server.user)), &["230", "331"])?;
+    if r.starts_with("331") {
+        cmd(Some(format!("PASS {}", server.password)), &["230"])?;
+    }
+    cmd(Some(format!("CWD {}", server.remote_root)), &["250"])?;
+    cmd(Some("TYPE I".into()), &["200"])?;
+    let pasv = cmd(Some("PASV".into()), &["227"])?;
+    let data_addr = parse_pasv(&pasv)?;
+    let mut data = TcpStream::connect_timeout(&data_addr, timeout)
+        .map_err(|e| format!("data connection to {data_addr}: {e}"))?;
+    data.set_read_timeout(Some(timeout)).ok();
+    cmd(Some("LIST -a".into()), &["150", "125"])?;
+    let mut listing = Vec::new();
+    data.read_to_end(&mut listing)
+        .map_err(|e| format!("reading LIST data: {e}"))?;
+    drop(data);
+    cmd(None, &["226", "250"])?;
+    cmd(Some("QUIT".into()), &["221"])?;
+    Ok(())
+}
+
+fn read_reply(reader: &mut impl BufRead) -> Result<String, String> {
+    let mut all = String::new();
+    let mut first_code: Option<String> = None;
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading reply: {e}"))?;
+        if n == 0 {
+            return Err(format!("connection closed (got so far: {all:?})"));
+        }
+        all.push_str(&line);
+        let code = line.get(..3).unwrap_or("").to_string();
+        let sep = line.as_bytes().get(3).copied();
+        match &first_code {
+            None if sep == Some(b'-') => first_code = Some(code),
+            None => return Ok(all),
+            Some(c) if *c == code && sep == Some(b' ') => return Ok(all),
+            Some(_) => {}
+        }
+    }
+}
+
+fn parse_pasv(reply: &str) -> Result<SocketAddr, String> {
+    let inner = reply
+        .split_once('(')
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside)
+        .ok_or_else(|| format!("bad PASV reply {reply:?}"))?;
+    let nums: Vec<u16> = inner
+        .split(',')
+        .map(|s| s.trim().parse::<u16>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad PASV reply {reply:?}"))?;
+    if nums.len() != 6 {
+        return Err(format!("bad PASV reply {reply:?}"));
+    }
+    let ip = [nums[0] as u8, nums[1] as u8, nums[2] as u8, nums[3] as u8];
+    Ok((ip, nums[4] * 256 + nums[5]).into())
+}
+
+/// All descendants of `root` (not `root` itself), from /proc.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ..."; comm may contain spaces and ')'.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            if let Some(ppid) = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok()) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(p) = stack.pop() {
+        for &c in children.get(&p).into_iter().flatten() {
+            if !out.contains(&c) {
+                out.push(c);
+                stack.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn kill_pids(pids: &[u32]) {
+    if pids.is_empty() {
+        return;
+    }
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(r#"kill -KILL "$@" 2>/dev/null; exit 0"#)
+        .arg("sh")
+        .args(pids.iter().map(|p| p.to_string()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+// ----------------------------------------------------------------- ports ---
+
+/// Ports handed out by this test binary (never reused within the process).
+fn taken_ports() -> &'static Mutex<HashSet<u16>> {
+    static TAKEN: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    TAKEN.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// A port that 127.0.0.1:0 just gave us (and that no other server of this
+/// process got).
+fn free_port() -> Result<u16, String> {
+    for _ in 0..100 {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| format!("local_addr: {e}"))?
+            .port();
+        drop(listener);
+        if taken_ports().lock().unwrap().insert(port) {
+            return Ok(port);
+        }
+    }
+    Err("could not find a free TCP port".into())
+}
+
+/// `len` consecutive free ports for passive data connections, below the
+/// kernel's ephemeral range (so outgoing connections don't land in it).
+fn free_port_range(len: u16) -> Result<(u16, u16), String> {
+    let (eph_lo, eph_hi) = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Prefer [10000, eph_lo); fall back to above the ephemeral range.
+    let (lo, hi) = if eph_lo >= 10000 + 4 * len {
+        (10000, eph_lo - len)
+    } else {
+        (eph_hi.saturating_add(1).max(1024), u16::MAX - len)
+    };
+    if hi <= lo {
+        return Err("no room for a passive port range".into());
+    }
+    let mut taken = taken_ports().lock().unwrap();
+    for _ in 0..200 {
+        let start = lo + (random_u64() % u64::from(hi - lo)) as u16;
+        let range = start..start + len;
+        if range
+            .clone()
+            .all(|p| !taken.contains(&p) && port_is_free(p))
+        {
+            taken.extend(range);
+            return Ok((start, start + len - 1));
+        }
+    }
+    Err("could not find a free passive port range".into())
+}
+
+// ----------------------------------------------------------------- misc ---
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+fn effective_uid() -> u32 {
+    // /proc/self belongs to the process's effective uid.
+    if let Ok(meta) = fs::metadata("/proc/self") {
+        return meta.uid();
+    }
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+/// (uid, gid) of a user from /etc/passwd.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 4 && f[0] == name {
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| format!("creating {}: {e}", path.display()))?;
+    f.write_all(data)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))
+}
+
+fn tail(s: &str, max: usize) -> String {
+    let s = s.trim();
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("...{}", &s[start..])
+}
