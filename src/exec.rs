@@ -502,22 +502,11 @@ async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecor
                 return Err(e);
             }
         };
-        if let Err(e) = verify_upload(c, &tmp, sent.0, &before).await {
-            let _ = c.delete(&tmp).await;
-            ctx.writer.send(StateChange::PendingRemove(tmp));
-            return Err(e);
-        }
-        match c.rename(&tmp, &final_path).await {
-            Ok(()) => {}
-            Err(FtpFailure::Reply { code, .. }) if code >= 500 => {
-                // Some servers (IIS, FileZilla) refuse to rename over an existing
-                // file: delete the old one, then rename. A crash in between
-                // leaves the new content under the temporary name, journaled,
-                // and the path absent: the next run uploads it again.
-                delete_remote(c, &final_path).await?;
-                c.rename(&tmp, &final_path).await?;
+        if let Err(e) = place_upload(c, &tmp, &final_path, sent.0, &before).await {
+            if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
+                ctx.writer.send(StateChange::PendingRemove(tmp));
             }
-            Err(e) => return Err(e),
+            return Err(e);
         }
         ctx.writer.send(StateChange::PendingRemove(tmp));
         sent
@@ -546,6 +535,32 @@ async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecor
             mtime: remote_time,
         }),
     })
+}
+
+/// Checks an uploaded temporary file and renames it over the final name.
+async fn place_upload(
+    c: &mut FtpConn,
+    tmp: &str,
+    final_path: &str,
+    sent: u64,
+    before: &std::fs::Metadata,
+) -> Result<(), FtpFailure> {
+    verify_upload(c, tmp, sent, before).await?;
+    match c.rename(tmp, final_path).await {
+        Ok(()) => Ok(()),
+        Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
+            // Some servers (IIS, FileZilla) refuse to rename over an existing
+            // file: then delete the old one and rename. A crash in between
+            // leaves the new content under the journaled temporary name and
+            // the path absent, so the next run uploads it again.
+            if !exists_remote(c, final_path).await? {
+                return Err(e);
+            }
+            delete_remote(c, final_path).await?;
+            c.rename(tmp, final_path).await
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// After STOR: the bytes sent must be the file as it was before (else it

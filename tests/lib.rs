@@ -4,5 +4,6 @@
 mod support;
 
 mod cli;
+mod faults;
 mod interop;
 mod mirror;

@@ -1,0 +1,357 @@
+//! Fault injection: the scriptable proxy (tests/support/fault_proxy.rs)
+//! sits between ftpsync and the built-in server and fails commands, drops
+//! connections, cuts data and rewrites listings. Each test asserts the
+//! outcome on disk, the exit code and, where it matters, the commands sent.
+
+use std::fs;
+use std::time::Duration;
+
+use crate::support::fault_proxy::{Action, FaultProxy, Rule};
+use crate::support::harness::{Env, assert_same_tree, snapshot, write};
+
+/// An environment whose jobs talk to the server through a fault proxy.
+struct Faulty {
+    env: Env,
+    proxy: FaultProxy,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn faulty() -> Faulty {
+    let mut env = Env::builtin();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = format!("127.0.0.1:{}", env.server_port()).parse().unwrap();
+    let proxy = rt.block_on(FaultProxy::start(upstream)).unwrap();
+    env.via(proxy.addr().port());
+    Faulty {
+        env,
+        proxy,
+        _rt: rt,
+    }
+}
+
+fn count(cmds: &[String], prefix: &str) -> usize {
+    cmds.iter().filter(|c| c.starts_with(prefix)).count()
+}
+
+fn small_tree(env: &Env, n: usize) {
+    for i in 0..n {
+        write(
+            &env.local,
+            &format!("d{}/f{i:02}.txt", i % 3),
+            format!("content of file {i}\n"),
+        );
+    }
+}
+
+fn no_temp_files(root: &std::path::Path) {
+    for k in snapshot(root).keys() {
+        assert!(!k.contains(".ftpsync-"), "temporary file left behind: {k}");
+    }
+}
+
+#[test]
+fn transient_replies_are_retried() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    f.proxy.add_rule(
+        Rule::new(
+            "STOR",
+            Action::Reply("451 Local error in processing".into()),
+        )
+        .times(2),
+    );
+    f.proxy.add_rule(
+        Rule::new(
+            "MKD",
+            Action::Reply("421 Service not available, closing control connection".into()),
+        )
+        .times(1),
+    );
+    let job = f.env.job("push", false, "");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    // 6 uploads + 2 refused attempts reached the proxy.
+    assert_eq!(count(&f.proxy.commands(), "STOR "), 8);
+    no_temp_files(&f.env.remote_disk);
+}
+
+#[test]
+fn permanent_failure_fails_the_item_and_skips_deletes() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    write(&f.env.remote_disk, "stray.txt", "not ours");
+    f.proxy
+        .add_rule(Rule::new("RNTO", Action::Reply("553 Not allowed".into())).arg("f04.txt"));
+    let job = f.env.job("push", true, "safety:\n  max_delete: 100%\n");
+    let out = f.env.run(&job, 1);
+    assert!(
+        out.stdout
+            .contains("FAILED upload d1/f04.txt: 553 Not allowed"),
+        "{}",
+        out.all()
+    );
+    assert!(out.stdout.contains("skipped 1 deletes"), "{}", out.all());
+    // The other files arrived, the stray was not deleted, no temp file is left.
+    assert!(f.env.remote_disk.join("stray.txt").exists());
+    assert!(!f.env.remote_disk.join("d1/f04.txt").exists());
+    assert_eq!(
+        fs::read(f.env.remote_disk.join("d2/f05.txt")).unwrap(),
+        b"content of file 5\n"
+    );
+    no_temp_files(&f.env.remote_disk);
+    // 553 is permanent: one attempt only.
+    assert_eq!(count(&f.proxy.commands(), "RNTO /www/d1/f04.txt"), 1);
+    f.proxy.clear_rules();
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
+
+#[test]
+fn dropped_connections_and_cut_data_recover() {
+    let f = faulty();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write(&f.env.local, "big.bin", &big);
+    small_tree(&f.env, 5);
+    f.proxy.add_rule(
+        Rule::new(
+            "STOR",
+            Action::CutData {
+                after_bytes: 10_000,
+                kill_control: false,
+            },
+        )
+        .arg(".part")
+        .times(1),
+    );
+    f.proxy
+        .add_rule(Rule::new("STOR", Action::DropControl).times(1));
+    f.proxy.add_rule(
+        Rule::new(
+            "MLSD",
+            Action::CutData {
+                after_bytes: 20,
+                kill_control: true,
+            },
+        )
+        .times(1),
+    );
+    let job = f.env.job("push", false, "");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    no_temp_files(&f.env.remote_disk);
+    assert!(f.proxy.connections() > 1, "expected reconnections");
+    // A rerun is a no-op: nothing was duplicated or half-recorded.
+    assert_eq!(f.env.plan_ops(&job), vec![]);
+}
+
+#[test]
+fn lost_dele_reply_is_checked_not_failed() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let job = f.env.job("push", true, "");
+    f.env.run(&job, 0);
+    fs::remove_file(f.env.local.join("d0/f00.txt")).unwrap();
+    f.proxy
+        .add_rule(Rule::new("DELE", Action::DropAfterForward).times(1));
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    assert_eq!(count(&f.proxy.commands(), "DELE /www/d0/f00.txt"), 2);
+}
+
+#[test]
+fn failed_or_suspicious_listings_never_delete() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let job = f.env.job("pull", true, "");
+    // First sync the server's tree down.
+    fs::remove_dir_all(&f.env.remote_disk).unwrap();
+    fs::create_dir_all(&f.env.remote_disk).unwrap();
+    for i in 0..6 {
+        write(
+            &f.env.remote_disk,
+            &format!("d{}/f{i:02}.txt", i % 3),
+            format!("content of file {i}\n"),
+        );
+    }
+    fs::remove_dir_all(&f.env.local).unwrap();
+    f.env.run(&job, 0);
+    let before = snapshot(&f.env.local);
+    // A listing that fails every time: its subtree is skipped, exit 1, nothing deleted.
+    f.proxy.add_rule(Rule::new(
+        "MLSD",
+        Action::Reply("451 Requested action aborted".into()),
+    ));
+    let out = f.env.run(&job, 1);
+    assert!(out.stderr.contains("listing failed"), "{}", out.all());
+    assert_eq!(snapshot(&f.env.local), before);
+    // A root that lists as empty while the state holds files: refused (exit 4).
+    f.proxy.clear_rules();
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::TruncateLines(0)));
+    let plan = f.env.ftpsync(&["plan", job.to_str().unwrap()]);
+    assert_eq!(plan.code, 4, "{}", plan.all());
+    let out = f.env.run(&job, 4);
+    assert!(out.stderr.contains("refusing"), "{}", out.all());
+    assert_eq!(snapshot(&f.env.local), before);
+    // A listing with unparseable lines: nothing below it is deleted.
+    f.proxy.clear_rules();
+    let broken = b"type=dir;modify=20260101000000; d0\r\nthis is not mlsd\r\n".to_vec();
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::ReplaceData(broken)).times(1));
+    let out = f.env.run(&job, 0);
+    assert!(
+        out.stderr.contains("unparseable listing line"),
+        "{}",
+        out.all()
+    );
+    assert_eq!(snapshot(&f.env.local), before);
+}
+
+#[test]
+fn hostile_names_are_refused() {
+    let f = faulty();
+    write(&f.env.remote_disk, "ok.txt", "fine\n");
+    let listing = concat!(
+        "type=file;size=5;modify=20260101000000; ok.txt\r\n",
+        "type=file;size=5;modify=20260101000000; ../evil.txt\r\n",
+        "type=file;size=5;modify=20260101000000; /etc/evil\r\n",
+        "type=file;size=5;modify=20260101000000; a\\b.txt\r\n",
+        "type=dir;modify=20260101000000; ..\r\n",
+        "type=file;size=5;modify=20260101000000; x\rDELE ok.txt\r\n",
+    );
+    f.proxy.add_rule(Rule::new(
+        "MLSD",
+        Action::ReplaceData(listing.as_bytes().to_vec()),
+    ));
+    let job = f.env.job("pull", true, "");
+    let out = f.env.run(&job, 0);
+    assert!(out.stderr.contains("name refused"), "{}", out.all());
+    let keys: Vec<String> = snapshot(&f.env.local).into_keys().collect();
+    assert_eq!(keys, ["ok.txt"]);
+    assert!(!f.env.dir.path().join("evil.txt").exists());
+    for c in f.proxy.commands() {
+        assert!(!c.contains("evil") && !c.contains("DELE"), "sent {c:?}");
+    }
+}
+
+#[test]
+fn too_many_connections_shrinks_the_pool() {
+    let f = faulty();
+    small_tree(&f.env, 12);
+    f.proxy.add_rule(
+        Rule::new(
+            "USER",
+            Action::Reply("421 Too many connections (2) from this IP".into()),
+        )
+        .times(2),
+    );
+    let job = f.env.job("push", false, "concurrency: 6\n");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
+
+#[test]
+fn delete_limits_and_empty_roots() {
+    let env = Env::builtin();
+    small_tree(&env, 10);
+    let job = env.job("push", true, "");
+    env.run(&job, 0);
+    for i in 0..6 {
+        fs::remove_file(env.local.join(format!("d{}/f{i:02}.txt", i % 3))).unwrap();
+    }
+    let out = env.run(&job, 4);
+    assert!(out.stderr.contains("--force-delete"), "{}", out.all());
+    assert!(env.remote_disk.join("d0/f00.txt").exists());
+    let out = env.ftpsync(&["run", "--force-delete", job.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_same_tree(&env.local, &env.remote_disk);
+    // An empty local root with delete: true is refused, never "delete everything".
+    fs::remove_dir_all(&env.local).unwrap();
+    fs::create_dir_all(&env.local).unwrap();
+    let out = env.run(&job, 4);
+    assert!(out.stderr.contains("is empty"), "{}", out.all());
+    assert!(env.remote_disk.join("d1/f07.txt").exists());
+    // A missing one is an error too.
+    fs::remove_dir_all(&env.local).unwrap();
+    env.run(&job, 2);
+    assert!(env.remote_disk.join("d1/f07.txt").exists());
+}
+
+#[test]
+fn state_lock_and_damage() {
+    let env = Env::builtin();
+    small_tree(&env, 3);
+    let job = env.job("push", false, "");
+    let lock = ftpsync::state::lock(&env.state_path()).unwrap();
+    let out = env.run(&job, 5);
+    assert!(
+        out.stderr.contains("another ftpsync is running this job"),
+        "{}",
+        out.all()
+    );
+    drop(lock);
+    env.run(&job, 0);
+    // A damaged database is reported and left as it is.
+    let junk = b"SQLite format 3\0 but then garbage garbage garbage garbage garbage".repeat(100);
+    fs::remove_file(env.state_path().with_extension("db-wal")).ok();
+    fs::remove_file(env.state_path().with_extension("db-shm")).ok();
+    fs::write(env.state_path(), &junk).unwrap();
+    let out = env.run(&job, 2);
+    assert!(out.stderr.contains("damaged"), "{}", out.all());
+    assert_eq!(fs::read(env.state_path()).unwrap(), junk);
+}
+
+#[test]
+fn sigkill_at_random_points_converges() {
+    let env = Env::builtin();
+    for i in 0..150 {
+        let size = 1000 + (i * 7919) % 40_000;
+        let body: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 256) as u8).collect();
+        write(&env.local, &format!("d{}/f{i:03}.bin", i % 7), body);
+    }
+    let job = env.job("push", true, "concurrency: 4\n");
+    let mut delay = 37u64;
+    for round in 0..8 {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ftpsync"))
+            .args(["run", job.to_str().unwrap()])
+            .env("FTPSYNC_TEST_PASSWORD", env.password())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        delay = (delay * 7 + 13) % 400;
+        std::thread::sleep(Duration::from_millis(20 + delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        // No file on the server ever has partial content under its final name.
+        for (k, v) in snapshot(&env.remote_disk) {
+            if let Some(content) = v
+                && !k.contains(".ftpsync-")
+            {
+                assert_eq!(
+                    fs::read(env.local.join(&k)).unwrap(),
+                    content,
+                    "round {round}: {k} is partial"
+                );
+            }
+        }
+        // Change something between crashes, as real life does.
+        write(
+            &env.local,
+            &format!("d0/round{round}.txt"),
+            format!("round {round}\n"),
+        );
+    }
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    let db = rusqlite::Connection::open(env.state_path()).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert_eq!(env.plan_ops(&job), vec![]);
+}
