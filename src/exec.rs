@@ -346,12 +346,24 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             Ok(())
         }
         (Op::Upload, _) => {
-            let rec = with_retry!(&ctx.pool, &retry, |c| upload(ctx, c, &item.path).await)?;
+            let mut carry = UploadCarry::default();
+            let rec = with_retry!(&ctx.pool, &retry, |c| upload(
+                ctx, c, &item.path, &mut carry
+            )
+            .await)?;
             ctx.writer.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
         (Op::Download, _) => {
-            let rec = with_retry!(&ctx.pool, &retry, |c| download(ctx, c, &item.path).await)?;
+            let mut carry = None;
+            let result = with_retry!(&ctx.pool, &retry, |c| download(
+                ctx, c, &item.path, &mut carry
+            )
+            .await);
+            if let Some(partial) = carry {
+                let _ = std::fs::remove_file(partial);
+            }
+            let rec = result?;
             ctx.writer.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
@@ -472,8 +484,64 @@ fn to_utc(ns: i64) -> Option<chrono::NaiveDateTime> {
     chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0).map(|t| t.naive_utc())
 }
 
-/// One upload attempt: STOR to a temporary name, check, rename into place.
-async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecord, FtpFailure> {
+/// Files at least this large resume an interrupted transfer (REST) instead
+/// of starting over.
+const RESUME_MIN: u64 = 1 << 20;
+/// Bytes compared between the partial copy and the source before resuming.
+const OVERLAP: u64 = 64 * 1024;
+
+/// What a failed upload attempt leaves for the next one.
+#[derive(Debug, Default)]
+struct UploadCarry {
+    /// The temporary remote file and the local file's (size, mtime) when it was written.
+    partial: Option<(String, u64, i64)>,
+}
+
+/// Decides whether a partial temporary upload can be resumed: the local file
+/// is unchanged, the server has a prefix of it (SIZE), and the last
+/// [`OVERLAP`] bytes on the server equal the local bytes at that position.
+/// Returns the offset to resume from.
+async fn resumable_upload(
+    c: &mut FtpConn,
+    tmp: &str,
+    local: &Path,
+    before: &std::fs::Metadata,
+    recorded: (u64, i64),
+) -> Result<Option<u64>, FtpFailure> {
+    if !c.features.rest || before.len() < RESUME_MIN || recorded != (before.len(), mtime_ns(before))
+    {
+        return Ok(None);
+    }
+    let Some(n) = c.size(tmp).await? else {
+        return Ok(None);
+    };
+    if n < OVERLAP || n >= before.len() {
+        return Ok(None);
+    }
+    let remote_tail = match c.read_from(tmp, n - OVERLAP, OVERLAP as usize).await {
+        Ok(d) => d,
+        Err(FtpFailure::Reply { .. } | FtpFailure::Verify(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut local_tail = vec![0u8; OVERLAP as usize];
+    {
+        use std::io::{Read, Seek};
+        let mut f = std::fs::File::open(local).map_err(local_err)?;
+        f.seek(std::io::SeekFrom::Start(n - OVERLAP))
+            .map_err(local_err)?;
+        f.read_exact(&mut local_tail).map_err(local_err)?;
+    }
+    Ok((remote_tail == local_tail).then_some(n))
+}
+
+/// One upload attempt: STOR to a temporary name (resuming the previous
+/// attempt's partial file where that is verified safe), check, rename into place.
+async fn upload(
+    ctx: &Ctx,
+    c: &mut FtpConn,
+    path: &RelPath,
+    carry: &mut UploadCarry,
+) -> Result<StateRecord, FtpFailure> {
     let job = &ctx.input.job;
     let local_path = path.to_local(&job.local_root);
     let before = std::fs::symlink_metadata(&local_path)
@@ -485,34 +553,56 @@ async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecor
         )));
     }
     let final_path = ctx.remote_path(path);
-    let hash = job.compare == CompareMode::Hash;
-    let (bytes, sha) = if job.atomic {
-        let parent = path.parent().unwrap_or_default();
-        let tmp = parent
-            .join(temp_name().as_bytes())
-            .map_err(|_| FtpFailure::BadPath)?;
-        let tmp = ctx.remote_path(&tmp);
-        ctx.writer.send(StateChange::PendingAdd(tmp.clone()));
-        let sent = match c.upload(&local_path, &tmp, hash).await {
-            Ok(r) => r,
-            Err(e) => {
-                if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
-                    ctx.writer.send(StateChange::PendingRemove(tmp.clone()));
+    let bytes = if job.atomic {
+        let mut offset = 0;
+        let mut tmp = None;
+        if let Some((old, size, mtime)) = carry.partial.take() {
+            match resumable_upload(c, &old, &local_path, &before, (size, mtime)).await? {
+                Some(n) => {
+                    tracing::info!("resuming upload of {path} at byte {n}");
+                    offset = n;
+                    tmp = Some(old);
                 }
+                None => {
+                    if c.delete(&old).await.is_ok() {
+                        ctx.writer.send(StateChange::PendingRemove(old));
+                    }
+                }
+            }
+        }
+        let tmp = match tmp {
+            Some(t) => t,
+            None => {
+                let parent = path.parent().unwrap_or_default();
+                let t = parent
+                    .join(temp_name().as_bytes())
+                    .map_err(|_| FtpFailure::BadPath)?;
+                let t = ctx.remote_path(&t);
+                ctx.writer.send(StateChange::PendingAdd(t.clone()));
+                t
+            }
+        };
+        let sent = match c.upload(&local_path, &tmp, offset).await {
+            Ok(n) => n,
+            Err(e) => {
+                // The next attempt resumes or removes it (and the next run, if none).
+                carry.partial = Some((tmp, before.len(), mtime_ns(&before)));
                 return Err(e);
             }
         };
-        if let Err(e) = place_upload(c, &tmp, &final_path, sent.0, &before).await {
+        if let Err(e) = place_upload(c, &tmp, &final_path, sent, &before).await {
             if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
                 ctx.writer.send(StateChange::PendingRemove(tmp));
+            } else {
+                carry.partial = Some((tmp, before.len(), mtime_ns(&before)));
             }
             return Err(e);
         }
         ctx.writer.send(StateChange::PendingRemove(tmp));
         sent
     } else {
-        let sent = c.upload(&local_path, &final_path, hash).await?;
-        verify_upload(c, &final_path, sent.0, &before).await?;
+        let sent = c.upload(&local_path, &final_path, 0).await?;
+        verify_upload(c, &final_path, sent, &before).await?;
         sent
     };
     ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -523,6 +613,11 @@ async fn upload(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecor
     {
         remote_time = set;
     }
+    let sha = if job.compare == CompareMode::Hash {
+        crate::local::sha256_file(&local_path).ok()
+    } else {
+        None
+    };
     Ok(StateRecord {
         kind: Kind::File,
         local: Some(LocalMeta {
@@ -587,24 +682,66 @@ async fn verify_upload(
     Ok(())
 }
 
-/// One download attempt: RETR into a temporary file beside the target, check
-/// the size, then rename into place.
-async fn download(ctx: &Ctx, c: &mut FtpConn, path: &RelPath) -> Result<StateRecord, FtpFailure> {
+/// One download attempt: RETR into a temporary file beside the target
+/// (resuming the previous attempt's partial file after checking an overlap),
+/// check the size, then rename into place.
+async fn download(
+    ctx: &Ctx,
+    c: &mut FtpConn,
+    path: &RelPath,
+    carry: &mut Option<std::path::PathBuf>,
+) -> Result<StateRecord, FtpFailure> {
     let job = &ctx.input.job;
     let remote_meta = ctx.remote_meta(path);
+    let expected = remote_meta.as_ref().and_then(|m| m.size);
     let final_local = safe_path(&job.local_root, path).map_err(local_err)?;
     let dir = final_local.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(temp_name());
     let remote = ctx.remote_path(path);
-    let result = c.download(&remote, &tmp).await;
-    let bytes = match result {
+    let mut resume = None;
+    let tmp = match carry.take() {
+        Some(old) => {
+            let have = std::fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
+            if c.features.rest
+                && have >= RESUME_MIN.max(OVERLAP)
+                && expected.is_some_and(|e| have < e)
+            {
+                use std::io::{Read, Seek};
+                let mut tail = vec![0u8; OVERLAP as usize];
+                let ok = std::fs::File::open(&old)
+                    .and_then(|mut f| {
+                        f.seek(std::io::SeekFrom::Start(have - OVERLAP))?;
+                        f.read_exact(&mut tail)
+                    })
+                    .is_ok();
+                if ok {
+                    tracing::info!("resuming download of {path} at byte {have}");
+                    resume = Some(crate::ftp::conn::Resume {
+                        keep: have,
+                        overlap: tail,
+                    });
+                }
+            }
+            if resume.is_none() {
+                let _ = std::fs::remove_file(&old);
+                dir.join(temp_name())
+            } else {
+                old
+            }
+        }
+        None => dir.join(temp_name()),
+    };
+    let bytes = match c.download(&remote, &tmp, resume).await {
         Ok(b) => b,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            if matches!(e, FtpFailure::Verify(_)) {
+                let _ = std::fs::remove_file(&tmp);
+            } else {
+                *carry = Some(tmp);
+            }
             return Err(e);
         }
     };
-    if let Some(expected) = remote_meta.as_ref().and_then(|m| m.size)
+    if let Some(expected) = expected
         && expected != bytes
     {
         let _ = std::fs::remove_file(&tmp);

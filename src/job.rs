@@ -112,6 +112,7 @@ struct RawJob {
     #[serde(default)]
     retry: RawRetry,
     timeout: Option<String>,
+    deadline: Option<String>,
     state: Option<String>,
     #[serde(default = "default_true")]
     atomic: bool,
@@ -335,6 +336,8 @@ pub struct Job {
     pub retry: RetryPolicy,
     /// Time limit of each FTP operation (and of data inactivity).
     pub timeout: Duration,
+    /// Time limit of a whole run, if any.
+    pub deadline: Option<Duration>,
     pub state_path: PathBuf,
     pub atomic: bool,
     pub max_delete: DeleteLimit,
@@ -470,6 +473,10 @@ impl Job {
             return Err(invalid("timeout", "must be more than 0".into()));
         }
 
+        let deadline = match &raw.deadline {
+            None => None,
+            Some(s) => Some(parse_duration(s).map_err(|m| invalid("deadline", m))?),
+        };
         let state_path = match &raw.state {
             Some(s) => base.join(expand("state", s)?),
             None => default_state_path(&name, file),
@@ -504,6 +511,7 @@ impl Job {
             compare: raw.compare,
             retry,
             timeout,
+            deadline,
             state_path,
             atomic: raw.atomic,
             max_delete,

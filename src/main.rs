@@ -128,7 +128,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         }
         Command::Plan { job, json } => {
             let j = load(&job)?;
-            let prepared = sync::prepare(&j, false, None).await?;
+            let prepared = sync::prepare(&j, false).await?;
             if json {
                 println!("{}", report::plan_json(&prepared));
             } else {
@@ -181,10 +181,23 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
     }
 }
 
-/// `ftpsync run`: lock, prepare, execute, report.
+/// `ftpsync run`: lock, prepare, execute, report, within the job's deadline.
 async fn run_job(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Error> {
     let lock = state::lock(&j.state_path)?;
-    let prepared = sync::prepare(j, true, Some(&lock)).await?;
+    let result = match j.deadline {
+        // Stopping drops the run's tasks; what finished is already queued for
+        // the state writer, which commits it as it shuts down.
+        Some(limit) => tokio::time::timeout(limit, run_locked(j, force_delete, verbose))
+            .await
+            .unwrap_or(Err(Error::Deadline(limit))),
+        None => run_locked(j, force_delete, verbose).await,
+    };
+    drop(lock);
+    result
+}
+
+async fn run_locked(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Error> {
+    let prepared = sync::prepare(j, true).await?;
     for p in prepared.problems() {
         eprintln!("warning: {}: {}", p.path, p.message);
     }
@@ -196,7 +209,6 @@ async fn run_job(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Erro
     let name = prepared.job.name.clone();
     let report = sync::run(prepared, sync::RunOptions { force_delete }).await?;
     print!("{}", report::run_text(&name, direction, &report, verbose));
-    drop(lock);
     Ok(if report.failed().next().is_some() || untrusted {
         exit::PARTIAL
     } else {
@@ -294,7 +306,7 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
 }
 
 async fn show_plan(job: &Job) -> Result<(), Error> {
-    let prepared = sync::prepare(job, false, None).await?;
+    let prepared = sync::prepare(job, false).await?;
     print!("{}", report::plan_text(&prepared));
     prepared.pool.close().await;
     Ok(())

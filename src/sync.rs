@@ -15,7 +15,7 @@ use crate::job::{CompareMode, DeleteLimit, Direction, Job};
 use crate::local;
 use crate::path::RelPath;
 use crate::plan::{self, Op, Plan, PlanOptions};
-use crate::state::{self, StateDb, StateRecord, StateWriter};
+use crate::state::{StateDb, StateRecord, StateWriter};
 use crate::tree::{Kind, LocalTree, Problem, RemoteTree};
 
 /// Options of `ftpsync run`.
@@ -68,12 +68,8 @@ fn binding(job: &Job, root: &str) -> String {
 
 /// Connects, scans and plans. `for_run` opens (and creates) the state
 /// database under the job's lock; otherwise it is only read if present.
-pub async fn prepare(
-    job: &Job,
-    for_run: bool,
-    lock: Option<&state::StateLock>,
-) -> Result<Prepared, Error> {
-    let _ = lock;
+/// (The caller holds the lock: see [`crate::state::lock`].)
+pub async fn prepare(job: &Job, for_run: bool) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
         .remote

@@ -62,3 +62,36 @@ interop!(
     start_pyftpdlib,
     mirror::push_detects_drift
 );
+
+/// After a push the server's copies carry the local modification times
+/// (MFMT on pyftpdlib, two-argument MDTM on vsftpd).
+fn keeps_modification_times(env: &Env) {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    crate::support::harness::write(&env.local, "old.txt", "old\n");
+    let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(env.local.join("old.txt"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    let job = env.job("push", false, "");
+    env.run(&job, 0);
+    let remote: SystemTime = std::fs::metadata(env.remote_disk.join("old.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(remote, t);
+    assert_eq!(env.plan_ops(&job), vec![]);
+}
+
+interop!(
+    vsftpd_keeps_modification_times,
+    start_vsftpd,
+    keeps_modification_times
+);
+interop!(
+    pyftpdlib_keeps_modification_times,
+    start_pyftpdlib,
+    keeps_modification_times
+);

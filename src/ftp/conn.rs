@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
 use suppaftp::types::FileType;
 use suppaftp::{Mode, Status};
@@ -18,6 +17,39 @@ use super::list::{ListFormat, Listing, RemoteTime, parse_listing};
 use super::reply::FtpFailure;
 use crate::job::{Secret, TlsMode};
 use crate::path::check_command_arg;
+
+/// Where a resumed download continues (see [`FtpConn::download`]).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// Bytes of the partial file to keep.
+    pub keep: u64,
+    /// The last bytes of what is kept, to compare with the server's copy.
+    pub overlap: Vec<u8>,
+}
+
+async fn write_timed(
+    t: Duration,
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    data: &[u8],
+) -> Result<(), FtpFailure> {
+    match timeout(t, stream.write_all(data)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(FtpFailure::Network(format!("upload data: {e}"))),
+        Err(_) => Err(FtpFailure::Timeout(t)),
+    }
+}
+
+async fn read_timed(
+    t: Duration,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut [u8],
+) -> Result<usize, FtpFailure> {
+    match timeout(t, stream.read(buf)).await {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(FtpFailure::Network(format!("transfer data: {e}"))),
+        Err(_) => Err(FtpFailure::Timeout(t)),
+    }
+}
 
 /// Files up to this size are uploaded from one read.
 const SMALL_FILE: u64 = 1 << 20;
@@ -56,6 +88,9 @@ pub struct FtpConn {
     timeout: Duration,
     /// Whether `LIST -a` was refused, so plain `LIST` is used.
     plain_list: bool,
+    /// vsftpd sets times with `MDTM <time> <path>` (when `mdtm_write` is on,
+    /// its default) but does not advertise it; tried while it works.
+    mdtm_write: bool,
 }
 
 /// One directory as listed.
@@ -164,6 +199,10 @@ impl FtpConn {
         if features.utf8 {
             let _ = timed(t, stream.opts("UTF8", Some("ON"))).await;
         }
+        let mdtm_write = !features.mfmt
+            && stream
+                .get_welcome_msg()
+                .is_some_and(|w| w.to_ascii_lowercase().contains("vsftpd"));
         let mut stream = if o.passive {
             stream
         } else {
@@ -195,6 +234,7 @@ impl FtpConn {
             features,
             timeout: t,
             plain_list: false,
+            mdtm_write,
         })
     }
 
@@ -314,17 +354,22 @@ impl FtpConn {
         }
     }
 
-    /// Sets a file's modification time with MFMT where advertised; returns the
-    /// time the server now reports, or `None` if it cannot.
+    /// Sets a file's modification time (UTC) with MFMT where advertised, or
+    /// vsftpd's two-argument MDTM; returns the time set, or `None` if the
+    /// server cannot.
     pub async fn set_mtime(
         &mut self,
         path: &str,
         utc: chrono::NaiveDateTime,
     ) -> Result<Option<RemoteTime>, FtpFailure> {
-        if !self.features.mfmt {
+        let verb = if self.features.mfmt {
+            "MFMT"
+        } else if self.mdtm_write {
+            "MDTM"
+        } else {
             return Ok(None);
-        }
-        let cmd = format!("MFMT {} {}", utc.format("%Y%m%d%H%M%S"), checked(path)?);
+        };
+        let cmd = format!("{verb} {} {}", utc.format("%Y%m%d%H%M%S"), checked(path)?);
         match timed(
             self.timeout,
             self.stream.custom_command(cmd, &[Status::File]),
@@ -332,80 +377,148 @@ impl FtpConn {
         .await
         {
             Ok(_) => Ok(Some(RemoteTime::Exact(utc))),
-            Err(FtpFailure::Reply { .. }) => Ok(None),
+            Err(FtpFailure::Reply { .. }) => {
+                self.mdtm_write = false;
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Uploads `local` to `remote` (STOR). Returns bytes sent and, if asked,
-    /// the SHA-256 of what was sent.
+    /// Uploads `local` to `remote` (STOR), from byte `offset` on (REST, to
+    /// resume a verified partial upload). Returns the file's total size as
+    /// sent (offset included).
     pub async fn upload(
         &mut self,
         local: &Path,
         remote: &str,
-        hash: bool,
-    ) -> Result<(u64, Option<[u8; 32]>), FtpFailure> {
+        offset: u64,
+    ) -> Result<u64, FtpFailure> {
+        use tokio::io::AsyncSeekExt;
         let t = self.timeout;
         let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
+        let remote = checked(remote)?;
         // Small files (most of a website) are read in one go: it saves the
         // thread hops of async file I/O, which dominate for many tiny files.
-        let small = std::fs::metadata(local).map_err(local_err)?.len() <= SMALL_FILE;
-        if small {
+        let len = std::fs::metadata(local).map_err(local_err)?.len();
+        if offset == 0 && len <= SMALL_FILE {
             let data = std::fs::read(local).map_err(local_err)?;
-            let mut stream = timed(t, self.stream.put_with_stream(checked(remote)?)).await?;
-            match timeout(t, stream.write_all(&data)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
-                Err(_) => return Err(FtpFailure::Timeout(t)),
-            }
+            let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
+            write_timed(t, &mut stream, &data).await?;
             timed(t, stream.finish()).await?;
-            let sha = hash.then(|| Sha256::digest(&data).into());
-            return Ok((data.len() as u64, sha));
+            return Ok(data.len() as u64);
         }
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
-        let mut stream = timed(t, self.stream.put_with_stream(checked(remote)?)).await?;
-        let mut hasher = hash.then(Sha256::new);
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(local_err)?;
+            timed(t, self.stream.resume_transfer(offset as usize)).await?;
+        }
+        let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
+        let mut total = offset;
         loop {
             let n = file.read(&mut buf).await.map_err(local_err)?;
             if n == 0 {
                 break;
             }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf[..n]);
-            }
-            match timeout(t, stream.write_all(&buf[..n])).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
-                Err(_) => return Err(FtpFailure::Timeout(t)),
-            }
+            write_timed(t, &mut stream, &buf[..n]).await?;
             total += n as u64;
         }
         timed(t, stream.finish()).await?;
-        Ok((total, hasher.map(|h| h.finalize().into())))
+        Ok(total)
     }
 
-    /// Downloads `remote` (RETR) into the file `local`, which is created or
-    /// truncated. Returns the bytes received.
-    pub async fn download(&mut self, remote: &str, local: &Path) -> Result<u64, FtpFailure> {
+    /// Reads `remote` from byte `offset` to its end (REST + RETR): used to
+    /// compare a small overlap before resuming.
+    pub async fn read_from(
+        &mut self,
+        remote: &str,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<u8>, FtpFailure> {
         let t = self.timeout;
-        let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
+        timed(t, self.stream.resume_transfer(offset as usize)).await?;
         let mut stream = timed(t, self.stream.retr_as_stream(checked(remote)?)).await?;
-        let mut file = tokio::fs::File::create(local).await.map_err(local_err)?;
-        let mut buf = vec![0u8; 256 * 1024];
-        let mut total = 0u64;
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = match timeout(t, stream.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return Err(FtpFailure::Network(format!("download data: {e}"))),
-                Err(_) => return Err(FtpFailure::Timeout(t)),
-            };
+            let n = read_timed(t, &mut stream, &mut buf).await?;
             if n == 0 {
                 break;
             }
-            file.write_all(&buf[..n]).await.map_err(local_err)?;
-            total += n as u64;
+            data.extend_from_slice(&buf[..n]);
+            if data.len() > limit {
+                return Err(FtpFailure::Verify("more data than expected".into()));
+            }
+        }
+        timed(t, stream.finish()).await?;
+        Ok(data)
+    }
+
+    /// Downloads `remote` (RETR) into the file `local`. With `resume`, the
+    /// file keeps its first `resume.keep` bytes and the transfer starts
+    /// `resume.overlap.len()` bytes earlier: those bytes must equal the tail
+    /// of what is kept, or the download fails (and restarts from zero).
+    /// Returns the file's total size.
+    pub async fn download(
+        &mut self,
+        remote: &str,
+        local: &Path,
+        resume: Option<Resume>,
+    ) -> Result<u64, FtpFailure> {
+        use tokio::io::AsyncSeekExt;
+        let t = self.timeout;
+        let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
+        let remote = checked(remote)?;
+        let (mut file, mut total, mut overlap) = match &resume {
+            Some(r) => {
+                let mut f = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .open(local)
+                    .await
+                    .map_err(local_err)?;
+                f.set_len(r.keep).await.map_err(local_err)?;
+                f.seek(std::io::SeekFrom::Start(r.keep))
+                    .await
+                    .map_err(local_err)?;
+                let start = r.keep - r.overlap.len() as u64;
+                timed(t, self.stream.resume_transfer(start as usize)).await?;
+                (f, r.keep, r.overlap.as_slice())
+            }
+            None => (
+                tokio::fs::File::create(local).await.map_err(local_err)?,
+                0,
+                &[][..],
+            ),
+        };
+        let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = read_timed(t, &mut stream, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            let mut chunk = &buf[..n];
+            if !overlap.is_empty() {
+                let k = overlap.len().min(chunk.len());
+                if chunk[..k] != overlap[..k] {
+                    return Err(FtpFailure::Verify(
+                        "the partial download does not match the server's file; starting over"
+                            .into(),
+                    ));
+                }
+                overlap = &overlap[k..];
+                chunk = &chunk[k..];
+            }
+            file.write_all(chunk).await.map_err(local_err)?;
+            total += chunk.len() as u64;
+        }
+        if !overlap.is_empty() {
+            return Err(FtpFailure::Verify(
+                "the server's file is shorter than the partial download".into(),
+            ));
         }
         file.flush().await.map_err(local_err)?;
         drop(file);

@@ -153,6 +153,7 @@ impl FaultProxy {
             fired: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tasks: Tasks::default(),
+            pasv_ip: Mutex::new([127, 0, 0, 1]),
         });
         shared
             .tasks
@@ -192,6 +193,12 @@ impl FaultProxy {
         self.shared.fired.load(Ordering::SeqCst)
     }
 
+    /// Makes rewritten 227 (PASV) replies advertise `ip` while the data listener stays on
+    /// 127.0.0.1: a client that trusts the address in the reply cannot connect.
+    pub fn set_pasv_advertised_ip(&self, ip: [u8; 4]) {
+        *lock(&self.shared.pasv_ip) = ip;
+    }
+
     /// Number of client control connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
@@ -217,6 +224,8 @@ struct Shared {
     fired: AtomicUsize,
     connections: AtomicUsize,
     tasks: Tasks,
+    /// The address advertised in rewritten 227 replies (the proxy listens on 127.0.0.1 only).
+    pasv_ip: Mutex<[u8; 4]>,
 }
 
 /// The outcome of matching one command against the rules.
@@ -585,9 +594,14 @@ impl Session {
                     parse_229_port(&text)
                 };
                 if let Some(port) = port {
+                    let ip = *lock(&self.shared.pasv_ip);
                     let reply = match self.open_data(port).await {
                         Ok(local) if code == 227 => format!(
-                            "227 Entering Passive Mode (127,0,0,1,{},{}).\r\n",
+                            "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
+                            ip[0],
+                            ip[1],
+                            ip[2],
+                            ip[3],
                             local >> 8,
                             local & 0xff
                         ),

@@ -37,6 +37,8 @@ pub struct Env {
     pub host: String,
     pub port: u16,
     pub user: String,
+    /// Extra YAML lines inside the job's `remote:` mapping (indented by two spaces).
+    pub remote_extra: String,
     server: Server,
 }
 
@@ -57,6 +59,12 @@ impl Output {
 impl Env {
     /// An environment with the built-in (libunftp) server.
     pub fn builtin() -> Env {
+        Self::builtin_with_tls(false)
+    }
+
+    /// The built-in server offering explicit FTPS with the test certificate
+    /// (tests/data/localhost-*.pem, for 127.0.0.1 and localhost).
+    pub fn builtin_with_tls(tls: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let server_root = dir.path().join("server");
         fs::create_dir_all(server_root.join("www")).unwrap();
@@ -73,7 +81,12 @@ impl Env {
                 user: "tester".into(),
                 password: PASSWORD.into(),
                 passive_ports: None,
-                tls: None,
+                tls: tls.then(|| {
+                    (
+                        test_data("localhost-cert.pem"),
+                        test_data("localhost-key.pem"),
+                    )
+                }),
             }))
             .unwrap();
         let port = handle.addr.port();
@@ -84,6 +97,7 @@ impl Env {
             host: "127.0.0.1".into(),
             port,
             user: "tester".into(),
+            remote_extra: String::new(),
             server: Server::Builtin {
                 _rt: rt,
                 handle: Some(handle),
@@ -104,6 +118,7 @@ impl Env {
             host: "127.0.0.1".into(),
             port: server.port,
             user: server.user.clone(),
+            remote_extra: String::new(),
             server: Server::External(server),
             dir,
         }
@@ -146,6 +161,7 @@ impl Env {
             self.user,
             self.remote_root,
         );
+        text.push_str(&self.remote_extra);
         let sets = |key: &str| extra.lines().any(|l| l.starts_with(&format!("{key}:")));
         let state = format!("state: {}\n", self.state_path().display());
         let defaults = [
@@ -228,6 +244,13 @@ impl Env {
             _rt.block_on(h.stop());
         }
     }
+}
+
+/// A file under tests/data.
+pub fn test_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 /// Writes a file, creating parent directories.
