@@ -600,3 +600,64 @@ fn interrupted_download_resumes_and_a_changed_file_restarts() {
     assert_eq!(count(&cmds, "REST "), 2, "{cmds:?}");
     no_temp_files(&f.env.local);
 }
+
+#[test]
+fn pull_never_writes_through_a_symlink() {
+    let env = Env::builtin();
+    let outside = env.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, env.local.join("evil")).unwrap();
+    write(&env.remote_disk, "evil/payload.txt", "gotcha\n");
+    write(&env.remote_disk, "fine.txt", "fine\n");
+    let job = env.job("pull", false, "");
+    let out = env.run(&job, 1);
+    assert!(out.stdout.contains("FAILED mkdir evil"), "{}", out.all());
+    assert!(out.stdout.contains("symbolic link"), "{}", out.all());
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the local root"
+    );
+    assert_eq!(fs::read(env.local.join("fine.txt")).unwrap(), b"fine\n");
+}
+
+#[test]
+fn non_atomic_mode_and_active_mode() {
+    let mut f = faulty();
+    small_tree(&f.env, 4);
+    f.env.remote_extra = "  passive: false\n".into();
+    let job = f.env.job("push", false, "atomic: false\n");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    let cmds = f.proxy.commands();
+    assert_eq!(count(&cmds, "RNFR"), 0, "{cmds:?}");
+    assert_eq!(count(&cmds, "STOR /www/d0/f00.txt"), 1, "{cmds:?}");
+    assert!(count(&cmds, "PORT ") >= 4, "{cmds:?}");
+    assert_eq!(count(&cmds, "EPSV") + count(&cmds, "PASV"), 0, "{cmds:?}");
+}
+
+#[test]
+fn password_from_file() {
+    let env = Env::builtin();
+    let pw = env.dir.path().join("password.txt");
+    fs::write(&pw, format!("{}\n", env.password())).unwrap();
+    write(&env.local, "a.txt", "a");
+    let job = env.job("push", false, "");
+    let text = fs::read_to_string(&job).unwrap().replace(
+        "password_env: FTPSYNC_TEST_PASSWORD",
+        &format!("password_file: {}", pw.display()),
+    );
+    fs::write(&job, text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_ftpsync"))
+        .args(["run", job.to_str().unwrap()])
+        .env_remove("FTPSYNC_TEST_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_tree(&env.local, &env.remote_disk);
+}
