@@ -582,7 +582,7 @@ async fn upload(
                 t
             }
         };
-        let sent = match c.upload(&local_path, &tmp, offset).await {
+        let sent = match c.upload(&local_path, before.len(), &tmp, offset).await {
             Ok(n) => n,
             Err(e) => {
                 // The next attempt resumes or removes it (and the next run, if none).
@@ -601,7 +601,7 @@ async fn upload(
         ctx.writer.send(StateChange::PendingRemove(tmp));
         sent
     } else {
-        let sent = c.upload(&local_path, &final_path, 0).await?;
+        let sent = c.upload(&local_path, before.len(), &final_path, 0).await?;
         verify_upload(c, &final_path, sent, &before).await?;
         sent
     };

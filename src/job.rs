@@ -143,8 +143,6 @@ struct RawRemote {
     passive: bool,
     #[serde(default)]
     tls: TlsMode,
-    #[serde(default = "default_true")]
-    tls_verify: bool,
     tls_ca_file: Option<String>,
 }
 
@@ -213,7 +211,6 @@ pub struct Remote {
     pub root: String,
     pub passive: bool,
     pub tls: TlsMode,
-    pub tls_verify: bool,
     /// Extra CA certificates (PEM) to trust, for servers with their own CA.
     pub tls_ca_file: Option<PathBuf>,
 }
@@ -500,7 +497,6 @@ impl Job {
                 root,
                 passive: r.passive,
                 tls: r.tls,
-                tls_verify: r.tls_verify,
                 tls_ca_file: match &r.tls_ca_file {
                     Some(p) => Some(base.join(expand("remote.tls_ca_file", p)?)),
                     None => None,

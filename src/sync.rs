@@ -81,7 +81,6 @@ pub async fn prepare(job: &Job, for_run: bool) -> Result<Prepared, Error> {
         user: job.remote.user.clone(),
         password,
         tls: job.remote.tls,
-        tls_verify: job.remote.tls_verify,
         tls_ca_file: job.remote.tls_ca_file.clone(),
         passive: job.remote.passive,
         timeout: job.timeout,
@@ -99,7 +98,7 @@ pub async fn prepare(job: &Job, for_run: bool) -> Result<Prepared, Error> {
             failure,
         })?;
     let pool = Arc::new(Pool::new(opts, job.concurrency));
-    pool.put_idle(first).await;
+    pool.put_idle(first);
 
     let bind = binding(job, &root);
     let mut state_reset = false;

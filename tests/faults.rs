@@ -518,6 +518,18 @@ fn tls_refused_fails_closed() {
     );
 }
 
+/// A rule that cuts the data connection of the next `verb` after `bytes`.
+fn cut_once(verb: &str, bytes: u64) -> Rule {
+    Rule::new(
+        verb,
+        Action::CutData {
+            after_bytes: bytes,
+            kill_control: false,
+        },
+    )
+    .times(1)
+}
+
 fn big_content(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as u8)
@@ -529,16 +541,7 @@ fn interrupted_upload_resumes_after_checking_the_overlap() {
     let f = faulty();
     let big = big_content(4 << 20, 1);
     write(&f.env.local, "big.bin", &big);
-    f.proxy.add_rule(
-        Rule::new(
-            "STOR",
-            Action::CutData {
-                after_bytes: 2 << 20,
-                kill_control: false,
-            },
-        )
-        .times(1),
-    );
+    f.proxy.add_rule(cut_once("STOR", 2 << 20));
     let job = f.env.job("push", false, "");
     f.env.run(&job, 0);
     assert_eq!(fs::read(f.env.remote_disk.join("big.bin")).unwrap(), big);
@@ -556,16 +559,7 @@ fn interrupted_download_resumes_and_a_changed_file_restarts() {
     let f = faulty();
     let big = big_content(4 << 20, 2);
     write(&f.env.remote_disk, "big.bin", &big);
-    f.proxy.add_rule(
-        Rule::new(
-            "RETR",
-            Action::CutData {
-                after_bytes: 2 << 20,
-                kill_control: false,
-            },
-        )
-        .times(1),
-    );
+    f.proxy.add_rule(cut_once("RETR", 2 << 20));
     let job = f.env.job("pull", false, "");
     f.env.run(&job, 0);
     assert_eq!(fs::read(f.env.local.join("big.bin")).unwrap(), big);
@@ -579,16 +573,7 @@ fn interrupted_download_resumes_and_a_changed_file_restarts() {
     let changed = big_content((4 << 20) + 100, 3);
     write(&f.env.remote_disk, "big.bin", &changed);
     f.proxy.clear_rules();
-    f.proxy.add_rule(
-        Rule::new(
-            "RETR",
-            Action::CutData {
-                after_bytes: 2 << 20,
-                kill_control: false,
-            },
-        )
-        .times(1),
-    );
+    f.proxy.add_rule(cut_once("RETR", 2 << 20));
     // The resumed attempt is served other bytes, so the overlap check fails
     // and a third attempt downloads from zero.
     f.proxy

@@ -62,7 +62,6 @@ pub struct ConnectOptions {
     pub user: String,
     pub password: Secret,
     pub tls: TlsMode,
-    pub tls_verify: bool,
     /// PEM file with extra CA certificates to trust (self-signed servers).
     pub tls_ca_file: Option<std::path::PathBuf>,
     pub passive: bool,
@@ -165,12 +164,6 @@ impl FtpConn {
             Err(_) => return Err(FtpFailure::Timeout(t)),
         };
         if o.tls == TlsMode::Explicit {
-            if !o.tls_verify {
-                return Err(FtpFailure::Tls(
-                    "tls_verify: false is not supported; give the server's CA with tls_ca_file"
-                        .into(),
-                ));
-            }
             let connector = tls_connector(o)?;
             stream = timed(t, stream.into_secure(connector, &o.host)).await?;
         }
@@ -388,9 +381,11 @@ impl FtpConn {
     /// Uploads `local` to `remote` (STOR), from byte `offset` on (REST, to
     /// resume a verified partial upload). Returns the file's total size as
     /// sent (offset included).
+    /// `len` is the file's size as just checked by the caller.
     pub async fn upload(
         &mut self,
         local: &Path,
+        len: u64,
         remote: &str,
         offset: u64,
     ) -> Result<u64, FtpFailure> {
@@ -400,7 +395,6 @@ impl FtpConn {
         let remote = checked(remote)?;
         // Small files (most of a website) are read in one go: it saves the
         // thread hops of async file I/O, which dominate for many tiny files.
-        let len = std::fs::metadata(local).map_err(local_err)?.len();
         if offset == 0 && len <= SMALL_FILE {
             let data = std::fs::read(local).map_err(local_err)?;
             let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
+use std::sync::Mutex;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{ConnectOptions, FtpConn};
 use super::reply::FtpFailure;
@@ -37,8 +39,13 @@ impl Pool {
     }
 
     /// Starts the pool with one already-open connection (the one used to probe the server).
-    pub async fn put_idle(&self, conn: FtpConn) {
-        self.idle.lock().await.push(conn);
+    pub fn put_idle(&self, conn: FtpConn) {
+        self.idle_list().push(conn);
+    }
+
+    /// The idle connections (a plain mutex: it is never held across an await).
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<FtpConn>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current number of connections allowed.
@@ -72,7 +79,7 @@ impl Pool {
             .acquire_owned()
             .await
             .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
-        let idle = self.idle.lock().await.pop();
+        let idle = self.idle_list().pop();
         let conn = match idle {
             Some(c) => c,
             None => FtpConn::connect(&self.opts).await?,
@@ -86,7 +93,7 @@ impl Pool {
 
     /// Closes the idle connections politely.
     pub async fn close(&self) {
-        let conns: Vec<FtpConn> = std::mem::take(&mut *self.idle.lock().await);
+        let conns: Vec<FtpConn> = std::mem::take(&mut *self.idle_list());
         for c in conns {
             c.quit().await;
         }
@@ -108,10 +115,8 @@ impl PooledConn<'_> {
 
 impl Drop for PooledConn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take()
-            && let Ok(mut idle) = self.pool.idle.try_lock()
-        {
-            idle.push(c);
+        if let Some(c) = self.conn.take() {
+            self.pool.idle_list().push(c);
         }
     }
 }

@@ -902,40 +902,9 @@ mod tests {
         }
     }
 
-    /// The first of `$FTPSYNC_PYTHON`, `/opt/ftpsync-venv/bin/python`, `python3` that can
-    /// import pyftpdlib (the same search as the suite's `servers.rs`), looked up once.
+    /// The python that can import pyftpdlib (the suite's one lookup).
     fn find_python() -> Result<PathBuf, String> {
-        static PYTHON: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-        PYTHON
-            .get_or_init(|| {
-                let mut candidates: Vec<PathBuf> = Vec::new();
-                if let Some(p) = std::env::var_os("FTPSYNC_PYTHON") {
-                    candidates.push(p.into());
-                }
-                candidates.push("/opt/ftpsync-venv/bin/python".into());
-                candidates.push("python3".into());
-                let mut tried = Vec::new();
-                for candidate in candidates {
-                    let out = Command::new(&candidate)
-                        .args(["-c", "import pyftpdlib"])
-                        .stdin(Stdio::null())
-                        .output();
-                    match out {
-                        Ok(o) if o.status.success() => return Ok(candidate),
-                        Ok(o) => {
-                            let err = String::from_utf8_lossy(&o.stderr);
-                            let last = err.lines().last().unwrap_or("").trim().to_string();
-                            tried.push(format!("{}: {last}", candidate.display()));
-                        }
-                        Err(e) => tried.push(format!("{}: {e}", candidate.display())),
-                    }
-                }
-                Err(format!(
-                    "no python can import pyftpdlib (pip install pyftpdlib): {}",
-                    tried.join("; ")
-                ))
-            })
-            .clone()
+        crate::support::servers::find_python()
     }
 
     /// The port pyftpdlib reports in ">>> starting FTP server on 127.0.0.1:PORT, pid=N <<<".

@@ -395,7 +395,7 @@ fn try_start_pyftpdlib() -> Result<ExternalServer, String> {
 
 /// The first of `$FTPSYNC_PYTHON`, `/opt/ftpsync-venv/bin/python`, `python3`
 /// that can import pyftpdlib (looked up once per test binary).
-fn find_python() -> Result<PathBuf, String> {
+pub fn find_python() -> Result<PathBuf, String> {
     static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
