@@ -24,7 +24,7 @@ use crate::job::{CompareMode, Job};
 use crate::local::{mtime_ns, safe_path, temp_name};
 use crate::path::RelPath;
 use crate::plan::{Op, Plan, PlanItem, Side};
-use crate::state::{StateChange, StateRecord, StateWriter};
+use crate::state::{Partial, StateChange, StateRecord, StateWriter};
 use crate::tree::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::with_retry;
 
@@ -36,6 +36,8 @@ pub struct ExecInput {
     pub local: LocalTree,
     pub remote: RemoteTree,
     pub state: BTreeMap<RelPath, StateRecord>,
+    /// Partial transfers of an interrupted run to resume, by path (temporary file path).
+    pub resume: BTreeMap<RelPath, String>,
 }
 
 /// How one item ended.
@@ -90,21 +92,38 @@ impl Ctx {
     }
 }
 
-/// Removes temporary files left by interrupted runs (found by the scans or
-/// journaled in the state). Best effort: failures are only logged.
-pub async fn clean_temps(
+/// Sorts out the temporary files left by interrupted runs (found by the
+/// scans or journaled in the state). A journaled partial transfer that this
+/// run's plan redoes, from a source that has not changed since, is kept to be
+/// resumed; everything else is removed (best effort: failures are logged).
+/// Returns how many were removed and the partials to resume, by path.
+pub async fn sort_out_temps(
     pool: &Pool,
-    job: &Job,
-    root: &str,
+    input: &ExecInput,
+    plan: &Plan,
     remote_temps: &[RelPath],
-    journaled: &[String],
+    journaled: &[Partial],
     local_temps: &[RelPath],
     writer: &StateWriter,
-) -> usize {
+) -> (usize, BTreeMap<RelPath, String>) {
+    let job = &input.job;
+    let root = &input.root;
+    let mut resume = BTreeMap::new();
+    for p in journaled {
+        if resumable_partial(input, plan, p) {
+            resume.insert(p.path.clone(), p.temp.clone());
+        }
+    }
+    let keep: BTreeSet<&String> = resume.values().collect();
     let mut removed = 0;
     let mut remote: BTreeSet<String> = remote_temps.iter().map(|p| p.to_remote(root)).collect();
-    remote.extend(journaled.iter().cloned());
-    for path in remote {
+    remote.extend(
+        journaled
+            .iter()
+            .filter(|p| p.side == Side::Remote)
+            .map(|p| p.temp.clone()),
+    );
+    for path in remote.into_iter().filter(|t| !keep.contains(t)) {
         let r = with_retry!(pool, &job.retry, |c| match c.delete(&path).await {
             Ok(()) => Ok(true),
             Err(FtpFailure::Reply { code: 550, .. }) => Ok(false),
@@ -118,14 +137,76 @@ pub async fn clean_temps(
             Err(e) => tracing::warn!("could not remove leftover temporary file {path}: {e}"),
         }
     }
-    for rel in local_temps {
-        if let Ok(p) = safe_path(&job.local_root, rel)
-            && std::fs::remove_file(&p).is_ok()
-        {
+    let mut local: BTreeSet<String> = local_temps
+        .iter()
+        .filter_map(|rel| safe_path(&job.local_root, rel).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    local.extend(
+        journaled
+            .iter()
+            .filter(|p| p.side == Side::Local)
+            .map(|p| p.temp.clone()),
+    );
+    for path in local.into_iter().filter(|t| !keep.contains(t)) {
+        if is_our_local_temp(job, &path) && std::fs::remove_file(&path).is_ok() {
             removed += 1;
         }
+        writer.send(StateChange::PendingRemove(path));
     }
-    removed
+    (removed, resume)
+}
+
+/// Whether a journaled path names one of our temporary files inside the local root.
+fn is_our_local_temp(job: &Job, temp: &str) -> bool {
+    let p = Path::new(temp);
+    p.starts_with(&job.local_root)
+        && p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(crate::local::is_temp_name)
+}
+
+/// Whether a journaled partial can be resumed by this run: the plan
+/// transfers its path again, in the same direction, from a source whose
+/// size and time are what they were when the partial was written.
+fn resumable_partial(input: &ExecInput, plan: &Plan, p: &Partial) -> bool {
+    let wanted = match p.side {
+        Side::Remote => Op::Upload,
+        Side::Local => Op::Download,
+    };
+    if !plan
+        .items
+        .iter()
+        .any(|i| i.op == wanted && i.path == p.path)
+    {
+        return false;
+    }
+    match p.side {
+        Side::Remote => {
+            let parent = p.path.parent().unwrap_or_default().to_remote(&input.root);
+            let in_dir = p.temp.rsplit_once('/').is_some_and(|(dir, name)| {
+                (dir == parent || (dir.is_empty() && parent == "/"))
+                    && crate::local::is_temp_name(name)
+            });
+            in_dir
+                && input
+                    .local
+                    .entries
+                    .get(&p.path)
+                    .and_then(|e| e.meta.as_ref())
+                    .is_some_and(|m| m.size == p.size && m.mtime_ns.to_string() == p.stamp)
+        }
+        Side::Local => {
+            is_our_local_temp(&input.job, &p.temp)
+                && Path::new(&p.temp).is_file()
+                && input
+                    .remote
+                    .entries
+                    .get(&p.path)
+                    .and_then(|e| e.meta.as_ref())
+                    .is_some_and(|m| m.size == Some(p.size) && m.mtime.to_stored() == p.stamp)
+        }
+    }
 }
 
 /// Executes `plan`. `allow_deletes` is false when deletes must be skipped
@@ -347,6 +428,11 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
         }
         (Op::Upload, _) => {
             let mut carry = UploadCarry::default();
+            if let Some(temp) = ctx.input.resume.get(&item.path)
+                && let Some(m) = ctx.local_meta(&item.path)
+            {
+                carry.partial = Some((temp.clone(), m.size, m.mtime_ns));
+            }
             let rec = with_retry!(&ctx.pool, &retry, |c| upload(
                 ctx, c, &item.path, &mut carry
             )
@@ -355,13 +441,23 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             Ok(())
         }
         (Op::Download, _) => {
-            let mut carry = None;
+            let mut carry = ctx
+                .input
+                .resume
+                .get(&item.path)
+                .map(std::path::PathBuf::from);
             let result = with_retry!(&ctx.pool, &retry, |c| download(
                 ctx, c, &item.path, &mut carry
             )
             .await);
-            if let Some(partial) = carry {
-                let _ = std::fs::remove_file(partial);
+            // A large partial download stays (journaled) for the next run to resume.
+            if let Some(partial) = carry
+                && std::fs::metadata(&partial).map_or(true, |m| m.len() < RESUME_MIN)
+            {
+                let _ = std::fs::remove_file(&partial);
+                ctx.writer.send(StateChange::PendingRemove(
+                    partial.to_string_lossy().into_owned(),
+                ));
             }
             let rec = result?;
             ctx.writer.send(StateChange::Put(item.path.clone(), rec));
@@ -578,7 +674,13 @@ async fn upload(
                     .join(temp_name().as_bytes())
                     .map_err(|_| FtpFailure::BadPath)?;
                 let t = ctx.remote_path(&t);
-                ctx.writer.send(StateChange::PendingAdd(t.clone()));
+                ctx.writer.send(StateChange::PendingAdd(Partial {
+                    temp: t.clone(),
+                    side: Side::Remote,
+                    path: path.clone(),
+                    size: before.len(),
+                    stamp: mtime_ns(&before).to_string(),
+                }));
                 t
             }
         };
@@ -723,18 +825,40 @@ async fn download(
             }
             if resume.is_none() {
                 let _ = std::fs::remove_file(&old);
-                dir.join(temp_name())
+                ctx.writer.send(StateChange::PendingRemove(
+                    old.to_string_lossy().into_owned(),
+                ));
+                None
             } else {
-                old
+                Some(old)
             }
         }
-        None => dir.join(temp_name()),
+        None => None,
     };
+    let tmp = match tmp {
+        Some(t) => t,
+        None => {
+            let t = dir.join(temp_name());
+            ctx.writer.send(StateChange::PendingAdd(Partial {
+                temp: t.to_string_lossy().into_owned(),
+                side: Side::Local,
+                path: path.clone(),
+                size: expected.unwrap_or(0),
+                stamp: remote_meta
+                    .as_ref()
+                    .map(|m| m.mtime.to_stored())
+                    .unwrap_or_default(),
+            }));
+            t
+        }
+    };
+    let tmp_key = tmp.to_string_lossy().into_owned();
     let bytes = match c.download(&remote, &tmp, resume).await {
         Ok(b) => b,
         Err(e) => {
             if matches!(e, FtpFailure::Verify(_)) {
                 let _ = std::fs::remove_file(&tmp);
+                ctx.writer.send(StateChange::PendingRemove(tmp_key));
             } else {
                 *carry = Some(tmp);
             }
@@ -774,6 +898,7 @@ async fn download(
         let _ = std::fs::remove_file(&tmp);
         FtpFailure::Local(format!("{}: {e}", final_local.display()))
     })?;
+    ctx.writer.send(StateChange::PendingRemove(tmp_key));
     let md = std::fs::symlink_metadata(&final_local).map_err(local_err)?;
     ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
     let sha = if job.compare == CompareMode::Hash {

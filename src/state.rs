@@ -60,12 +60,29 @@ pub struct StateRecord {
 pub enum StateChange {
     Put(RelPath, StateRecord),
     Remove(RelPath),
-    /// A remote temporary file is about to be written (journal for cleanup).
-    PendingAdd(String),
-    /// The temporary file is gone (renamed or deleted).
+    /// A temporary file is about to be written (journal for cleanup and resume).
+    PendingAdd(Partial),
+    /// The temporary file (by its `temp` path) is gone (renamed or deleted).
     PendingRemove(String),
     /// The remote fingerprint of an existing record, as re-listed after an upload.
     RefreshRemote(RelPath, RemoteMeta),
+}
+
+/// A temporary file being written by a transfer: journaled so that the next
+/// run can resume it (if its source is unchanged) or remove it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    /// The temporary file: an absolute remote path (uploads) or an absolute local path (downloads).
+    pub temp: String,
+    /// Which side the temporary file is on.
+    pub side: crate::plan::Side,
+    /// The path it will become.
+    pub path: RelPath,
+    /// The source's size when the transfer started.
+    pub size: u64,
+    /// The source's time when the transfer started: local mtime in ns
+    /// (uploads) or the remote time as stored (downloads).
+    pub stamp: String,
 }
 
 /// An open state database.
@@ -170,7 +187,13 @@ impl StateDb {
                     remote_size INTEGER,
                     remote_mtime TEXT
                  );
-                 CREATE TABLE IF NOT EXISTS pending (remote_path TEXT PRIMARY KEY);
+                 CREATE TABLE IF NOT EXISTS pending (
+                    temp TEXT PRIMARY KEY,
+                    side TEXT NOT NULL CHECK (side IN ('local', 'remote')),
+                    path TEXT NOT NULL,
+                    size INTEGER NOT NULL,
+                    stamp TEXT NOT NULL
+                 );
                  PRAGMA user_version = 1;
                  COMMIT;",
             )?;
@@ -267,13 +290,31 @@ impl StateDb {
         Ok(out)
     }
 
-    /// Remote temporary files that were being written when a run stopped.
-    pub fn pending(&self) -> Result<Vec<String>, StateError> {
+    /// Temporary files that were being written when a run stopped.
+    pub fn pending(&self) -> Result<Vec<Partial>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT remote_path FROM pending ORDER BY remote_path")?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .prepare("SELECT temp, side, path, size, stamp FROM pending ORDER BY temp")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let temp: String = row.get(0)?;
+            let side = match row.get::<_, String>(1)?.as_str() {
+                "local" => crate::plan::Side::Local,
+                _ => crate::plan::Side::Remote,
+            };
+            let Ok(path) = RelPath::parse(&row.get::<_, String>(2)?) else {
+                continue;
+            };
+            out.push(Partial {
+                temp,
+                side,
+                path,
+                size: row.get::<_, i64>(3)?.max(0) as u64,
+                stamp: row.get(4)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Applies changes in one transaction.
@@ -288,9 +329,10 @@ impl StateDb {
                    remote_size = excluded.remote_size, remote_mtime = excluded.remote_mtime",
             )?;
             let mut del = tx.prepare_cached("DELETE FROM entries WHERE path = ?1")?;
-            let mut padd =
-                tx.prepare_cached("INSERT OR IGNORE INTO pending (remote_path) VALUES (?1)")?;
-            let mut prm = tx.prepare_cached("DELETE FROM pending WHERE remote_path = ?1")?;
+            let mut padd = tx.prepare_cached(
+                "INSERT OR REPLACE INTO pending (temp, side, path, size, stamp) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut prm = tx.prepare_cached("DELETE FROM pending WHERE temp = ?1")?;
             let mut refresh = tx.prepare_cached(
                 "UPDATE entries SET remote_size = ?2, remote_mtime = ?3 WHERE path = ?1 AND kind = 'file'",
             )?;
@@ -313,7 +355,17 @@ impl StateDb {
                         del.execute(params![p.as_str()])?;
                     }
                     StateChange::PendingAdd(p) => {
-                        padd.execute(params![p])?;
+                        let side = match p.side {
+                            crate::plan::Side::Local => "local",
+                            crate::plan::Side::Remote => "remote",
+                        };
+                        padd.execute(params![
+                            p.temp,
+                            side,
+                            p.path.as_str(),
+                            p.size as i64,
+                            p.stamp
+                        ])?;
                     }
                     StateChange::PendingRemove(p) => {
                         prm.execute(params![p])?;
@@ -471,7 +523,13 @@ mod tests {
         let p = RelPath::parse("a/b c.txt").unwrap();
         db.apply(&[
             StateChange::Put(p.clone(), rec()),
-            StateChange::PendingAdd("/www/.ftpsync-0000000000000001.part".into()),
+            StateChange::PendingAdd(Partial {
+                temp: "/www/.ftpsync-0000000000000001.part".into(),
+                side: crate::plan::Side::Remote,
+                path: p.clone(),
+                size: 5,
+                stamp: "1".into(),
+            }),
         ])
         .unwrap();
         let all = db.load().unwrap();

@@ -35,7 +35,7 @@ pub struct Prepared {
     pub plan: Plan,
     pub remote_temps: Vec<RelPath>,
     pub local_temps: Vec<RelPath>,
-    pub pending: Vec<String>,
+    pub pending: Vec<crate::state::Partial>,
     pub pool: Arc<Pool>,
     pub db: Option<StateDb>,
     /// Set when the state belonged to another server/root/direction and was dropped.
@@ -327,23 +327,25 @@ pub async fn run(mut p: Prepared, opts: RunOptions) -> Result<RunReport, Error> 
         p.db.take()
             .ok_or_else(|| Error::Io("state database not open".into()))?;
     let writer = Arc::new(StateWriter::start(db));
-    let temps_removed = exec::clean_temps(
+    let mut input = ExecInput {
+        job: p.job.clone(),
+        root: p.root.clone(),
+        local: std::mem::take(&mut p.local),
+        remote: std::mem::take(&mut p.remote),
+        state: std::mem::take(&mut p.state),
+        resume: Default::default(),
+    };
+    let (temps_removed, resume) = exec::sort_out_temps(
         &p.pool,
-        &p.job,
-        &p.root,
+        &input,
+        &p.plan,
         &p.remote_temps,
         &p.pending,
         &p.local_temps,
         &writer,
     )
     .await;
-    let input = ExecInput {
-        job: p.job.clone(),
-        root: p.root.clone(),
-        local: std::mem::take(&mut p.local),
-        remote: std::mem::take(&mut p.remote),
-        state: std::mem::take(&mut p.state),
-    };
+    input.resume = resume;
     let mut report = exec::execute(input, &p.plan, Arc::clone(&p.pool), Arc::clone(&writer)).await;
     report.temps_removed = temps_removed;
     p.pool.close().await;

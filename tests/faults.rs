@@ -646,3 +646,73 @@ fn password_from_file() {
     );
     assert_same_tree(&env.local, &env.remote_disk);
 }
+
+#[test]
+fn resume_across_runs() {
+    let f = faulty();
+    let big = big_content(4 << 20, 5);
+    write(&f.env.local, "up/big.bin", &big);
+    write(&f.env.remote_disk, "down/big.bin", big_content(3 << 20, 6));
+    // One attempt only: the cut ends the run, leaving journaled partial files.
+    let extra = "retry:\n  max_attempts: 1\n  initial_backoff: 10ms\n  max_backoff: 10ms\n";
+    f.proxy.add_rule(
+        Rule::new(
+            "STOR",
+            Action::CutData {
+                after_bytes: 2 << 20,
+                kill_control: true,
+            },
+        )
+        .times(1),
+    );
+    let push = f.env.job(
+        "push",
+        false,
+        &format!("{extra}filters:\n  include: [\"up/**\"]\n"),
+    );
+    f.env.run(&push, 1);
+    assert!(
+        snapshot(&f.env.remote_disk)
+            .keys()
+            .any(|k| k.starts_with("up/.ftpsync-"))
+    );
+    let before = f.proxy.commands().len();
+    f.env.run(&push, 0);
+    assert_eq!(fs::read(f.env.remote_disk.join("up/big.bin")).unwrap(), big);
+    let cmds: Vec<String> = f.proxy.commands()[before..].to_vec();
+    assert_eq!(count(&cmds, "REST "), 2, "the second run resumed: {cmds:?}");
+    no_temp_files(&f.env.remote_disk);
+
+    // The same for a download (another job, another state file).
+    f.proxy.clear_rules();
+    f.proxy.add_rule(
+        Rule::new(
+            "RETR",
+            Action::CutData {
+                after_bytes: 2 << 20,
+                kill_control: true,
+            },
+        )
+        .times(1),
+    );
+    let pull = f.env.job(
+        "pull",
+        false,
+        &format!("{extra}state: pull.db\nfilters:\n  include: [\"down/**\"]\n"),
+    );
+    f.env.run(&pull, 1);
+    assert!(
+        snapshot(&f.env.local)
+            .keys()
+            .any(|k| k.starts_with("down/.ftpsync-"))
+    );
+    let before = f.proxy.commands().len();
+    f.env.run(&pull, 0);
+    assert_eq!(
+        fs::read(f.env.local.join("down/big.bin")).unwrap(),
+        big_content(3 << 20, 6)
+    );
+    let cmds: Vec<String> = f.proxy.commands()[before..].to_vec();
+    assert_eq!(count(&cmds, "REST "), 1, "the second run resumed: {cmds:?}");
+    no_temp_files(&f.env.local);
+}
