@@ -518,13 +518,14 @@ fn tls_refused_fails_closed() {
     );
 }
 
-/// A rule that cuts the data connection of the next `verb` after `bytes`.
-fn cut_once(verb: &str, bytes: u64) -> Rule {
+/// A rule that cuts the data connection of the next `verb` after `bytes`
+/// (and the control connection too with `kill_control`).
+fn cut_once(verb: &str, bytes: u64, kill_control: bool) -> Rule {
     Rule::new(
         verb,
         Action::CutData {
             after_bytes: bytes,
-            kill_control: false,
+            kill_control,
         },
     )
     .times(1)
@@ -541,7 +542,7 @@ fn interrupted_upload_resumes_after_checking_the_overlap() {
     let f = faulty();
     let big = big_content(4 << 20, 1);
     write(&f.env.local, "big.bin", &big);
-    f.proxy.add_rule(cut_once("STOR", 2 << 20));
+    f.proxy.add_rule(cut_once("STOR", 2 << 20, false));
     let job = f.env.job("push", false, "");
     f.env.run(&job, 0);
     assert_eq!(fs::read(f.env.remote_disk.join("big.bin")).unwrap(), big);
@@ -559,7 +560,7 @@ fn interrupted_download_resumes_and_a_changed_file_restarts() {
     let f = faulty();
     let big = big_content(4 << 20, 2);
     write(&f.env.remote_disk, "big.bin", &big);
-    f.proxy.add_rule(cut_once("RETR", 2 << 20));
+    f.proxy.add_rule(cut_once("RETR", 2 << 20, false));
     let job = f.env.job("pull", false, "");
     f.env.run(&job, 0);
     assert_eq!(fs::read(f.env.local.join("big.bin")).unwrap(), big);
@@ -573,7 +574,7 @@ fn interrupted_download_resumes_and_a_changed_file_restarts() {
     let changed = big_content((4 << 20) + 100, 3);
     write(&f.env.remote_disk, "big.bin", &changed);
     f.proxy.clear_rules();
-    f.proxy.add_rule(cut_once("RETR", 2 << 20));
+    f.proxy.add_rule(cut_once("RETR", 2 << 20, false));
     // The resumed attempt is served other bytes, so the overlap check fails
     // and a third attempt downloads from zero.
     f.proxy
@@ -655,16 +656,7 @@ fn resume_across_runs() {
     write(&f.env.remote_disk, "down/big.bin", big_content(3 << 20, 6));
     // One attempt only: the cut ends the run, leaving journaled partial files.
     let extra = "retry:\n  max_attempts: 1\n  initial_backoff: 10ms\n  max_backoff: 10ms\n";
-    f.proxy.add_rule(
-        Rule::new(
-            "STOR",
-            Action::CutData {
-                after_bytes: 2 << 20,
-                kill_control: true,
-            },
-        )
-        .times(1),
-    );
+    f.proxy.add_rule(cut_once("STOR", 2 << 20, true));
     let push = f.env.job(
         "push",
         false,
@@ -685,16 +677,7 @@ fn resume_across_runs() {
 
     // The same for a download (another job, another state file).
     f.proxy.clear_rules();
-    f.proxy.add_rule(
-        Rule::new(
-            "RETR",
-            Action::CutData {
-                after_bytes: 2 << 20,
-                kill_control: true,
-            },
-        )
-        .times(1),
-    );
+    f.proxy.add_rule(cut_once("RETR", 2 << 20, true));
     let pull = f.env.job(
         "pull",
         false,
