@@ -34,11 +34,15 @@ enum Command {
         /// Machine-readable output (schema in the README).
         #[arg(long)]
         json: bool,
+        /// Preview a run with --force-delete.
+        #[arg(long)]
+        force_delete: bool,
     },
     /// Run the job: scan, plan, execute, record.
     Run {
         job: PathBuf,
-        /// Allow more deletes than safety.max_delete, for this run only.
+        /// Allow more deletes than safety.max_delete, and deletes below
+        /// directories that list as empty where files were synced, for this run only.
         #[arg(long)]
         force_delete: bool,
     },
@@ -126,9 +130,13 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             }
             Ok(exit::OK)
         }
-        Command::Plan { job, json } => {
+        Command::Plan {
+            job,
+            json,
+            force_delete,
+        } => {
             let j = load(&job)?;
-            let prepared = sync::prepare(&j, false).await?;
+            let prepared = sync::prepare(&j, false, force_delete).await?;
             if json {
                 println!("{}", report::plan_json(&prepared));
             } else {
@@ -197,7 +205,7 @@ async fn run_job(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Erro
 }
 
 async fn run_locked(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Error> {
-    let prepared = sync::prepare(j, true).await?;
+    let prepared = sync::prepare(j, true, force_delete).await?;
     for p in prepared.problems() {
         eprintln!("warning: {}: {}", p.path, p.message);
     }
@@ -306,7 +314,7 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
 }
 
 async fn show_plan(job: &Job) -> Result<(), Error> {
-    let prepared = sync::prepare(job, false).await?;
+    let prepared = sync::prepare(job, false, false).await?;
     print!("{}", report::plan_text(&prepared));
     prepared.pool.close().await;
     Ok(())

@@ -125,7 +125,7 @@ impl Reason {
             (Reason::DeleteDisabled, Push) => "deleted locally; kept on the server (delete: false)",
             (Reason::DeleteDisabled, Pull) => "deleted on the server; kept locally (delete: false)",
             (Reason::SuspectListing, _) => {
-                "not deleted: its directory listed as empty although files were synced there"
+                "not deleted: its directory's listing was incomplete, or empty although files were synced there"
             }
         }
     }
@@ -150,6 +150,9 @@ pub struct PlanOptions {
     pub direction: Direction,
     pub delete: bool,
     pub compare: CompareMode,
+    /// Plan deletes below directories that listed as empty although the state
+    /// remembers files there (`--force-delete`). Incomplete listings are never trusted.
+    pub trust_empty_listings: bool,
 }
 
 /// The result of planning.
@@ -318,12 +321,26 @@ pub fn plan(
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
 ) -> Plan {
-    // Deletes on the target come from absences on the source, so a suspicious
-    // (empty) source listing is what blocks them.
-    let (target_side, transfer, src_suspect) = match o.direction {
-        Direction::Push => (Side::Remote, Op::Upload, &local.suspect_empty),
-        Direction::Pull => (Side::Local, Op::Download, &remote.suspect_empty),
+    // Deletes on the target come from absences on the source, so an
+    // incomplete or suspiciously empty source listing is what blocks them.
+    let (target_side, transfer, src_incomplete, src_empty) = match o.direction {
+        Direction::Push => (
+            Side::Remote,
+            Op::Upload,
+            &local.incomplete,
+            &local.suspect_empty,
+        ),
+        Direction::Pull => (
+            Side::Local,
+            Op::Download,
+            &remote.incomplete,
+            &remote.suspect_empty,
+        ),
     };
+    let mut src_suspect: BTreeSet<&RelPath> = src_incomplete.iter().collect();
+    if !o.trust_empty_listings {
+        src_suspect.extend(src_empty.iter());
+    }
     let mut plan = Plan {
         create_target_root: match o.direction {
             Direction::Push => !remote.root_exists,
@@ -365,7 +382,7 @@ pub fn plan(
             reason,
             size: None,
         };
-        let suspect = src_suspect.iter().any(|s| path.is_within(s) && path != s);
+        let suspect = src_suspect.iter().any(|s| path.is_within(s) && path != *s);
         match (f.src, f.tgt) {
             (Some(Kind::File), None) => {
                 let reason = if f.rec.is_some() {
@@ -555,6 +572,7 @@ mod tests {
             direction,
             delete,
             compare: CompareMode::Auto,
+            trust_empty_listings: false,
         };
         plan(&l, &r, &s, &o)
             .items
@@ -883,6 +901,7 @@ mod tests {
             direction: Direction::Push,
             delete: true,
             compare: CompareMode::Auto,
+            trust_empty_listings: false,
         };
         let got: Vec<(Op, String)> = plan(&l, &r, &s, &o)
             .items
@@ -916,6 +935,7 @@ mod tests {
             direction: Direction::Pull,
             delete: true,
             compare: CompareMode::Auto,
+            trust_empty_listings: false,
         };
         let got: Vec<(Op, String, Reason)> = plan(&l2, &remote, &s, &o)
             .items
@@ -929,5 +949,25 @@ mod tests {
                 (Op::Keep, "d/f".to_string(), Reason::SuspectListing),
             ]
         );
+        // --force-delete trusts the empty listing...
+        let trusting = PlanOptions {
+            trust_empty_listings: true,
+            ..o
+        };
+        let ops: Vec<Op> = plan(&l2, &remote, &s, &trusting)
+            .items
+            .iter()
+            .map(|i| i.op)
+            .collect();
+        assert_eq!(ops, [Op::Delete, Op::Adopt]);
+        // ...but never an incomplete one.
+        remote.suspect_empty.clear();
+        remote.incomplete.insert(p("d"));
+        let ops: Vec<Op> = plan(&l2, &remote, &s, &trusting)
+            .items
+            .iter()
+            .map(|i| i.op)
+            .collect();
+        assert_eq!(ops, [Op::Adopt, Op::Keep]);
     }
 }

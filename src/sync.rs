@@ -68,8 +68,9 @@ fn binding(job: &Job, root: &str) -> String {
 
 /// Connects, scans and plans. `for_run` opens (and creates) the state
 /// database under the job's lock; otherwise it is only read if present.
-/// (The caller holds the lock: see [`crate::state::lock`].)
-pub async fn prepare(job: &Job, for_run: bool) -> Result<Prepared, Error> {
+/// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
+/// also trusts directories that list as empty where the state remembers files.
+pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
         .remote
@@ -186,6 +187,7 @@ pub async fn prepare(job: &Job, for_run: bool) -> Result<Prepared, Error> {
             direction: job.direction,
             delete: job.delete,
             compare: job.compare,
+            trust_empty_listings: force_delete,
         },
     );
     let delete_limit = check_delete_limit(job, &plan, &state, &local, &remote);

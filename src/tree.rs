@@ -77,8 +77,12 @@ pub struct Problem {
 pub struct Tree<M> {
     pub entries: BTreeMap<RelPath, Entry<M>>,
     pub untrusted: BTreeSet<RelPath>,
+    /// Directories whose listing had unparseable lines or refused names: not
+    /// everything in them is known, so deletes are never planned below them.
+    pub incomplete: BTreeSet<RelPath>,
     /// Directories that listed as empty although the state remembers
-    /// content under them: deletes are not planned below them.
+    /// content under them: deletes are not planned below them unless the run
+    /// is told to trust such listings (`--force-delete`).
     pub suspect_empty: BTreeSet<RelPath>,
     pub problems: Vec<Problem>,
     /// Whether the root itself exists.
@@ -90,6 +94,7 @@ impl<M> Default for Tree<M> {
         Tree {
             entries: BTreeMap::new(),
             untrusted: BTreeSet::new(),
+            incomplete: BTreeSet::new(),
             suspect_empty: BTreeSet::new(),
             problems: Vec::new(),
             root_exists: true,
@@ -98,18 +103,6 @@ impl<M> Default for Tree<M> {
 }
 
 impl<M> Tree<M> {
-    /// Whether `path` lies in (or is) a directory whose listing failed.
-    pub fn is_untrusted(&self, path: &RelPath) -> bool {
-        self.untrusted.iter().any(|u| path.is_within(u))
-    }
-
-    /// Whether deletes under `path` are blocked by a suspicious empty listing.
-    pub fn is_suspect(&self, path: &RelPath) -> bool {
-        self.suspect_empty
-            .iter()
-            .any(|u| path.is_within(u) && path != u)
-    }
-
     pub fn file_count(&self) -> usize {
         self.entries
             .values()

@@ -699,3 +699,29 @@ fn resume_across_runs() {
     assert_eq!(count(&cmds, "REST "), 1, "the second run resumed: {cmds:?}");
     no_temp_files(&f.env.local);
 }
+
+#[test]
+fn emptied_server_directory_needs_force_delete_on_pull() {
+    let env = Env::builtin();
+    write(&env.remote_disk, "keep.txt", "k\n");
+    write(&env.remote_disk, "gone/a.txt", "a\n");
+    write(&env.remote_disk, "gone/b.txt", "b\n");
+    let job = env.job("pull", true, "safety:\n  max_delete: 100%\n");
+    env.run(&job, 0);
+    fs::remove_file(env.remote_disk.join("gone/a.txt")).unwrap();
+    fs::remove_file(env.remote_disk.join("gone/b.txt")).unwrap();
+    // The server's directory lists as empty where files were synced: kept, and said why.
+    let out = env.run(&job, 0);
+    assert!(
+        out.stderr.contains("run with --force-delete"),
+        "{}",
+        out.all()
+    );
+    assert!(env.local.join("gone/a.txt").exists());
+    let preview = env.ftpsync(&["plan", "--json", "--force-delete", job.to_str().unwrap()]);
+    assert_eq!(preview.code, 0, "{}", preview.all());
+    assert!(env.local.join("gone/a.txt").exists());
+    let out = env.ftpsync(&["run", "--force-delete", job.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_same_tree(&env.remote_disk, &env.local);
+}

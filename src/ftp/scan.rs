@@ -151,7 +151,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         if !listing.listing.bad_lines.is_empty() {
             // Some entries may be missing: nothing below may be deleted on the
             // strength of this listing.
-            tree.suspect_empty.insert(dir.clone());
+            tree.incomplete.insert(dir.clone());
         }
         let mut kept = 0usize;
         for e in listing.listing.entries {
@@ -167,7 +167,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                         message: format!("name refused ({why}): skipped"),
                     });
                     // An entry we cannot represent exists: its directory is not fully known.
-                    tree.suspect_empty.insert(dir.clone());
+                    tree.incomplete.insert(dir.clone());
                     continue;
                 }
             };
@@ -210,7 +210,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
             tree.suspect_empty.insert(dir.clone());
             tree.problems.push(Problem {
                 path: dir.to_remote(&input.root),
-                message: "listed as empty although the last sync put files there; no deletes below it this run".into(),
+                message: "listed as empty although the last sync put files there; no deletes below it (if it really was emptied, run with --force-delete)".into(),
             });
         }
     }
