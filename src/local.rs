@@ -136,6 +136,7 @@ fn walk(
         let ft = md.file_type();
         if ft.is_dir() {
             if filters.excludes_dir(rel.as_str()) {
+                tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
             tree.entries.insert(rel.clone(), Entry::dir());
@@ -146,6 +147,7 @@ fn walk(
                 continue;
             }
             if !filters.accepts_file(rel.as_str()) {
+                tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
             tree.entries.insert(
@@ -157,17 +159,21 @@ fn walk(
                 }),
             );
         } else if ft.is_symlink() {
+            tree.holds_unsynced.insert(dir.clone());
             if filters.accepts_file(rel.as_str()) {
                 tree.problems.push(Problem {
                     path: rel.to_string(),
                     message: "symbolic link: not followed, skipped".into(),
                 });
             }
-        } else if filters.accepts_file(rel.as_str()) {
-            tree.problems.push(Problem {
-                path: rel.to_string(),
-                message: "not a regular file or directory: skipped".into(),
-            });
+        } else {
+            tree.holds_unsynced.insert(dir.clone());
+            if filters.accepts_file(rel.as_str()) {
+                tree.problems.push(Problem {
+                    path: rel.to_string(),
+                    message: "not a regular file or directory: skipped".into(),
+                });
+            }
         }
     }
 }

@@ -87,6 +87,8 @@ pub enum Reason {
     DeleteDisabled,
     /// No delete below a directory that listed as empty while the state remembers files in it.
     SuspectListing,
+    /// A directory that still holds things not synced (excluded, symlinks): not removed.
+    HoldsUnsynced,
 }
 
 impl Reason {
@@ -124,6 +126,9 @@ impl Reason {
             }
             (Reason::DeleteDisabled, Push) => "deleted locally; kept on the server (delete: false)",
             (Reason::DeleteDisabled, Pull) => "deleted on the server; kept locally (delete: false)",
+            (Reason::HoldsUnsynced, _) => {
+                "not removed: it holds files the job does not sync (excluded by the filters, or links)"
+            }
             (Reason::SuspectListing, _) => {
                 "not deleted: its directory's listing was incomplete, or empty although files were synced there"
             }
@@ -490,6 +495,21 @@ pub fn plan(
         .chain(transfers.iter().map(|i| i.path.clone()))
         .collect();
     rmdirs.retain(|d| !blocked.iter().any(|b| b.is_within(&d.path) && *b != d.path));
+    // A directory that holds (or has below it) something the job does not
+    // sync cannot be removed: say so instead of failing at RMD.
+    let target_unsynced = match o.direction {
+        Direction::Push => &remote.holds_unsynced,
+        Direction::Pull => &local.holds_unsynced,
+    };
+    let (kept_dirs, removable): (Vec<PlanItem>, Vec<PlanItem>) = rmdirs
+        .into_iter()
+        .partition(|d| target_unsynced.iter().any(|u| u.is_within(&d.path)));
+    rmdirs = removable;
+    records.extend(kept_dirs.into_iter().map(|d| PlanItem {
+        op: Op::Keep,
+        reason: Reason::HoldsUnsynced,
+        ..d
+    }));
     mkdirs.sort_by(|a, b| {
         a.path
             .depth()

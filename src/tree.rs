@@ -84,6 +84,9 @@ pub struct Tree<M> {
     /// content under them: deletes are not planned below them unless the run
     /// is told to trust such listings (`--force-delete`).
     pub suspect_empty: BTreeSet<RelPath>,
+    /// Directories that directly hold something not synced (excluded by the
+    /// filters, a symlink, a special file): they cannot be removed.
+    pub holds_unsynced: BTreeSet<RelPath>,
     pub problems: Vec<Problem>,
     /// Whether the root itself exists.
     pub root_exists: bool,
@@ -96,6 +99,7 @@ impl<M> Default for Tree<M> {
             untrusted: BTreeSet::new(),
             incomplete: BTreeSet::new(),
             suspect_empty: BTreeSet::new(),
+            holds_unsynced: BTreeSet::new(),
             problems: Vec::new(),
             root_exists: true,
         }

@@ -260,3 +260,45 @@ fn hash_mode_ignores_touched_files() {
     write(&env.local, "a.txt", "bbb");
     assert_eq!(env.plan_ops(&job), ops(&[("upload", "a.txt")]));
 }
+
+#[test]
+fn directories_holding_excluded_files_are_kept_not_failed() {
+    let env = Env::builtin();
+    write(&env.local, "old/x.txt", "x\n");
+    write(&env.local, "keep.txt", "k\n");
+    let job = env.job("push", true, "filters:\n  exclude: [\"**/*.log\"]\n");
+    env.run(&job, 0);
+    write(&env.remote_disk, "old/debug.log", "server-side log\n");
+    fs::remove_dir_all(env.local.join("old")).unwrap();
+    let plan = env.plan_json(&job);
+    let items: Vec<(String, String, String)> = plan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["op"].as_str().unwrap().to_owned(),
+                i["path"].as_str().unwrap().to_owned(),
+                i["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            (
+                "delete".to_string(),
+                "old/x.txt".to_string(),
+                "source_deleted".to_string()
+            ),
+            (
+                "keep".to_string(),
+                "old".to_string(),
+                "holds_unsynced".to_string()
+            ),
+        ]
+    );
+    env.run(&job, 0);
+    assert!(env.remote_disk.join("old/debug.log").exists());
+    assert!(!env.remote_disk.join("old/x.txt").exists());
+}

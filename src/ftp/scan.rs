@@ -175,6 +175,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
             match e.kind {
                 EntryKind::Dir => {
                     if input.filters.excludes_dir(rel.as_str()) {
+                        tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
                     tree.entries.insert(rel.clone(), Entry::dir());
@@ -186,6 +187,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                         continue;
                     }
                     if !input.filters.accepts_file(rel.as_str()) {
+                        tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
                     tree.entries.insert(
@@ -197,6 +199,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                     );
                 }
                 EntryKind::Symlink | EntryKind::Other => {
+                    tree.holds_unsynced.insert(dir.clone());
                     if input.filters.accepts_file(rel.as_str()) {
                         tree.problems.push(Problem {
                             path: rel.to_remote(&input.root),
