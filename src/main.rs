@@ -74,6 +74,11 @@ fn init_logging(verbose: u8) {
         _ => "debug,libunftp=info",
     };
     let filter = EnvFilter::try_from_env("FTPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // suppaftp traces every command it sends, PASS included: never let that through.
+    let filter = match "suppaftp=debug".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -140,3 +140,28 @@ fn demo_runs_a_real_mirror() {
         "{out}"
     );
 }
+
+#[test]
+fn trace_logging_never_shows_the_password() {
+    let env = Env::builtin();
+    write(&env.local, "a.txt", "a");
+    let job = env.job("push", false, "");
+    for level in ["trace", "suppaftp=trace"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_ftpsync"))
+            .args(["-vv", "run", job.to_str().unwrap()])
+            .env("FTPSYNC_TEST_PASSWORD", env.password())
+            .env("FTPSYNC_LOG", level)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("USER tester") || err.contains("DEBUG"),
+            "{level}: no log output"
+        );
+        assert!(
+            !err.contains(&env.password()),
+            "{level}: password in the log"
+        );
+    }
+}
