@@ -395,15 +395,15 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
 
 /// A short verb for logs.
 pub fn op_label(item: &PlanItem) -> &'static str {
-    match (item.op, item.side) {
-        (Op::Mkdir, _) => "mkdir",
-        (Op::Upload, _) => "upload",
-        (Op::Download, _) => "download",
-        (Op::Delete, _) => "delete",
-        (Op::Rmdir, _) => "rmdir",
-        (Op::Adopt, _) => "adopt",
-        (Op::Forget, _) => "forget",
-        (Op::Keep, _) => "keep",
+    match item.op {
+        Op::Mkdir => "mkdir",
+        Op::Upload => "upload",
+        Op::Download => "download",
+        Op::Delete => "delete",
+        Op::Rmdir => "rmdir",
+        Op::Adopt => "adopt",
+        Op::Forget => "forget",
+        Op::Keep => "keep",
     }
 }
 

@@ -173,24 +173,11 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn count(&self, op: Op) -> usize {
-        self.items.iter().filter(|i| i.op == op).count()
-    }
-
     /// Items that change something on a side (not state-only, not keep).
     pub fn changes(&self) -> impl Iterator<Item = &PlanItem> {
         self.items
             .iter()
             .filter(|i| !matches!(i.op, Op::Adopt | Op::Forget | Op::Keep))
-    }
-
-    /// Bytes the transfers will move.
-    pub fn transfer_bytes(&self) -> u64 {
-        self.items
-            .iter()
-            .filter(|i| matches!(i.op, Op::Upload | Op::Download))
-            .filter_map(|i| i.size)
-            .sum()
     }
 }
 

@@ -204,10 +204,6 @@ impl StateDb {
         }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The identity of the job the state belongs to (direction, server, roots).
     pub fn binding(&self) -> Result<Option<String>, StateError> {
         Ok(self

@@ -221,9 +221,7 @@ async fn connect_first(opts: &ConnectOptions, job: &Job, server: &str) -> Result
                         failure,
                     });
                 }
-                let transient =
-                    failure.class() == ReplyClass::Transient || failure.too_many_connections();
-                if !transient || attempt >= job.retry.max_attempts {
+                if !failure.retryable() || attempt >= job.retry.max_attempts {
                     return Err(Error::Connect {
                         server: server.to_owned(),
                         failure,

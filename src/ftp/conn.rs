@@ -236,10 +236,6 @@ impl FtpConn {
         timed(self.timeout, self.stream.pwd()).await
     }
 
-    pub async fn noop(&mut self) -> Result<(), FtpFailure> {
-        timed(self.timeout, self.stream.noop()).await
-    }
-
     /// Lists a directory. CWD first: it tells a missing directory from an
     /// empty one (many servers answer both alike to LIST), and lets `LIST -a`
     /// run without a path argument that some servers would misread.

@@ -2,6 +2,8 @@
 //! executor. At most `size` connections exist at once; a connection that
 //! failed in a way that may have broken it is dropped rather than reused, and
 //! a "too many connections" reply shrinks the pool for the rest of the run.
+//! [`with_retry!`](crate::with_retry) runs one operation on the pool under the
+//! job's retry policy.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,6 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::{ConnectOptions, FtpConn};
 use super::reply::FtpFailure;
+use crate::job::RetryPolicy;
 
 /// The shared pool.
 pub struct Pool {
@@ -119,4 +122,66 @@ impl Drop for PooledConn<'_> {
             self.pool.idle_list().push(c);
         }
     }
+}
+
+/// Decides what happens after a failed attempt: `Some(wait)` to try again
+/// after `wait`, `None` to give up. Transient failures are retried until the
+/// policy's attempts run out; a "too many connections" reply also shrinks the pool.
+pub fn retry_after(
+    pool: &Pool,
+    retry: &RetryPolicy,
+    e: &FtpFailure,
+    attempt: u32,
+) -> Option<std::time::Duration> {
+    if e.too_many_connections() {
+        let n = pool.shrink();
+        tracing::warn!("server says too many connections; using {n} from now on");
+    }
+    if !e.retryable() || attempt >= retry.max_attempts {
+        return None;
+    }
+    let wait = retry.backoff(attempt + 1);
+    tracing::debug!("attempt {attempt} failed ({e}); retrying in {wait:?}");
+    Some(wait)
+}
+
+/// Runs `$body` (an expression using the connection `$c`, giving a
+/// `Result<T, FtpFailure>`) on a pooled connection with the job's retry
+/// policy. Transient failures are retried after a backoff, on a fresh
+/// connection when the old one may be broken. A macro rather than a function
+/// taking an async closure, so the futures stay `Send` for `tokio::spawn`.
+#[macro_export]
+macro_rules! with_retry {
+    ($pool:expr, $retry:expr, |$c:ident| $body:expr) => {{
+        let pool: &$crate::ftp::pool::Pool = $pool;
+        let retry: &$crate::job::RetryPolicy = $retry;
+        let mut attempt = 1u32;
+        loop {
+            let result = match pool.get().await {
+                Ok(mut pc) => {
+                    let r = {
+                        let $c = pc.conn();
+                        $body
+                    };
+                    if let Err(e) = &r
+                        && e.breaks_connection()
+                    {
+                        pc.discard();
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => break Ok(v),
+                Err(e) => match $crate::ftp::pool::retry_after(pool, retry, &e, attempt) {
+                    Some(wait) => {
+                        attempt += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                    None => break Err(e),
+                },
+            }
+        }
+    }};
 }

@@ -5,8 +5,6 @@
 //! alone (the text is for humans): 4xx, network faults and timeouts are
 //! retried with backoff, 5xx fail the item, 530 at login fails the run.
 
-use std::fmt;
-
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyClass {
@@ -67,6 +65,13 @@ impl FtpFailure {
             | FtpFailure::BadPath
             | FtpFailure::Local(_) => ReplyClass::Permanent,
         }
+    }
+
+    /// Whether the operation may be tried again: transient failures, and a
+    /// 530 that says the server is full (some servers answer "too many
+    /// connections" at login with 530 rather than 421).
+    pub fn retryable(&self) -> bool {
+        self.class() == ReplyClass::Transient || self.too_many_connections()
     }
 
     /// Whether the control connection should be dropped and a new one made
@@ -139,17 +144,6 @@ pub fn reply_failure(body: &[u8]) -> FtpFailure {
     match code {
         Some(code) => FtpFailure::Reply { code, text: msg },
         None => FtpFailure::Protocol(format!("unparseable reply {:?}", text.trim())),
-    }
-}
-
-/// A short label for the reply class, for reports.
-impl fmt::Display for ReplyClass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ReplyClass::Transient => "transient",
-            ReplyClass::Permanent => "permanent",
-            ReplyClass::Auth => "authentication",
-        })
     }
 }
 

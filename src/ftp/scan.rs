@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::list::EntryKind;
 use super::pool::Pool;
-use super::reply::{FtpFailure, ReplyClass};
+use super::reply::FtpFailure;
 use crate::job::{Filters, RetryPolicy};
 use crate::local::is_temp_name;
 use crate::path::RelPath;
@@ -31,70 +31,6 @@ pub struct ScanInput {
 struct Listed {
     dir: RelPath,
     result: Result<super::conn::DirListing, FtpFailure>,
-}
-
-/// Decides what happens after a failed attempt: `Some(wait)` to try again
-/// after `wait`, `None` to give up. Transient failures are retried until the
-/// policy's attempts run out; a "too many connections" reply also shrinks the pool.
-pub fn retry_after(
-    pool: &Pool,
-    retry: &RetryPolicy,
-    e: &FtpFailure,
-    attempt: u32,
-) -> Option<std::time::Duration> {
-    if e.too_many_connections() {
-        let n = pool.shrink();
-        tracing::warn!("server says too many connections; using {n} from now on");
-    }
-    let retryable =
-        e.class() == ReplyClass::Transient || (e.too_many_connections() && e.code() == Some(530));
-    if !retryable || attempt >= retry.max_attempts {
-        return None;
-    }
-    let wait = retry.backoff(attempt + 1);
-    tracing::debug!("attempt {attempt} failed ({e}); retrying in {wait:?}");
-    Some(wait)
-}
-
-/// Runs `$body` (an expression using the connection `$c`, giving a
-/// `Result<T, FtpFailure>`) on a pooled connection with the job's retry
-/// policy. Transient failures are retried after a backoff, on a fresh
-/// connection when the old one may be broken. A macro rather than a function
-/// taking an async closure, so the futures stay `Send` for `tokio::spawn`.
-#[macro_export]
-macro_rules! with_retry {
-    ($pool:expr, $retry:expr, |$c:ident| $body:expr) => {{
-        let pool: &$crate::ftp::pool::Pool = $pool;
-        let retry: &$crate::job::RetryPolicy = $retry;
-        let mut attempt = 1u32;
-        loop {
-            let result = match pool.get().await {
-                Ok(mut pc) => {
-                    let r = {
-                        let $c = pc.conn();
-                        $body
-                    };
-                    if let Err(e) = &r
-                        && e.breaks_connection()
-                    {
-                        pc.discard();
-                    }
-                    r
-                }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => break Ok(v),
-                Err(e) => match $crate::ftp::scan::retry_after(pool, retry, &e, attempt) {
-                    Some(wait) => {
-                        attempt += 1;
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => break Err(e),
-                },
-            }
-        }
-    }};
 }
 
 /// Scans the remote tree. Returns the tree and the temporary files of
