@@ -67,23 +67,26 @@ enum Command {
 }
 
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
     let default = match verbose {
         0 => "warn,libunftp=off",
         1 => "info,libunftp=off",
         _ => "debug,libunftp=info",
     };
     let filter = EnvFilter::try_from_env("FTPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // suppaftp traces every command it sends, PASS included: never let that through.
-    let filter = match "suppaftp=debug".parse() {
-        Ok(cap) => filter.add_directive(cap),
-        Err(_) => filter,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // suppaftp traces every command it sends, PASS included: never let that
+    // through, whatever FTPSYNC_LOG asks for (a cap, not a level of its own).
+    let no_wire_trace = filter_fn(|meta| {
+        !(meta.target().starts_with("suppaftp") && *meta.level() == tracing::Level::TRACE)
+    });
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(no_wire_trace);
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 fn main() -> ExitCode {

@@ -139,6 +139,13 @@ fn demo_runs_a_real_mirror() {
         out.contains("server copy is byte-identical to the local tree"),
         "{out}"
     );
+    // Without -v nothing but warnings is logged (the suppaftp cap once let
+    // its debug lines through).
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.contains("DEBUG") && !err.contains("INFO"),
+        "log lines at the default level:\n{err}"
+    );
 }
 
 #[test]
