@@ -21,6 +21,15 @@
 //! `MLSD`, `RETR`, `STOR`, `APPE`, `STOU`). `PORT`/`EPRT` are passed through untouched, so active
 //! mode works but its data connections bypass the proxy (no data faults there). `AUTH` is refused
 //! with `534 TLS not available through the proxy`.
+//!
+//! Pipelining: a client may send several commands before reading their replies (e.g.
+//! `EPSV\r\nSTOR f\r\n` or `RNFR a\r\nRNTO b\r\n` in one write). The proxy keeps one queue
+//! entry per command, in command order: forwarded commands wait for the server's final reply,
+//! and replies the proxy makes up itself (a [`Action::Reply`] rule, the `534` to `AUTH`) wait
+//! behind them, so the client always gets its replies in command order. After an injected `421`
+//! the proxy reads no further commands and closes once the earlier replies are relayed. A data
+//! command sent before the server answered its `PASV`/`EPSV` gets the data connection that
+//! reply opens, and the client may send upload bytes before the server's `150`.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -53,9 +62,10 @@ const DEFAULT_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Don't forward the command; answer it with this reply line (e.g. "451 Transient error",
-    /// "550 Nope", "421 Too many connections"). For data commands, the pending data listener is
-    /// dropped. A reply starting with `421` also closes the control connection afterwards, as a
-    /// real server does.
+    /// "550 Nope", "421 Too many connections"), after the replies to earlier commands. For data
+    /// commands, the pending data listener is dropped (or, if the server has not answered the
+    /// `PASV`/`EPSV` yet, closed as soon as it opens: connecting to it is refused). A reply
+    /// starting with `421` also closes the control connection afterwards, as a real server does.
     Reply(String),
     /// Close the client's control connection (and the upstream one) without a reply.
     DropControl,
@@ -78,7 +88,8 @@ pub enum Action {
     /// Forward; pass only the first N lines of the listing data (the rest is discarded).
     TruncateLines(usize),
     /// Wait this long before forwarding (to test timeouts). Unlike the other actions a delay
-    /// does not end rule matching: later rules can still fire on the same command.
+    /// does not end rule matching: later rules can still fire on the same command. Commands
+    /// pipelined after it wait too; replies to earlier commands are relayed meanwhile.
     Delay(Duration),
 }
 
@@ -183,7 +194,8 @@ impl FaultProxy {
     }
 
     /// Every command line the clients sent, in order, with PASS arguments replaced by
-    /// "PASS ****" (e.g. "STOR /a/b.txt").
+    /// "PASS ****" (e.g. "STOR /a/b.txt"). Commands pipelined after an injected `421` are not
+    /// read, so not listed.
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared.commands).clone()
     }
@@ -369,8 +381,15 @@ async fn run_session(shared: Arc<Shared>, mut client: TcpStream) {
         server_r: BufReader::new(server_r),
         server_w,
         replies: ReplyAssembler::default(),
-        expect: VecDeque::new(),
+        // The server's greeting comes first: a reply made up for a command the client sends
+        // before it arrives must wait behind it.
+        queue: VecDeque::from([Slot::Forwarded {
+            fate: Fate::Relay,
+            passive: None,
+        }]),
         pending: None,
+        delayed: None,
+        closing: false,
         kill_tx,
         kill_rx,
     };
@@ -387,6 +406,8 @@ enum Flow {
 enum Event {
     Client(io::Result<usize>),
     Server(io::Result<usize>),
+    /// The delayed command is due.
+    Due,
     Kill,
 }
 
@@ -400,10 +421,41 @@ enum Fate {
     Hold(oneshot::Receiver<bool>),
 }
 
+/// One entry of the reply queue: a command whose reply the client has not been sent yet.
+enum Slot {
+    /// A forwarded command awaiting the server's final reply.
+    Forwarded {
+        fate: Fate,
+        /// For `PASV`/`EPSV`: who gets the data connection its reply opens.
+        passive: Option<Claim>,
+    },
+    /// A reply the proxy made up, written once every earlier reply has been relayed; `close`
+    /// closes the control connection right after it (`421`).
+    Injected { reply: Vec<u8>, close: bool },
+}
+
+/// Who owns the data connection of a `PASV`/`EPSV` the server has not answered yet.
+#[derive(Debug)]
+enum Claim {
+    /// No data command yet: the connection becomes the session's pending one.
+    Unclaimed,
+    /// A data command was pipelined behind it: the plan goes to the connection when it opens.
+    Plan(DataPlan),
+    /// The data command behind it was answered by a `Reply` rule: the listener is closed at once.
+    Refused,
+}
+
 /// A passive data connection whose data command has not been seen yet.
 struct PendingData {
     plan_tx: oneshot::Sender<DataPlan>,
     handle: Option<AbortHandle>,
+}
+
+/// A command held back by a `Delay` rule; the client is not read until it is dispatched.
+struct Delayed {
+    until: tokio::time::Instant,
+    line: Vec<u8>,
+    action: Option<Action>,
 }
 
 /// What a data connection must do, known once its data command arrives.
@@ -433,9 +485,12 @@ struct Session {
     server_r: BufReader<OwnedReadHalf>,
     server_w: OwnedWriteHalf,
     replies: ReplyAssembler,
-    /// One entry per forwarded command awaiting its final reply.
-    expect: VecDeque<Fate>,
+    /// One entry per command still owed a reply, in command order.
+    queue: VecDeque<Slot>,
     pending: Option<PendingData>,
+    delayed: Option<Delayed>,
+    /// An injected `421` is queued: further commands are ignored, as by a closing server.
+    closing: bool,
     kill_tx: mpsc::UnboundedSender<()>,
     kill_rx: mpsc::UnboundedReceiver<()>,
 }
@@ -448,27 +503,41 @@ impl Drop for Session {
     }
 }
 
+/// The upper-cased verb and the argument of a command line.
+fn split_command(line: &[u8]) -> (String, String) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\r', '\n']);
+    match text.split_once(' ') {
+        Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.to_string()),
+        None => (text.to_ascii_uppercase(), String::new()),
+    }
+}
+
 impl Session {
     async fn run(&mut self) -> io::Result<()> {
         let mut cbuf = Vec::new();
         let mut sbuf = Vec::new();
         loop {
+            let due = self.delayed.as_ref().map(|d| d.until);
             // `read_until` keeps partially read bytes in the buffer when cancelled, and the
-            // buffers outlive the loop iteration, so no byte is lost to `select!`.
+            // buffers outlive the loop iteration, so no byte is lost to `select!`. While a
+            // command is delayed the client is not read, so later commands stay behind it.
             let event = tokio::select! {
-                r = self.client_r.read_until(b'\n', &mut cbuf) => Event::Client(r),
+                r = self.client_r.read_until(b'\n', &mut cbuf), if due.is_none() => {
+                    Event::Client(r)
+                }
                 r = self.server_r.read_until(b'\n', &mut sbuf) => Event::Server(r),
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                    if due.is_some() => Event::Due,
                 _ = self.kill_rx.recv() => Event::Kill,
             };
-            match event {
+            let flow = match event {
                 Event::Client(r) => {
                     if r? == 0 {
                         return Ok(());
                     }
                     let line = std::mem::take(&mut cbuf);
-                    if self.on_command(line).await? == Flow::Close {
-                        return Ok(());
-                    }
+                    self.on_command(line).await?
                 }
                 Event::Server(r) => {
                     if r? == 0 {
@@ -481,24 +550,30 @@ impl Session {
                         return Ok(());
                     }
                     let line = std::mem::take(&mut sbuf);
-                    if let Some(reply) = self.replies.push(line)
-                        && self.on_reply(reply).await? == Flow::Close
-                    {
-                        return Ok(());
+                    match self.replies.push(line) {
+                        Some(reply) => self.on_reply(reply).await?,
+                        None => Flow::Continue,
                     }
                 }
-                Event::Kill => return Ok(()),
+                Event::Due => match self.delayed.take() {
+                    Some(delayed) => self.dispatch(delayed.line, delayed.action).await?,
+                    None => Flow::Continue,
+                },
+                Event::Kill => Flow::Close,
+            };
+            if flow == Flow::Close {
+                return Ok(());
             }
         }
     }
 
     async fn on_command(&mut self, line: Vec<u8>) -> io::Result<Flow> {
+        if self.closing {
+            return Ok(Flow::Continue);
+        }
+        let (verb, arg) = split_command(&line);
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
-        let (verb, arg) = match text.split_once(' ') {
-            Some((verb, arg)) => (verb.to_ascii_uppercase(), arg),
-            None => (text.to_ascii_uppercase(), ""),
-        };
         if !text.is_empty() {
             self.shared.record(if verb == "PASS" {
                 "PASS ****".to_string()
@@ -506,27 +581,34 @@ impl Session {
                 text.to_string()
             });
         }
-        let decision = self.shared.decide(&verb, arg);
+        let decision = self.shared.decide(&verb, &arg);
         if !decision.delay.is_zero() {
-            tokio::time::sleep(decision.delay).await;
+            self.delayed = Some(Delayed {
+                until: tokio::time::Instant::now() + decision.delay,
+                line,
+                action: decision.action,
+            });
+            return Ok(Flow::Continue);
         }
+        self.dispatch(line, decision.action).await
+    }
+
+    /// Carries out the rules' decision about a command: forward it or answer it.
+    async fn dispatch(&mut self, line: Vec<u8>, action: Option<Action>) -> io::Result<Flow> {
+        let (verb, _) = split_command(&line);
         let is_data = DATA_VERBS.contains(&verb.as_str());
         let mut fate = Fate::Relay;
         let mut fault = None;
-        match decision.action {
+        match action {
             Some(Action::Reply(reply)) => {
                 if is_data {
-                    self.drop_pending();
+                    self.refuse_data();
                 }
                 let reply = reply.trim_end_matches(['\r', '\n']).replace('\n', "\r\n");
-                self.client_w
-                    .write_all(format!("{reply}\r\n").as_bytes())
-                    .await?;
-                return Ok(if reply.starts_with("421") {
-                    Flow::Close
-                } else {
-                    Flow::Continue
-                });
+                let close = reply.starts_with("421");
+                return self
+                    .inject(format!("{reply}\r\n").into_bytes(), close)
+                    .await;
             }
             Some(Action::DropControl) => return Ok(Flow::Close),
             Some(Action::DropAfterForward) => fate = Fate::Drop,
@@ -543,95 +625,187 @@ impl Session {
             Some(Action::TruncateLines(n)) => fault = Some(DataFault::Truncate(n)),
             Some(Action::Delay(_)) | None => {
                 if verb == "AUTH" {
-                    self.client_w
-                        .write_all(b"534 TLS not available through the proxy\r\n")
-                        .await?;
-                    return Ok(Flow::Continue);
+                    return self
+                        .inject(
+                            b"534 TLS not available through the proxy\r\n".to_vec(),
+                            false,
+                        )
+                        .await;
                 }
             }
         }
-        if is_data && let Some(pending) = self.pending.take() {
+        if is_data {
             let mut outcome = None;
+            let mut cut = None;
             if let Some(DataFault::Cut {
                 kill_control: true, ..
             }) = fault
             {
                 let (tx, rx) = oneshot::channel();
                 outcome = Some(tx);
-                fate = Fate::Hold(rx);
+                cut = Some(rx);
             }
-            // The data task runs on by itself from here.
-            let _ = pending.plan_tx.send(DataPlan {
+            let plan = DataPlan {
                 upload: UPLOAD_VERBS.contains(&verb.as_str()),
                 fault,
                 outcome,
-            });
+            };
+            if self.claim_data(plan)
+                && let Some(cut) = cut
+            {
+                fate = Fate::Hold(cut);
+            }
         }
         self.server_w.write_all(&line).await?;
-        self.expect.push_back(fate);
+        let passive = matches!(verb.as_str(), "PASV" | "EPSV").then_some(Claim::Unclaimed);
+        self.queue.push_back(Slot::Forwarded { fate, passive });
         Ok(Flow::Continue)
     }
 
     async fn on_reply(&mut self, lines: Vec<Vec<u8>>) -> io::Result<Flow> {
-        let code = reply_code(&lines[0]);
-        if let Some(code) = code
-            && code >= 200
+        let Some(code) = reply_code(&lines[0]).filter(|code| *code >= 200) else {
+            // Preliminary (1xx) or unparsable: it belongs to the oldest command, relay it now.
+            self.client_w.write_all(&lines.concat()).await?;
+            return Ok(Flow::Continue);
+        };
+        let mut claim = Claim::Unclaimed;
+        // The head is never an injected reply: those are flushed as soon as they get there.
+        if let Some(Slot::Forwarded { .. }) = self.queue.front()
+            && let Some(Slot::Forwarded { fate, passive }) = self.queue.pop_front()
         {
-            match self.expect.pop_front() {
-                Some(Fate::Drop) => return Ok(Flow::Close),
-                Some(Fate::Hold(cut)) => {
+            match fate {
+                Fate::Drop => return Ok(Flow::Close),
+                Fate::Hold(cut) => {
                     if let Ok(Ok(true)) = tokio::time::timeout(HOLD_LIMIT, cut).await {
                         return Ok(Flow::Close);
                     }
                 }
-                Some(Fate::Relay) | None => {}
+                Fate::Relay => {}
             }
-            if lines.len() == 1 && (code == 227 || code == 229) {
-                let text = String::from_utf8_lossy(&lines[0]);
-                let port = if code == 227 {
-                    parse_227_port(&text)
-                } else {
-                    parse_229_port(&text)
+            if let Some(passive) = passive {
+                claim = passive;
+            }
+        }
+        let mut relayed = false;
+        if lines.len() == 1 && (code == 227 || code == 229) {
+            let text = String::from_utf8_lossy(&lines[0]);
+            let port = if code == 227 {
+                parse_227_port(&text)
+            } else {
+                parse_229_port(&text)
+            };
+            if let Some(port) = port {
+                let ip = *lock(&self.shared.pasv_ip);
+                let reply = match self.open_data(port, claim).await {
+                    Ok(local) if code == 227 => format!(
+                        "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
+                        ip[0],
+                        ip[1],
+                        ip[2],
+                        ip[3],
+                        local >> 8,
+                        local & 0xff
+                    ),
+                    Ok(local) => {
+                        format!("229 Entering Extended Passive Mode (|||{local}|)\r\n")
+                    }
+                    Err(e) => format!("425 Proxy cannot open a data listener: {e}\r\n"),
                 };
-                if let Some(port) = port {
-                    let ip = *lock(&self.shared.pasv_ip);
-                    let reply = match self.open_data(port).await {
-                        Ok(local) if code == 227 => format!(
-                            "227 Entering Passive Mode ({},{},{},{},{},{}).\r\n",
-                            ip[0],
-                            ip[1],
-                            ip[2],
-                            ip[3],
-                            local >> 8,
-                            local & 0xff
-                        ),
-                        Ok(local) => {
-                            format!("229 Entering Extended Passive Mode (|||{local}|)\r\n")
-                        }
-                        Err(e) => format!("425 Proxy cannot open a data listener: {e}\r\n"),
-                    };
-                    self.client_w.write_all(reply.as_bytes()).await?;
-                    return Ok(Flow::Continue);
+                self.client_w.write_all(reply.as_bytes()).await?;
+                relayed = true;
+            }
+        }
+        if !relayed {
+            self.client_w.write_all(&lines.concat()).await?;
+        }
+        self.flush().await
+    }
+
+    /// Queues a reply the proxy makes up, behind the replies still owed to earlier commands.
+    async fn inject(&mut self, reply: Vec<u8>, close: bool) -> io::Result<Flow> {
+        self.closing |= close;
+        self.queue.push_back(Slot::Injected { reply, close });
+        self.flush().await
+    }
+
+    /// Writes the injected replies at the head of the queue (every earlier reply is relayed).
+    async fn flush(&mut self) -> io::Result<Flow> {
+        while let Some(Slot::Injected { .. }) = self.queue.front() {
+            if let Some(Slot::Injected { reply, close }) = self.queue.pop_front() {
+                self.client_w.write_all(&reply).await?;
+                if close {
+                    return Ok(Flow::Close);
                 }
             }
         }
-        self.client_w.write_all(&lines.concat()).await?;
         Ok(Flow::Continue)
     }
 
-    /// Opens a local listener relaying to the upstream data port; returns the local port.
-    async fn open_data(&mut self, upstream_port: u16) -> io::Result<u16> {
+    /// The claim on the data connection of the latest `PASV`/`EPSV` if the server has not
+    /// answered it yet (else that connection, if unclaimed, is `self.pending`).
+    fn unanswered_passive(&mut self) -> Option<&mut Claim> {
+        self.queue.iter_mut().rev().find_map(|slot| match slot {
+            Slot::Forwarded {
+                passive: Some(claim),
+                ..
+            } => Some(claim),
+            _ => None,
+        })
+    }
+
+    /// Gives `plan` to the data connection of the latest `PASV`/`EPSV`, open or still to be
+    /// opened. False (and the plan dropped) if there is none or another command claimed it.
+    fn claim_data(&mut self, plan: DataPlan) -> bool {
+        match self.unanswered_passive() {
+            Some(claim @ Claim::Unclaimed) => {
+                *claim = Claim::Plan(plan);
+                true
+            }
+            Some(_) => false,
+            None => match self.pending.take() {
+                Some(pending) => {
+                    // The data task runs on by itself from here.
+                    let _ = pending.plan_tx.send(plan);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// A data command was refused: its data connection goes, now or as soon as it opens.
+    fn refuse_data(&mut self) {
+        match self.unanswered_passive() {
+            Some(claim @ Claim::Unclaimed) => *claim = Claim::Refused,
+            Some(_) => {}
+            None => self.drop_pending(),
+        }
+    }
+
+    /// Opens a local listener relaying to the upstream data port, for `claim`; returns the
+    /// local port.
+    async fn open_data(&mut self, upstream_port: u16, claim: Claim) -> io::Result<u16> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let local = listener.local_addr()?.port();
+        // A new PASV/EPSV replaces a data connection that no command claimed.
+        self.drop_pending();
+        if let Claim::Refused = claim {
+            // As if the listener had been opened, then dropped with the refusal.
+            return Ok(local);
+        }
         let upstream = SocketAddr::new(self.shared.upstream.ip(), upstream_port);
         let (plan_tx, plan_rx) = oneshot::channel();
         let handle =
             self.shared
                 .tasks
                 .spawn(data_task(listener, upstream, plan_rx, self.kill_tx.clone()));
-        // A new PASV/EPSV replaces a data connection that no command claimed.
-        self.drop_pending();
-        self.pending = Some(PendingData { plan_tx, handle });
+        match claim {
+            // The data task runs on by itself from here.
+            Claim::Plan(plan) => {
+                let _ = plan_tx.send(plan);
+            }
+            _ => self.pending = Some(PendingData { plan_tx, handle }),
+        }
         Ok(local)
     }
 
@@ -1562,5 +1736,325 @@ mod tests {
             t(TcpStream::connect(addr)).await.is_err(),
             "listener still open"
         );
+    }
+
+    // ---- pipelining -----------------------------------------------------------------------
+
+    /// A bare control connection, for writing several commands in one write.
+    struct Raw {
+        r: BufReader<OwnedReadHalf>,
+        w: OwnedWriteHalf,
+    }
+
+    impl Raw {
+        async fn connect(addr: SocketAddr) -> Raw {
+            let sock = t(TcpStream::connect(addr)).await.expect("connect");
+            let (r, w) = sock.into_split();
+            Raw {
+                r: BufReader::new(r),
+                w,
+            }
+        }
+
+        /// Writes `text` in one write.
+        async fn send(&mut self, text: &str) {
+            t(self.w.write_all(text.as_bytes())).await.expect("write");
+        }
+
+        /// The next whole (possibly multi-line) reply, or "" at EOF.
+        async fn reply(&mut self) -> String {
+            let mut reply = String::new();
+            loop {
+                let mut line = String::new();
+                if t(self.r.read_line(&mut line)).await.unwrap_or(0) == 0 {
+                    return reply;
+                }
+                reply.push_str(&line);
+                let first = reply.as_bytes();
+                let multi = first.get(3) == Some(&b'-');
+                let last = line.len() >= 4
+                    && line.as_bytes()[..3] == first[..3]
+                    && line.as_bytes()[3] == b' ';
+                if !multi || last {
+                    return reply;
+                }
+            }
+        }
+
+        async fn cmd(&mut self, command: &str) -> String {
+            self.send(&format!("{command}\r\n")).await;
+            self.reply().await
+        }
+    }
+
+    /// Logs in as u/p through the proxy, in binary mode, one command at a time.
+    async fn raw_login(proxy: &FaultProxy) -> Raw {
+        let mut raw = Raw::connect(proxy.addr()).await;
+        let greeting = raw.reply().await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        assert!(raw.cmd("USER u").await.starts_with("331"));
+        assert!(raw.cmd("PASS p").await.starts_with("230"));
+        assert!(raw.cmd("TYPE I").await.starts_with("200"));
+        raw
+    }
+
+    fn first_code(reply: &str) -> Option<u16> {
+        reply.get(..3)?.parse().ok()
+    }
+
+    /// The data port of a rewritten 227/229 reply, on 127.0.0.1.
+    fn data_addr(reply: &str) -> SocketAddr {
+        let port = match first_code(reply) {
+            Some(227) => parse_227_port(reply),
+            Some(229) => parse_229_port(reply),
+            _ => None,
+        };
+        SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            port.unwrap_or_else(|| panic!("{reply}")),
+        ))
+    }
+
+    /// A seed under which rules with probability 0.5 fire exactly on the `hits` draws.
+    fn seed_for(hits: &[bool]) -> u64 {
+        (1u64..)
+            .find(|&seed| {
+                let mut state = seed;
+                hits.iter()
+                    .all(|&hit| (xorshift_unit(&mut state) < 0.5) == hit)
+            })
+            .expect("a seed")
+    }
+
+    /// A scripted upstream for one control connection: greets with "220 fake" and answers
+    /// the n-th command (from 1) with "<code> reply n", each after `lag` (so replies the proxy
+    /// makes up would overtake them if it did not queue them). Returns its address and the
+    /// commands it got.
+    async fn fake_upstream(lag: Duration, code: u16) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&got);
+        tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            let (r, mut w) = sock.into_split();
+            let mut r = BufReader::new(r);
+            tokio::time::sleep(lag).await;
+            w.write_all(b"220 fake\r\n").await.unwrap();
+            for n in 1.. {
+                let mut line = String::new();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                lock(&log).push(line.trim_end().to_string());
+                tokio::time::sleep(lag).await;
+                let reply = format!("{code} reply {n}\r\n");
+                if w.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, got)
+    }
+
+    #[tokio::test]
+    async fn pipelined_injected_reply_waits_for_earlier_replies() {
+        let (upstream, got) = fake_upstream(Duration::from_millis(100), 200).await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.set_seed(seed_for(&[false, true, false]));
+        proxy.add_rule(Rule::new("NOOP", Action::Reply("502 injected".into())).probability(0.5));
+        // Sent before the greeting arrives: the greeting is owed first.
+        let mut raw = Raw::connect(proxy.addr()).await;
+        raw.send("NOOP\r\nNOOP\r\nNOOP\r\n").await;
+        assert_eq!(raw.reply().await, "220 fake\r\n");
+        assert_eq!(raw.reply().await, "200 reply 1\r\n");
+        assert_eq!(raw.reply().await, "502 injected\r\n");
+        assert_eq!(raw.reply().await, "200 reply 2\r\n");
+        assert_eq!(proxy.fired(), 1);
+        assert_eq!(proxy.commands(), ["NOOP", "NOOP", "NOOP"]);
+        assert_eq!(*lock(&got), ["NOOP", "NOOP"]);
+        // An injected reply with nothing owed before it goes out at once.
+        proxy.clear_rules();
+        proxy.add_rule(Rule::new("AUTH", Action::Delay(Duration::from_millis(1))));
+        assert_eq!(
+            raw.cmd("AUTH TLS").await,
+            "534 TLS not available through the proxy\r\n"
+        );
+        assert_eq!(raw.cmd("NOOP").await, "200 reply 3\r\n");
+    }
+
+    #[tokio::test]
+    async fn pipelined_421_closes_after_the_earlier_replies() {
+        let (upstream, got) = fake_upstream(Duration::from_millis(100), 200).await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.set_seed(seed_for(&[false, true]));
+        proxy.add_rule(
+            Rule::new("NOOP", Action::Reply("421 Too many connections".into())).probability(0.5),
+        );
+        let mut raw = Raw::connect(proxy.addr()).await;
+        assert_eq!(raw.reply().await, "220 fake\r\n");
+        raw.send("NOOP\r\nNOOP\r\nNOOP\r\n").await;
+        assert_eq!(raw.reply().await, "200 reply 1\r\n");
+        assert_eq!(raw.reply().await, "421 Too many connections\r\n");
+        assert_eq!(raw.reply().await, "", "closed after the 421");
+        assert_eq!(proxy.fired(), 1);
+        // Like a closing server, the proxy read no command after the 421.
+        assert_eq!(proxy.commands(), ["NOOP", "NOOP"]);
+        assert_eq!(*lock(&got), ["NOOP"]);
+    }
+
+    #[tokio::test]
+    async fn pipelined_delay_holds_back_only_later_commands() {
+        let (upstream, got) = fake_upstream(Duration::ZERO, 213).await;
+        let proxy = FaultProxy::start(upstream).await.unwrap();
+        proxy.add_rule(Rule::new("SIZE", Action::Delay(Duration::from_millis(500))));
+        let mut raw = Raw::connect(proxy.addr()).await;
+        assert_eq!(raw.reply().await, "220 fake\r\n");
+        let started = Instant::now();
+        raw.send("MDTM 20240101000000 x\r\nSIZE x\r\nNOOP\r\n")
+            .await;
+        assert_eq!(raw.reply().await, "213 reply 1\r\n");
+        let first = started.elapsed();
+        assert!(first < Duration::from_millis(400), "{first:?}");
+        assert_eq!(raw.reply().await, "213 reply 2\r\n");
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert_eq!(raw.reply().await, "213 reply 3\r\n");
+        assert_eq!(*lock(&got), ["MDTM 20240101000000 x", "SIZE x", "NOOP"]);
+    }
+
+    #[tokio::test]
+    async fn pipelined_data_commands_get_their_data_connection() {
+        let Some((server, proxy)) = setup("pipelined_data_commands").await else {
+            return;
+        };
+        for (i, pasv) in ["EPSV", "PASV"].into_iter().enumerate() {
+            let mut raw = raw_login(&proxy).await;
+            let name = format!("{}.bin", pasv.to_ascii_lowercase());
+            let data = payload(300_000 + i);
+            // Upload: the bytes go out before the server's 1xx is read.
+            raw.send(&format!("{pasv}\r\nSTOR {name}\r\n")).await;
+            let reply = raw.reply().await;
+            let mut conn = t(TcpStream::connect(data_addr(&reply))).await.unwrap();
+            t(conn.write_all(&data)).await.unwrap();
+            drop(conn);
+            let reply = raw.reply().await;
+            assert!(matches!(first_code(&reply), Some(125 | 150)), "{reply}");
+            let reply = raw.reply().await;
+            assert!(reply.starts_with("226"), "{reply}");
+            assert_eq!(std::fs::read(server.root.join(&name)).unwrap(), data);
+            // Download and listing, pipelined the same way.
+            raw.send(&format!("{pasv}\r\nRETR {name}\r\n")).await;
+            let reply = raw.reply().await;
+            let mut conn = t(TcpStream::connect(data_addr(&reply))).await.unwrap();
+            let mut got = Vec::new();
+            t(conn.read_to_end(&mut got)).await.unwrap();
+            assert_eq!(got, data);
+            assert!(matches!(first_code(&raw.reply().await), Some(125 | 150)));
+            assert!(raw.reply().await.starts_with("226"));
+            raw.send(&format!("{pasv}\r\nNLST\r\n")).await;
+            let reply = raw.reply().await;
+            let mut conn = t(TcpStream::connect(data_addr(&reply))).await.unwrap();
+            let mut listing = String::new();
+            t(conn.read_to_string(&mut listing)).await.unwrap();
+            assert!(listing.lines().any(|l| l == name), "{listing:?}");
+            assert!(matches!(first_code(&raw.reply().await), Some(125 | 150)));
+            assert!(raw.reply().await.starts_with("226"));
+            assert!(raw.cmd("NOOP").await.starts_with("200"));
+        }
+        assert_eq!(proxy.fired(), 0);
+    }
+
+    #[tokio::test]
+    async fn pipelined_rename_replies_stay_in_order() {
+        let Some((server, proxy)) = setup("pipelined_rename_replies_stay_in_order").await else {
+            return;
+        };
+        std::fs::write(server.root.join("a.txt"), b"a").unwrap();
+        proxy.add_rule(Rule::new("RNTO", Action::Reply("553 nope".into())).times(1));
+        let mut raw = raw_login(&proxy).await;
+        raw.send("RNFR a.txt\r\nRNTO b.txt\r\n").await;
+        let reply = raw.reply().await;
+        assert!(reply.starts_with("350 "), "{reply}");
+        assert_eq!(raw.reply().await, "553 nope\r\n");
+        assert!(raw.cmd("NOOP").await.starts_with("200"));
+        assert!(exists(&server.root, "a.txt") && !exists(&server.root, "b.txt"));
+
+        // The reply to the RNTO is lost; the one to the RNFR still came through.
+        proxy.add_rule(Rule::new("RNTO", Action::DropAfterForward).times(1));
+        raw.send("RNFR a.txt\r\nRNTO b.txt\r\nNOOP\r\n").await;
+        let reply = raw.reply().await;
+        assert!(reply.starts_with("350 "), "{reply}");
+        assert_eq!(raw.reply().await, "", "closed instead of the RNTO reply");
+        assert!(!exists(&server.root, "a.txt") && exists(&server.root, "b.txt"));
+        assert_eq!(proxy.fired(), 2);
+    }
+
+    #[tokio::test]
+    async fn pipelined_refused_data_command_loses_its_data_connection() {
+        let Some((server, proxy)) = setup("pipelined_refused_data_command").await else {
+            return;
+        };
+        proxy.add_rule(Rule::new("STOR", Action::Reply("451 Transient error".into())).times(1));
+        let mut raw = raw_login(&proxy).await;
+        raw.send("EPSV\r\nSTOR x.bin\r\n").await;
+        let reply = raw.reply().await;
+        let addr = data_addr(&reply);
+        assert_eq!(raw.reply().await, "451 Transient error\r\n");
+        assert!(t(TcpStream::connect(addr)).await.is_err(), "listener open");
+        assert!(raw.cmd("NOOP").await.starts_with("200"));
+        // The next data command has a data connection again.
+        raw.send("EPSV\r\nSTOR x.bin\r\n").await;
+        let reply = raw.reply().await;
+        let mut conn = t(TcpStream::connect(data_addr(&reply))).await.unwrap();
+        t(conn.write_all(b"second")).await.unwrap();
+        drop(conn);
+        assert!(matches!(first_code(&raw.reply().await), Some(125 | 150)));
+        assert!(raw.reply().await.starts_with("226"));
+        assert_eq!(std::fs::read(server.root.join("x.bin")).unwrap(), b"second");
+        assert_eq!(proxy.fired(), 1);
+    }
+
+    #[tokio::test]
+    async fn pipelined_stor_with_cut_data_is_cut() {
+        let Some((server, proxy)) = setup("pipelined_stor_with_cut_data_is_cut").await else {
+            return;
+        };
+        let data = payload(400_000);
+        for (name, kill_control) in [("cut.bin", false), ("killed.bin", true)] {
+            proxy.clear_rules();
+            proxy.add_rule(Rule::new(
+                "STOR",
+                Action::CutData {
+                    after_bytes: 1_000,
+                    kill_control,
+                },
+            ));
+            let mut raw = raw_login(&proxy).await;
+            raw.send(&format!("EPSV\r\nSTOR {name}\r\n")).await;
+            let reply = raw.reply().await;
+            let mut conn = t(TcpStream::connect(data_addr(&reply))).await.unwrap();
+            // The reset may come while writing.
+            let _ = t(conn.write_all(&data)).await;
+            drop(conn);
+            if kill_control {
+                // The 1xx may or may not beat the cut; the final reply never comes.
+                let mut reply = raw.reply().await;
+                if matches!(first_code(&reply), Some(125 | 150)) {
+                    reply = raw.reply().await;
+                }
+                assert_eq!(reply, "", "control survived kill_control");
+            } else {
+                let reply = raw.reply().await;
+                assert!(matches!(first_code(&reply), Some(125 | 150)), "{reply}");
+                // pyftpdlib may report success on a reset socket: only the size tells.
+                let reply = raw.reply().await;
+                assert!(matches!(first_code(&reply), Some(200..=599)), "{reply}");
+                assert!(raw.cmd("NOOP").await.starts_with("200"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let stored = std::fs::metadata(server.root.join(name)).map_or(0, |m| m.len());
+            assert!(stored <= 1_000, "{name}: {stored}");
+        }
+        assert_eq!(proxy.fired(), 2);
     }
 }
