@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::task::JoinSet;
 
 use crate::ftp::FtpFailure;
-use crate::ftp::conn::FtpConn;
+use crate::ftp::conn::{FtpConn, SMALL_FILE, Stored};
 use crate::ftp::list::RemoteTime;
 use crate::ftp::pool::Pool;
 use crate::job::{CompareMode, Job};
@@ -649,11 +649,14 @@ async fn upload(
         )));
     }
     let final_path = ctx.remote_path(path);
-    let bytes = if job.atomic {
+    let mtime = mtime_ns(&before);
+    // The time is set before the rename, which keeps it.
+    let utc = to_utc(mtime);
+    let stored = if job.atomic {
         let mut offset = 0;
         let mut tmp = None;
-        if let Some((old, size, mtime)) = carry.partial.take() {
-            match resumable_upload(c, &old, &local_path, &before, (size, mtime)).await? {
+        if let Some((old, size, stamp)) = carry.partial.take() {
+            match resumable_upload(c, &old, &local_path, &before, (size, stamp)).await? {
                 Some(n) => {
                     tracing::info!("resuming upload of {path} at byte {n}");
                     offset = n;
@@ -679,42 +682,41 @@ async fn upload(
                     side: Side::Remote,
                     path: path.clone(),
                     size: before.len(),
-                    stamp: mtime_ns(&before).to_string(),
+                    stamp: mtime.to_string(),
                 }));
                 t
             }
         };
-        let sent = match c.upload(&local_path, before.len(), &tmp, offset).await {
-            Ok(n) => n,
+        let stored = match send_file(c, &local_path, &before, &tmp, offset, utc).await {
+            Ok(s) => s,
             Err(e) => {
                 // The next attempt resumes or removes it (and the next run, if none).
-                carry.partial = Some((tmp, before.len(), mtime_ns(&before)));
+                carry.partial = Some((tmp, before.len(), mtime));
                 return Err(e);
             }
         };
-        if let Err(e) = place_upload(c, &tmp, &final_path, sent, &before).await {
+        let placed = match check_upload(&stored, &before) {
+            Ok(()) => place_upload(c, &tmp, &final_path).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = placed {
             if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
                 ctx.writer.send(StateChange::PendingRemove(tmp));
             } else {
-                carry.partial = Some((tmp, before.len(), mtime_ns(&before)));
+                carry.partial = Some((tmp, before.len(), mtime));
             }
             return Err(e);
         }
         ctx.writer.send(StateChange::PendingRemove(tmp));
-        sent
+        stored
     } else {
-        let sent = c.upload(&local_path, before.len(), &final_path, 0).await?;
-        verify_upload(c, &final_path, sent, &before).await?;
-        sent
+        let stored = send_file(c, &local_path, &before, &final_path, 0, utc).await?;
+        check_upload(&stored, &before)?;
+        stored
     };
+    let bytes = stored.sent;
     ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
-    let mtime_ns = mtime_ns(&before);
-    let mut remote_time = RemoteTime::Unknown;
-    if let Some(t) = to_utc(mtime_ns)
-        && let Some(set) = c.set_mtime(&final_path, t).await?
-    {
-        remote_time = set;
-    }
+    let remote_time = stored.mtime.unwrap_or(RemoteTime::Unknown);
     let sha = if job.compare == CompareMode::Hash {
         crate::local::sha256_file(&local_path).ok()
     } else {
@@ -724,7 +726,7 @@ async fn upload(
         kind: Kind::File,
         local: Some(LocalMeta {
             size: bytes,
-            mtime_ns,
+            mtime_ns: mtime,
             sha256: sha,
         }),
         remote: Some(RemoteMeta {
@@ -734,15 +736,53 @@ async fn upload(
     })
 }
 
-/// Checks an uploaded temporary file and renames it over the final name.
-async fn place_upload(
+/// Sends the file (from `offset`: a verified partial upload), sets its
+/// time and asks its size. Small files go in one read and pipelined commands.
+async fn send_file(
     c: &mut FtpConn,
-    tmp: &str,
-    final_path: &str,
-    sent: u64,
+    local: &Path,
     before: &std::fs::Metadata,
-) -> Result<(), FtpFailure> {
-    verify_upload(c, tmp, sent, before).await?;
+    remote: &str,
+    offset: u64,
+    utc: Option<chrono::NaiveDateTime>,
+) -> Result<Stored, FtpFailure> {
+    if offset == 0 && before.len() <= SMALL_FILE {
+        let data = std::fs::read(local)
+            .map_err(|e| FtpFailure::Local(format!("{}: {e}", local.display())))?;
+        return c.store_small(remote, &data, utc).await;
+    }
+    let sent = c.upload(local, before.len(), remote, offset).await?;
+    let mtime = match utc {
+        Some(t) => c.set_mtime(remote, t).await?,
+        None => None,
+    };
+    let size = c.size(remote).await?;
+    Ok(Stored { sent, size, mtime })
+}
+
+/// After STOR: the bytes sent must be the file as it was before (else it
+/// changed while uploading), and the server's SIZE must agree.
+fn check_upload(stored: &Stored, before: &std::fs::Metadata) -> Result<(), FtpFailure> {
+    if stored.sent != before.len() {
+        return Err(FtpFailure::Verify(format!(
+            "local file changed during upload ({} bytes before, {} sent)",
+            before.len(),
+            stored.sent
+        )));
+    }
+    if let Some(size) = stored.size
+        && size != stored.sent
+    {
+        return Err(FtpFailure::Verify(format!(
+            "server has {size} bytes after upload of {}",
+            stored.sent
+        )));
+    }
+    Ok(())
+}
+
+/// Renames a checked temporary file over the final name.
+async fn place_upload(c: &mut FtpConn, tmp: &str, final_path: &str) -> Result<(), FtpFailure> {
     match c.rename(tmp, final_path).await {
         Ok(()) => Ok(()),
         Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
@@ -758,30 +798,6 @@ async fn place_upload(
         }
         Err(e) => Err(e),
     }
-}
-
-/// After STOR: the bytes sent must be the file as it was before (else it
-/// changed while uploading), and the server's SIZE must agree.
-async fn verify_upload(
-    c: &mut FtpConn,
-    remote: &str,
-    sent: u64,
-    before: &std::fs::Metadata,
-) -> Result<(), FtpFailure> {
-    if sent != before.len() {
-        return Err(FtpFailure::Verify(format!(
-            "local file changed during upload ({} bytes before, {sent} sent)",
-            before.len()
-        )));
-    }
-    if let Some(size) = c.size(remote).await?
-        && size != sent
-    {
-        return Err(FtpFailure::Verify(format!(
-            "server has {size} bytes after upload of {sent}"
-        )));
-    }
-    Ok(())
 }
 
 /// One download attempt: RETR into a temporary file beside the target

@@ -85,6 +85,7 @@ pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Pre
         tls_ca_file: job.remote.tls_ca_file.clone(),
         passive: job.remote.passive,
         timeout: job.timeout,
+        pipelining: Default::default(),
     };
 
     // The state first: a damaged or too-new database stops us before any traffic.

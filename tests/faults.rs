@@ -725,3 +725,183 @@ fn emptied_server_directory_needs_force_delete_on_pull() {
     assert_eq!(out.code, 0, "{}", out.all());
     assert_same_tree(&env.remote_disk, &env.local);
 }
+
+/// A fault proxy in front of a third-party server: one that answers
+/// commands in order, so ftpsync pipelines them.
+fn faulty_external(server: crate::support::servers::ExternalServer) -> Faulty {
+    let mut env = Env::external(server);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let upstream = format!("127.0.0.1:{}", env.server_port()).parse().unwrap();
+    let proxy = rt.block_on(FaultProxy::start(upstream)).unwrap();
+    env.via(proxy.addr().port());
+    Faulty {
+        env,
+        proxy,
+        _rt: rt,
+    }
+}
+
+/// Faults in the middle of pipelined exchanges (EPSV+STOR, MDTM+SIZE,
+/// RNFR+RNTO): a transient one is retried, a permanent one fails its item
+/// alone, a lost reply is recovered, and replies never get mixed up.
+fn pipelined_exchanges_survive_faults(f: &Faulty) {
+    small_tree(&f.env, 9);
+    // Over SMALL_FILE: sent with sendfile, from a verified offset if cut.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    write(&f.env.local, "big.bin", &big);
+    let root = f.env.remote_root.trim_end_matches('/').to_string();
+    let rules = [
+        Rule::new("STOR", Action::Reply("451 Local error".into()))
+            .arg("d2/")
+            .times(1),
+        Rule::new("SIZE", Action::Reply("451 Try again".into()))
+            .arg("d0/")
+            .times(1),
+        Rule::new("RNFR", Action::Reply("450 Busy".into()))
+            .arg("d0/")
+            .times(1),
+        Rule::new("RNTO", Action::Reply("553 Not allowed".into())).arg("d1/f04.txt"),
+        Rule::new("RNTO", Action::DropAfterForward)
+            .arg("d1/f01.txt")
+            .times(1),
+        Rule::new(
+            "STOR",
+            Action::CutData {
+                after_bytes: 1_500_000,
+                kill_control: false,
+            },
+        )
+        .times(1),
+    ];
+    for r in rules {
+        f.proxy.add_rule(r);
+    }
+    // One connection: big.bin goes first and is cut. Temporary names are
+    // random: the other rules pick files by directory.
+    let job = f.env.job(
+        "push",
+        false,
+        "concurrency: 1\nretry:\n  max_attempts: 8\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
+    );
+    let out = f.env.run(&job, 1);
+    assert!(
+        out.stdout
+            .contains("FAILED upload d1/f04.txt: 553 Not allowed"),
+        "{}",
+        out.all()
+    );
+    let failed = out.stdout.lines().filter(|l| l.starts_with("FAILED"));
+    assert_eq!(failed.count(), 1, "{}", out.all());
+    assert!(!f.env.remote_disk.join("d1/f04.txt").exists());
+    no_temp_files(&f.env.remote_disk);
+    // The cut made big.bin go again: resumed (REST, vsftpd), or from zero
+    // after the size check caught the short file (pyftpdlib answers 226).
+    let big_stors = count(&f.proxy.commands(), &format!("STOR {root}/.ftpsync-"));
+    assert!(big_stors >= 2, "{:#?}", f.proxy.commands());
+    // The exchanges really were pipelined.
+    let piped = f.proxy.pipelined();
+    for verb in ["STOR ", "SIZE ", "RNTO "] {
+        assert!(
+            piped.iter().any(|c| c.starts_with(verb)),
+            "no pipelined {verb}in {piped:?}"
+        );
+    }
+    // 553 is not retried. (A second RNTO can come from an attempt whose
+    // pipelined RNFR was refused: its RNTO reaches the proxy too.)
+    let rnto = count(&f.proxy.commands(), &format!("RNTO {root}/d1/f04.txt"));
+    assert!((1..=2).contains(&rnto), "{rnto} RNTO for f04");
+    f.proxy.clear_rules();
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    no_temp_files(&f.env.remote_disk);
+    assert_eq!(f.env.plan_ops(&job), vec![]);
+}
+
+/// A server that answers pipelined commands out of order (here: a second
+/// 350 where RNTO's reply belongs) is caught; the item is retried and
+/// nothing is pipelined from then on.
+fn out_of_order_replies_stop_pipelining(f: &Faulty) {
+    small_tree(&f.env, 6);
+    f.proxy
+        .add_rule(Rule::new("RNTO", Action::Reply("350 Ready for RNTO".into())).times(1));
+    let job = f.env.job("push", false, "concurrency: 1\n");
+    let out = f.env.run(&job, 0);
+    assert!(out.stderr.contains("out of order"), "{}", out.all());
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    no_temp_files(&f.env.remote_disk);
+    let cmds = f.proxy.commands();
+    let faked = cmds.iter().position(|c| c.starts_with("RNTO ")).unwrap();
+    let at = f.proxy.pipelined_at();
+    assert!(
+        at.iter().any(|&i| i <= faked),
+        "nothing pipelined: {cmds:?}"
+    );
+    assert!(
+        at.iter().all(|&i| i <= faked),
+        "pipelined after the fault: {:?}",
+        at.iter()
+            .filter(|&&i| i > faked)
+            .map(|&i| &cmds[i])
+            .collect::<Vec<_>>()
+    );
+}
+
+/// A server (or a router in front of it) that loses the second of two
+/// commands sent in one packet fails the NOOP NOOP probe: ftpsync starts
+/// over on a new connection and sends one command at a time.
+fn failed_probe_means_one_command_at_a_time(f: &Faulty) {
+    small_tree(&f.env, 3);
+    // The probe's second NOOP is held back past the probe's patience (5 s).
+    f.proxy.add_rule(
+        Rule::new("NOOP", Action::Delay(Duration::from_secs(6)))
+            .skip(1)
+            .times(1),
+    );
+    let job = f.env.job("push", false, "concurrency: 2\n");
+    let out = f.env.ftpsync(&["-v", "run", job.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("mishandles pipelined commands"),
+        "{}",
+        out.all()
+    );
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    assert_eq!(count(&f.proxy.commands(), "NOOP"), 2, "one probe only");
+    // Only the probe went pipelined (and the QUIT that retires its connection).
+    assert_eq!(f.proxy.pipelined(), ["NOOP", "QUIT"]);
+}
+
+macro_rules! on_server {
+    ($name:ident, $start:path, $scenario:ident) => {
+        #[test]
+        fn $name() {
+            let Some(server) = $start() else { return };
+            $scenario(&faulty_external(server));
+        }
+    };
+}
+
+on_server!(
+    vsftpd_pipelined_exchanges_survive_faults,
+    crate::support::servers::start_vsftpd,
+    pipelined_exchanges_survive_faults
+);
+on_server!(
+    pyftpdlib_pipelined_exchanges_survive_faults,
+    crate::support::servers::start_pyftpdlib,
+    pipelined_exchanges_survive_faults
+);
+on_server!(
+    vsftpd_out_of_order_replies_stop_pipelining,
+    crate::support::servers::start_vsftpd,
+    out_of_order_replies_stop_pipelining
+);
+on_server!(
+    vsftpd_failed_probe_means_one_command_at_a_time,
+    crate::support::servers::start_vsftpd,
+    failed_probe_means_one_command_at_a_time
+);

@@ -1,10 +1,22 @@
 //! One logged-in FTP control connection: connect (optionally explicit FTPS),
 //! login, FEAT, binary mode, and the operations ftpsync needs, every one under
 //! a timeout. Paths are checked for CR/LF/NUL before they are sent.
+//!
+//! Round trips per small upload are kept down, since each one costs client
+//! and server a wake-up per file. On a plaintext connection in passive mode a
+//! small upload's bytes go out as soon as the data connection is up, without
+//! waiting for the 150. Commands that do not depend on each other's replies
+//! are pipelined (`EPSV`+`STOR`, `MDTM`+`SIZE`, `RNFR`+`RNTO` in one write, as
+//! lftp does with `ftp:sync-mode off`) only with servers known to answer
+//! commands strictly in order (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib): some
+//! servers (libunftp among them) work on several commands at once and may
+//! answer out of order. A `NOOP NOOP` probe and checks on the replies guard
+//! that choice; when they fail, the pool goes back to one command at a time.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
@@ -14,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::list::{ListFormat, Listing, RemoteTime, parse_listing};
-use super::reply::FtpFailure;
+use super::reply::{FtpFailure, Reply};
 use crate::job::{Secret, TlsMode};
 use crate::path::check_command_arg;
 
@@ -51,8 +63,81 @@ async fn read_timed(
     }
 }
 
+/// What a STOR sends.
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    /// `len` bytes of `file` from `offset` (fewer if the file shrank).
+    File {
+        file: &'a std::fs::File,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Sends part of a file on a plaintext data connection with sendfile(2):
+/// the bytes go from the page cache to the socket without a copy through
+/// user space. Returns the bytes sent (fewer than `len` if the file shrank).
+#[cfg(target_os = "linux")]
+async fn send_file_range(
+    t: Duration,
+    sock: &mut tokio::net::TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> Result<u64, FtpFailure> {
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        match timeout(t, sock.writable()).await {
+            Err(_) => return Err(FtpFailure::Timeout(t)),
+            Ok(Err(e)) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        let count = (end - pos).min(1 << 30) as usize;
+        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            rustix::fs::sendfile(&*sock, file, Some(&mut pos), count).map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
+        }
+    }
+    Ok(pos - offset)
+}
+
+/// Sends part of a file on a data connection, read in large chunks.
+#[cfg(not(target_os = "linux"))]
+async fn send_file_range(
+    t: Duration,
+    sock: &mut tokio::net::TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> Result<u64, FtpFailure> {
+    use std::io::{Read, Seek};
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .map_err(|e| FtpFailure::Local(e.to_string()))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut sent = 0;
+    while sent < len {
+        let want = (len - sent).min(buf.len() as u64) as usize;
+        let n = file
+            .read(&mut buf[..want])
+            .map_err(|e| FtpFailure::Local(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        write_timed(t, sock, &buf[..n]).await?;
+        sent += n as u64;
+    }
+    Ok(sent)
+}
+
 /// Files up to this size are uploaded from one read.
-const SMALL_FILE: u64 = 1 << 20;
+pub const SMALL_FILE: u64 = 1 << 20;
 
 /// Everything needed to open a connection.
 #[derive(Debug, Clone)]
@@ -67,6 +152,42 @@ pub struct ConnectOptions {
     pub passive: bool,
     /// Limit for every operation, and for inactivity during a transfer.
     pub timeout: Duration,
+    /// Whether the server handles pipelined commands, shared by a pool's
+    /// connections (the first one to log in finds out).
+    pub pipelining: Arc<PipelineVerdict>,
+}
+
+/// What is known about a server and pipelined commands.
+#[derive(Debug, Default)]
+pub struct PipelineVerdict(AtomicU8);
+
+impl PipelineVerdict {
+    // 0: not known yet.
+    const WORKS: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// A verdict that forbids pipelining (one command at a time).
+    pub fn off() -> Arc<PipelineVerdict> {
+        Arc::new(PipelineVerdict(AtomicU8::new(Self::BROKEN)))
+    }
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// Servers that handle one command at a time, in order, matched in the
+/// welcome banner (lowercase): the only ones that get pipelined commands.
+const IN_ORDER_SERVERS: [&str; 4] = ["vsftpd", "proftpd", "pure-ftpd", "pyftpdlib"];
+
+/// How data connections are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataMode {
+    Epsv,
+    Pasv,
+    Active,
 }
 
 /// What the server advertised in FEAT (RFC 2389).
@@ -90,6 +211,26 @@ pub struct FtpConn {
     /// vsftpd sets times with `MDTM <time> <path>` (when `mdtm_write` is on,
     /// its default) but does not advertise it; tried while it works.
     mdtm_write: bool,
+    /// Plaintext control connection: raw writes are possible.
+    plain: bool,
+    /// Commands may be pipelined (plaintext, passive, an in-order server
+    /// that passed the probe).
+    pipeline: bool,
+    verdict: Arc<PipelineVerdict>,
+    data_mode: DataMode,
+    /// The control connection's peer: where data connections go.
+    peer: IpAddr,
+}
+
+/// What [`FtpConn::store_small`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Bytes sent.
+    pub sent: u64,
+    /// The file's size as the server reports it afterwards (SIZE), if it can.
+    pub size: Option<u64>,
+    /// The modification time set, if the server can set times.
+    pub mtime: Option<RemoteTime>,
 }
 
 /// One directory as listed.
@@ -157,6 +298,42 @@ impl FtpConn {
     /// Connects and logs in. A 530 at login is returned as a `Reply` failure
     /// with code 530 (the caller decides whether that ends the run).
     pub async fn connect(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
+        let mut conn = Self::connect_once(o).await?;
+        if !conn.pipeline || o.pipelining.get() == PipelineVerdict::WORKS {
+            return Ok(conn);
+        }
+        match conn.probe_pipelining().await {
+            Ok(true) => {
+                o.pipelining.set(PipelineVerdict::WORKS);
+                Ok(conn)
+            }
+            Ok(false) => {
+                // A reply may still be on its way: start afresh, one command at a time.
+                tracing::info!("the server mishandles pipelined commands; sending one at a time");
+                o.pipelining.set(PipelineVerdict::BROKEN);
+                conn.quit().await;
+                let mut conn = Self::connect_once(o).await?;
+                conn.pipeline = false;
+                Ok(conn)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends two NOOPs in one write: a server that reads one command per
+    /// packet answers only the first.
+    async fn probe_pipelining(&mut self) -> Result<bool, FtpFailure> {
+        self.write_raw(b"NOOP\r\nNOOP\r\n").await?;
+        self.read_reply().await?;
+        let limit = self.timeout.min(Duration::from_secs(5));
+        match timeout(limit, self.stream.read_response_in(&[])).await {
+            Err(_) => Ok(false),
+            Ok(Err(suppaftp::FtpError::UnexpectedResponse(_))) | Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    async fn connect_once(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
         let addr = resolve(&o.host, o.port)?;
         let t = o.timeout;
         let mut stream = match timeout(t, AsyncRustlsFtpStream::connect_timeout(addr, t)).await {
@@ -192,10 +369,23 @@ impl FtpConn {
         if features.utf8 {
             let _ = timed(t, stream.opts("UTF8", Some("ON"))).await;
         }
-        let mdtm_write = !features.mfmt
-            && stream
-                .get_welcome_msg()
-                .is_some_and(|w| w.to_ascii_lowercase().contains("vsftpd"));
+        let banner = stream
+            .get_welcome_msg()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let mdtm_write = !features.mfmt && banner.contains("vsftpd");
+        let plain = o.tls == TlsMode::None;
+        let pipeline = plain
+            && o.passive
+            && o.pipelining.get() != PipelineVerdict::BROKEN
+            && IN_ORDER_SERVERS.iter().any(|b| banner.contains(b));
+        let data_mode = if !o.passive {
+            DataMode::Active
+        } else if features.epsv || addr.is_ipv6() {
+            DataMode::Epsv
+        } else {
+            DataMode::Pasv
+        };
         let mut stream = if o.passive {
             stream
         } else {
@@ -204,7 +394,7 @@ impl FtpConn {
         if o.passive {
             // Data connections go to the control connection's address, never to
             // the one in a PASV reply (bounce / SSRF: curl CVE-2020-8284).
-            if features.epsv || addr.is_ipv6() {
+            if data_mode == DataMode::Epsv {
                 stream.set_mode(Mode::ExtendedPassive);
             } else {
                 stream.set_mode(Mode::Passive);
@@ -228,7 +418,290 @@ impl FtpConn {
             timeout: t,
             plain_list: false,
             mdtm_write,
+            plain,
+            pipeline,
+            verdict: Arc::clone(&o.pipelining),
+            data_mode,
+            peer: addr.ip(),
         })
+    }
+
+    /// Writes raw command bytes on a plaintext control connection.
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), FtpFailure> {
+        debug_assert!(self.plain, "raw writes only on plaintext connections");
+        let t = self.timeout;
+        let sock = self.stream.get_ref().await;
+        let mut done = 0;
+        while done < bytes.len() {
+            match timeout(t, sock.writable()).await {
+                Err(_) => return Err(FtpFailure::Timeout(t)),
+                Ok(Err(e)) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
+                Ok(Ok(())) => {}
+            }
+            match sock.try_write(&bytes[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the next reply, whatever its code.
+    async fn read_reply(&mut self) -> Result<Reply, FtpFailure> {
+        let t = self.timeout;
+        match timeout(t, self.stream.read_response_in(&[])).await {
+            Err(_) => Err(FtpFailure::Timeout(t)),
+            Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
+                let reply = Reply::parse(&r.body)?;
+                tracing::trace!("<- {} {}", reply.code, reply.text);
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Whether to pipeline now: the pool may have stopped since this
+    /// connection was made.
+    fn pipelining(&self) -> bool {
+        self.pipeline && self.verdict.get() != PipelineVerdict::BROKEN
+    }
+
+    /// Sends `cmds` and returns one reply for each, in order: in one write
+    /// when pipelining, else one command at a time. Replies are not judged
+    /// (callers check they fit: see [`Self::out_of_order`]).
+    pub async fn batch(&mut self, cmds: &[String]) -> Result<Vec<Reply>, FtpFailure> {
+        let piped = self.pipelining();
+        self.batch_with(cmds, piped).await
+    }
+
+    async fn batch_with(&mut self, cmds: &[String], piped: bool) -> Result<Vec<Reply>, FtpFailure> {
+        for c in cmds {
+            checked(c)?;
+        }
+        let mut replies = Vec::with_capacity(cmds.len());
+        if piped {
+            let mut wire = String::new();
+            for c in cmds {
+                tracing::trace!("-> {c}");
+                wire.push_str(c);
+                wire.push_str("\r\n");
+            }
+            self.write_raw(wire.as_bytes()).await?;
+            for _ in cmds {
+                replies.push(self.read_reply().await?);
+            }
+        } else {
+            for c in cmds {
+                let r = match timeout(self.timeout, self.stream.custom_command(c, &[])).await {
+                    Err(_) => return Err(FtpFailure::Timeout(self.timeout)),
+                    Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => r,
+                    Ok(Err(e)) => return Err(e.into()),
+                };
+                replies.push(Reply::parse(&r.body)?);
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Pipelined replies that cannot belong to their commands: the server
+    /// works on commands concurrently. The pool stops pipelining, and this
+    /// connection, whose state is unknown, is retired by the (retryable) error.
+    fn out_of_order(&mut self) -> FtpFailure {
+        tracing::warn!(
+            "the server answered pipelined commands out of order; sending one at a time"
+        );
+        self.verdict.set(PipelineVerdict::BROKEN);
+        self.pipeline = false;
+        FtpFailure::Network("replies out of order".into())
+    }
+
+    /// The command that sets `path`'s time to `utc`, if the server can.
+    fn set_mtime_command(&self, path: &str, utc: chrono::NaiveDateTime) -> Option<String> {
+        let verb = if self.features.mfmt {
+            "MFMT"
+        } else if self.mdtm_write {
+            "MDTM"
+        } else {
+            return None;
+        };
+        Some(format!("{verb} {} {path}", utc.format("%Y%m%d%H%M%S")))
+    }
+
+    /// Reads the reply to a set-time command sent with [`Self::set_mtime_command`].
+    fn mtime_set(&mut self, reply: &Reply, utc: chrono::NaiveDateTime) -> Option<RemoteTime> {
+        if reply.code == 213 {
+            Some(RemoteTime::Exact(utc))
+        } else {
+            self.mdtm_write = false;
+            None
+        }
+    }
+
+    /// Uploads `data`, a whole file, to `remote` (STOR); then sets its
+    /// modification time to `mtime` where the server can, and asks its SIZE.
+    /// Pipelined, that is three waits for replies instead of six.
+    pub async fn store_small(
+        &mut self,
+        remote: &str,
+        data: &[u8],
+        mtime: Option<chrono::NaiveDateTime>,
+    ) -> Result<Stored, FtpFailure> {
+        let remote = checked(remote)?;
+        let t = self.timeout;
+        if self.plain && self.data_mode != DataMode::Active {
+            self.store_direct(remote, Payload::Bytes(data), 0).await?;
+        } else {
+            let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
+            write_timed(t, &mut stream, data).await?;
+            timed(t, stream.finish()).await?;
+        }
+        let set = mtime.and_then(|utc| Some((utc, self.set_mtime_command(remote, utc)?)));
+        let mut cmds = Vec::new();
+        if let Some((_, cmd)) = &set {
+            cmds.push(cmd.clone());
+        }
+        if self.features.size {
+            cmds.push(format!("SIZE {remote}"));
+        }
+        let piped = self.pipelining();
+        let replies = self.batch_with(&cmds, piped).await?;
+        let mut replies = replies.iter();
+        let mtime = match set {
+            Some((utc, _)) => {
+                let r = replies.next().expect("one reply per command");
+                self.mtime_set(r, utc)
+            }
+            None => None,
+        };
+        let size = match replies.next() {
+            Some(r) if r.code == 213 => match r.text.trim().parse::<u64>() {
+                Ok(n) => Some(n),
+                // A pipelined MDTM's "213 File modification time set" in SIZE's place.
+                Err(_) if set.is_some() && piped => return Err(self.out_of_order()),
+                Err(_) => return Err(FtpFailure::Protocol(format!("bad SIZE reply {:?}", r.text))),
+            },
+            Some(r) if r.code < 500 && r.code >= 400 => return Err(r.failure()),
+            _ => None,
+        };
+        Ok(Stored {
+            sent: data.len() as u64,
+            size,
+            mtime,
+        })
+    }
+
+    /// STOR over a data connection of our own (plaintext, passive): the
+    /// bytes go out as soon as it is up, then the 150 and 226 are read.
+    /// `EPSV`/`PASV` and `STOR` go in one write when pipelining. With `rest`,
+    /// the server is told to write from that byte on (REST, not pipelined).
+    /// Returns the bytes sent.
+    async fn store_direct(
+        &mut self,
+        remote: &str,
+        payload: Payload<'_>,
+        rest: u64,
+    ) -> Result<u64, FtpFailure> {
+        let t = self.timeout;
+        let pasv = if self.data_mode == DataMode::Epsv {
+            "EPSV"
+        } else {
+            "PASV"
+        };
+        let stor = format!("STOR {remote}\r\n");
+        let pipelined = self.pipelining() && rest == 0;
+        if pipelined {
+            tracing::trace!("-> {pasv}; STOR {remote}");
+            self.write_raw(format!("{pasv}\r\n{stor}").as_bytes())
+                .await?;
+        } else {
+            tracing::trace!("-> {pasv}");
+            self.write_raw(format!("{pasv}\r\n").as_bytes()).await?;
+        }
+        let opened = self.read_reply().await?;
+        let Some(port) = passive_port(&opened) else {
+            let failure = if opened.code >= 400 {
+                opened.failure()
+            } else {
+                FtpFailure::Protocol(format!(
+                    "cannot read the port in {} {}",
+                    opened.code, opened.text
+                ))
+            };
+            if pipelined {
+                // STOR was sent too: its reply must be read to stay in step.
+                let stor = self.read_reply().await?;
+                if stor.code < 200 {
+                    // The server went on with the transfer somehow: retire this connection.
+                    return Err(FtpFailure::Protocol(format!(
+                        "unexpected reply to {pasv}: {} {}",
+                        opened.code, opened.text
+                    )));
+                }
+            }
+            return Err(failure);
+        };
+        if rest > 0 {
+            tracing::trace!("-> REST {rest}");
+            self.write_raw(format!("REST {rest}\r\n").as_bytes())
+                .await?;
+            let r = self.read_reply().await?;
+            if r.code != 350 {
+                return Err(r.failure());
+            }
+        }
+        if !pipelined {
+            tracing::trace!("-> STOR {remote}");
+            self.write_raw(stor.as_bytes()).await?;
+        }
+        // The data connection goes to the control connection's address.
+        let addr = SocketAddr::new(self.peer, port);
+        let sent = async {
+            let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(FtpFailure::Network(format!("data connection: {e}"))),
+                Err(_) => return Err(FtpFailure::Timeout(t)),
+            };
+            let n = match payload {
+                Payload::Bytes(data) => {
+                    write_timed(t, &mut sock, data).await?;
+                    data.len() as u64
+                }
+                Payload::File { file, offset, len } => {
+                    send_file_range(t, &mut sock, file, offset, len).await?
+                }
+            };
+            match timeout(t, sock.shutdown()).await {
+                Ok(Ok(())) => Ok(n),
+                Ok(Err(e)) => Err(FtpFailure::Network(format!("upload data: {e}"))),
+                Err(_) => Err(FtpFailure::Timeout(t)),
+            }
+        }
+        .await;
+        let sent = match sent {
+            Ok(n) => n,
+            Err(e) => {
+                // A refused STOR shows as a broken data connection: the server's
+                // reason is better, if it comes at once. Otherwise the connection
+                // is out of step, and the error (network or timeout) retires it.
+                if let Ok(Ok(r)) = timeout(Duration::from_millis(200), self.read_reply()).await
+                    && r.code >= 400
+                {
+                    return Err(r.failure());
+                }
+                return Err(e);
+            }
+        };
+        let first = self.read_reply().await?;
+        let last = if (100..200).contains(&first.code) {
+            self.read_reply().await?
+        } else {
+            first
+        };
+        if last.code >= 300 {
+            return Err(last.failure());
+        }
+        Ok(sent)
     }
 
     /// The login directory (PWD).
@@ -314,12 +787,27 @@ impl FtpConn {
         timed(self.timeout, self.stream.rm(checked(path)?)).await
     }
 
+    /// RNFR + RNTO (pipelined where possible).
     pub async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpFailure> {
-        timed(
-            self.timeout,
-            self.stream.rename(checked(from)?, checked(to)?),
-        )
-        .await
+        let (from, to) = (checked(from)?, checked(to)?);
+        if !self.pipelining() {
+            return timed(self.timeout, self.stream.rename(from, to)).await;
+        }
+        let r = self
+            .batch_with(&[format!("RNFR {from}"), format!("RNTO {to}")], true)
+            .await?;
+        if r[1].code == 350 {
+            // RNTO answered before RNFR.
+            return Err(self.out_of_order());
+        }
+        // After a refused RNFR the RNTO's reply (503) says nothing more.
+        if r[0].code != 350 {
+            return Err(r[0].failure());
+        }
+        if r[1].code >= 300 {
+            return Err(r[1].failure());
+        }
+        Ok(())
     }
 
     /// Whether `path` is an existing directory (CWD succeeds).
@@ -351,27 +839,11 @@ impl FtpConn {
         path: &str,
         utc: chrono::NaiveDateTime,
     ) -> Result<Option<RemoteTime>, FtpFailure> {
-        let verb = if self.features.mfmt {
-            "MFMT"
-        } else if self.mdtm_write {
-            "MDTM"
-        } else {
+        let Some(cmd) = self.set_mtime_command(checked(path)?, utc) else {
             return Ok(None);
         };
-        let cmd = format!("{verb} {} {}", utc.format("%Y%m%d%H%M%S"), checked(path)?);
-        match timed(
-            self.timeout,
-            self.stream.custom_command(cmd, &[Status::File]),
-        )
-        .await
-        {
-            Ok(_) => Ok(Some(RemoteTime::Exact(utc))),
-            Err(FtpFailure::Reply { .. }) => {
-                self.mdtm_write = false;
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let r = self.batch(&[cmd]).await?;
+        Ok(self.mtime_set(&r[0], utc))
     }
 
     /// Uploads `local` to `remote` (STOR), from byte `offset` on (REST, to
@@ -389,14 +861,14 @@ impl FtpConn {
         let t = self.timeout;
         let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
         let remote = checked(remote)?;
-        // Small files (most of a website) are read in one go: it saves the
-        // thread hops of async file I/O, which dominate for many tiny files.
-        if offset == 0 && len <= SMALL_FILE {
-            let data = std::fs::read(local).map_err(local_err)?;
-            let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
-            write_timed(t, &mut stream, &data).await?;
-            timed(t, stream.finish()).await?;
-            return Ok(data.len() as u64);
+        if self.plain && self.data_mode != DataMode::Active {
+            let file = std::fs::File::open(local).map_err(local_err)?;
+            let payload = Payload::File {
+                file: &file,
+                offset,
+                len: len.saturating_sub(offset),
+            };
+            return Ok(offset + self.store_direct(remote, payload, offset).await?);
         }
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
         if offset > 0 {
@@ -519,5 +991,84 @@ impl FtpConn {
     /// Says goodbye (best effort).
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(2), self.stream.quit()).await;
+    }
+}
+
+/// The port of a passive-mode reply: `229 ... (|||port|)` or
+/// `227 ... (h1,h2,h3,h4,p1,p2)`. The address in a 227 is ignored: data
+/// connections go to the control connection's peer.
+fn passive_port(r: &Reply) -> Option<u16> {
+    let inner = |open: char, close: char| {
+        let start = r.text.find(open)? + 1;
+        let end = start + r.text[start..].find(close)?;
+        Some(&r.text[start..end])
+    };
+    match r.code {
+        229 => {
+            let body = inner('(', ')')?;
+            let d = body.chars().next()?;
+            let fields: Vec<&str> = body.split(d).collect();
+            // "|||port|" splits into ["", "", "", "port", ""]
+            if fields.len() != 5 || fields[..3].iter().any(|f| !f.is_empty()) {
+                return None;
+            }
+            fields[3].parse().ok().filter(|p| *p != 0)
+        }
+        227 => {
+            let text = &r.text;
+            let start = text.find(|c: char| c.is_ascii_digit())?;
+            let nums: Vec<u16> = text[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .take(6)
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            if nums.len() != 6 || nums.iter().any(|n| *n > 255) {
+                return None;
+            }
+            Some(nums[4] * 256 + nums[5]).filter(|p| *p != 0)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u32, text: &str) -> Reply {
+        Reply {
+            code,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn passive_ports() {
+        assert_eq!(
+            passive_port(&reply(229, "Entering Extended Passive Mode (|||30123|)")),
+            Some(30123)
+        );
+        assert_eq!(passive_port(&reply(229, "EPSV ok (!!!2121!)")), Some(2121));
+        assert_eq!(
+            passive_port(&reply(227, "Entering Passive Mode (127,0,0,1,117,212).")),
+            Some(117 * 256 + 212)
+        );
+        // Some servers leave out the parentheses.
+        assert_eq!(
+            passive_port(&reply(227, "Entering Passive Mode 10,0,0,1,4,1")),
+            Some(1025)
+        );
+        for bad in [
+            reply(229, "Entering Extended Passive Mode (|||0|)"),
+            reply(229, "Entering Extended Passive Mode (|||x|)"),
+            reply(229, "Entering Extended Passive Mode"),
+            reply(229, "(||1|2|)"),
+            reply(227, "Entering Passive Mode (127,0,0,1,300,1)"),
+            reply(227, "Entering Passive Mode (127,0,0,1,117)"),
+            reply(425, "Can't open data connection (|||30123|)"),
+        ] {
+            assert_eq!(passive_port(&bad), None, "{bad:?}");
+        }
     }
 }

@@ -134,16 +134,47 @@ impl From<suppaftp::FtpError> for FtpFailure {
     }
 }
 
-/// Builds a failure from a raw reply (`b"550 No such file\r\n"`). suppaftp's
-/// `Status` maps unknown codes to 0, so the code is parsed from the text.
+/// A server reply: its code and the text of its last line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u32,
+    pub text: String,
+}
+
+impl Reply {
+    /// Parses a raw reply (`b"550 No such file\r\n"`). suppaftp's `Status`
+    /// maps unknown codes to 0, so the code is read from the text.
+    pub fn parse(body: &[u8]) -> Result<Reply, FtpFailure> {
+        let text = String::from_utf8_lossy(body);
+        let code = text
+            .get(..3)
+            .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|c| c.parse::<u32>().ok());
+        let line = text.lines().last().unwrap_or("").trim();
+        let msg = line.get(4..).unwrap_or("").trim().to_string();
+        match code {
+            Some(code) => Ok(Reply { code, text: msg }),
+            None => Err(FtpFailure::Protocol(format!(
+                "unparseable reply {:?}",
+                text.trim()
+            ))),
+        }
+    }
+
+    /// This reply as a failure.
+    pub fn failure(&self) -> FtpFailure {
+        FtpFailure::Reply {
+            code: self.code,
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// Builds a failure from a raw reply (`b"550 No such file\r\n"`).
 pub fn reply_failure(body: &[u8]) -> FtpFailure {
-    let text = String::from_utf8_lossy(body);
-    let code = text.get(..3).and_then(|c| c.parse::<u32>().ok());
-    let line = text.lines().last().unwrap_or("").trim();
-    let msg = line.get(4..).unwrap_or("").trim().to_string();
-    match code {
-        Some(code) => FtpFailure::Reply { code, text: msg },
-        None => FtpFailure::Protocol(format!("unparseable reply {:?}", text.trim())),
+    match Reply::parse(body) {
+        Ok(r) => r.failure(),
+        Err(e) => e,
     }
 }
 

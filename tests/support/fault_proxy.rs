@@ -107,6 +107,8 @@ pub struct Rule {
     /// 1.0 = always; else fire with this probability, drawn from the proxy's seeded xorshift
     /// generator (see [`FaultProxy::set_seed`]) so tests are reproducible.
     pub probability: f64,
+    /// Let this many matching commands pass before the rule starts firing.
+    pub skip: usize,
 }
 
 impl Rule {
@@ -118,7 +120,14 @@ impl Rule {
             action,
             times: None,
             probability: 1.0,
+            skip: 0,
         }
+    }
+
+    /// Let the first `n` matching commands pass untouched.
+    pub fn skip(mut self, n: usize) -> Rule {
+        self.skip = n;
+        self
     }
 
     /// Only match commands whose argument contains `s`.
@@ -161,6 +170,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             rng: Mutex::new(DEFAULT_SEED),
             commands: Mutex::new(Vec::new()),
+            pipelined: Mutex::new(Vec::new()),
             fired: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             tasks: Tasks::default(),
@@ -180,7 +190,11 @@ impl FaultProxy {
     /// Adds a rule after the existing ones. Rules are tried in order; the first non-`Delay`
     /// rule that fires decides what happens to the command.
     pub fn add_rule(&self, rule: Rule) {
-        lock(&self.shared.rules).push(RuleSlot { rule, fired: 0 });
+        lock(&self.shared.rules).push(RuleSlot {
+            rule,
+            fired: 0,
+            skipped: 0,
+        });
     }
 
     /// Removes every rule.
@@ -198,6 +212,21 @@ impl FaultProxy {
     /// read, so not listed.
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared.commands).clone()
+    }
+
+    /// The commands (as in [`Self::commands`]) that arrived while a reply to an earlier command
+    /// was still owed: the ones the client pipelined.
+    pub fn pipelined(&self) -> Vec<String> {
+        let log = lock(&self.shared.commands);
+        lock(&self.shared.pipelined)
+            .iter()
+            .map(|&i| log[i].clone())
+            .collect()
+    }
+
+    /// Positions in [`Self::commands`] of the commands in [`Self::pipelined`].
+    pub fn pipelined_at(&self) -> Vec<usize> {
+        lock(&self.shared.pipelined).clone()
     }
 
     /// How many times rules have fired.
@@ -226,6 +255,7 @@ impl Drop for FaultProxy {
 struct RuleSlot {
     rule: Rule,
     fired: usize,
+    skipped: usize,
 }
 
 struct Shared {
@@ -233,6 +263,7 @@ struct Shared {
     rules: Mutex<Vec<RuleSlot>>,
     rng: Mutex<u64>,
     commands: Mutex<Vec<String>>,
+    pipelined: Mutex<Vec<usize>>,
     fired: AtomicUsize,
     connections: AtomicUsize,
     tasks: Tasks,
@@ -252,6 +283,10 @@ impl Shared {
         let mut delay = Duration::ZERO;
         for slot in rules.iter_mut() {
             if !slot.rule.matches(verb, arg) || slot.rule.times.is_some_and(|t| slot.fired >= t) {
+                continue;
+            }
+            if slot.skipped < slot.rule.skip {
+                slot.skipped += 1;
                 continue;
             }
             if !self.roll(slot.rule.probability) {
@@ -287,8 +322,12 @@ impl Shared {
         xorshift_unit(&mut state) < p
     }
 
-    fn record(&self, line: String) {
-        lock(&self.commands).push(line);
+    fn record(&self, line: String, pipelined: bool) {
+        let mut log = lock(&self.commands);
+        if pipelined {
+            lock(&self.pipelined).push(log.len());
+        }
+        log.push(line);
     }
 }
 
@@ -575,11 +614,14 @@ impl Session {
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches(['\r', '\n']);
         if !text.is_empty() {
-            self.shared.record(if verb == "PASS" {
-                "PASS ****".to_string()
-            } else {
-                text.to_string()
-            });
+            self.shared.record(
+                if verb == "PASS" {
+                    "PASS ****".to_string()
+                } else {
+                    text.to_string()
+                },
+                !self.queue.is_empty(),
+            );
         }
         let decision = self.shared.decide(&verb, &arg);
         if !decision.delay.is_zero() {
