@@ -264,6 +264,7 @@ pub async fn execute(
             )),
         });
     }
+    let transfers = schedule(transfers);
     run_concurrent(&ctx, transfers, &mut report).await;
 
     // 3. Deletes last, and only if nothing failed (rclone's rule: an error
@@ -290,6 +291,39 @@ pub async fn execute(
 
     report.bytes = ctx.bytes.load(Ordering::Relaxed);
     report
+}
+
+/// Files at least this big are started first.
+const BIG_TRANSFER: u64 = 1 << 20;
+
+/// The order transfers start in. Big files first, largest first, so that a
+/// large file started last does not make the run's tail. The rest round-robin
+/// over their directories, so that concurrent connections work in different
+/// directories instead of queueing on one directory's lock on the server.
+fn schedule(items: Vec<PlanItem>) -> Vec<PlanItem> {
+    let (mut big, small): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .map(|i| (i.size.unwrap_or(0), i))
+        .partition(|(n, _)| *n >= BIG_TRANSFER);
+    big.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path)));
+    let mut by_dir: BTreeMap<RelPath, std::collections::VecDeque<PlanItem>> = BTreeMap::new();
+    for (_, item) in small {
+        by_dir
+            .entry(item.path.parent().unwrap_or_default())
+            .or_default()
+            .push_back(item);
+    }
+    let mut out: Vec<PlanItem> = big.into_iter().map(|(_, i)| i).collect();
+    while !by_dir.is_empty() {
+        by_dir.retain(|_, q| match q.pop_front() {
+            Some(item) => {
+                out.push(item);
+                !q.is_empty()
+            }
+            None => false,
+        });
+    }
+    out
 }
 
 async fn create_target_root(ctx: &Ctx) -> Result<(), FtpFailure> {
@@ -985,5 +1019,48 @@ async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
         if set.join_next().await.is_none() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Reason;
+    use crate::tree::Kind;
+
+    fn item(path: &str) -> PlanItem {
+        let size = match path {
+            "b/big" => 2 << 20,
+            "huge" => 9 << 20,
+            _ => 10,
+        };
+        PlanItem {
+            op: Op::Upload,
+            side: Side::Remote,
+            path: RelPath::parse(path).unwrap(),
+            kind: Kind::File,
+            reason: Reason::New,
+            size: Some(size),
+        }
+    }
+
+    #[test]
+    fn schedule_starts_big_files_and_spreads_directories() {
+        let items: Vec<PlanItem> = [
+            "a/1", "a/2", "a/3", "b/1", "b/big", "c/1", "c/2", "top", "huge",
+        ]
+        .into_iter()
+        .map(item)
+        .collect();
+        let order: Vec<String> = schedule(items)
+            .into_iter()
+            .map(|i| i.path.as_str().to_string())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "huge", "b/big", "top", "a/1", "b/1", "c/1", "a/2", "c/2", "a/3"
+            ]
+        );
     }
 }
