@@ -10,7 +10,7 @@ for arg in "$@"; do
     -h | --help)
         sed -n '2,5p' "$0"
         echo "Settings (env or KEY=VALUE args): BENCH_FILES BENCH_DIRS BENCH_BIG_FILES BENCH_BIG_MIB"
-        echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP FTPSYNC_BIN BENCH_OUT"
+        echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP BENCH_SERVER_DIR FTPSYNC_BIN BENCH_OUT"
         exit 0
         ;;
     BENCH_*=* | FTPSYNC_BIN=*) export "${arg?}" ;;
@@ -72,7 +72,17 @@ done
 # Same model as tests/support/servers.rs: anonymous login with write access,
 # chrooted into a root-owned dir whose subdir "data" is writable (as root);
 # run_as_launching_user=YES without chroot otherwise.
-SRV=$WORK/vsftpd
+# The server's files live on tmpfs (/dev/shm) when there is one, so that the
+# run measures the tools and the protocol rather than the disk: on this
+# project's machines ext4 runs without a journal, and creating files right
+# after many deletions costs the server a linear scan per new inode
+# (ext4 recently_deleted()), which swamped the differences between tools.
+# BENCH_SERVER_DIR picks another place (e.g. a disk).
+SERVER_PARENT=${BENCH_SERVER_DIR:-}
+if [ -z "$SERVER_PARENT" ]; then
+    if [ -d /dev/shm ] && [ -w /dev/shm ]; then SERVER_PARENT=/dev/shm; else SERVER_PARENT=$WORK; fi
+fi
+SRV=$(mktemp -d "$SERVER_PARENT/ftpsync-bench-srv.XXXXXX")
 ANON_ROOT=$SRV/root
 DISK=$ANON_ROOT/data # what clients see as $REMOTE_BASE
 mkdir -p "$ANON_ROOT" "$DISK" "$SRV/empty"
@@ -157,9 +167,9 @@ cleanup() {
         wait "$VSFTPD_PID" 2>/dev/null || true
     fi
     if [ "$KEEP" = 1 ]; then
-        log "work dir kept: $WORK"
+        log "work dir kept: $WORK (server files: $SRV)"
     else
-        rm -rf "$WORK"
+        rm -rf "$WORK" "$SRV"
     fi
 }
 trap cleanup EXIT

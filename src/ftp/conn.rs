@@ -540,7 +540,8 @@ impl FtpConn {
 
     /// Uploads `data`, a whole file, to `remote` (STOR); then sets its
     /// modification time to `mtime` where the server can, and asks its SIZE.
-    /// Pipelined, that is three waits for replies instead of six.
+    /// Pipelined, that is four waits for replies (229; 150+226; MDTM+SIZE;
+    /// and the caller's RNFR+RNTO) where one command at a time takes seven.
     pub async fn store_small(
         &mut self,
         remote: &str,
