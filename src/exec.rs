@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::task::JoinSet;
 
 use crate::ftp::FtpFailure;
-use crate::ftp::conn::{FtpConn, SMALL_FILE, Stored};
+use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE, Stored};
 use crate::ftp::list::RemoteTime;
 use crate::ftp::pool::Pool;
 use crate::job::{CompareMode, Job};
@@ -293,8 +293,8 @@ pub async fn execute(
     report
 }
 
-/// Files at least this big are started first.
-const BIG_TRANSFER: u64 = 1 << 20;
+/// Files bigger than this are started first.
+const BIG_TRANSFER: u64 = SMALL_FILE;
 
 /// The order transfers start in. Big files first, largest first, so that a
 /// large file started last does not make the run's tail. The rest round-robin
@@ -304,7 +304,7 @@ fn schedule(items: Vec<PlanItem>) -> Vec<PlanItem> {
     let (mut big, small): (Vec<_>, Vec<_>) = items
         .into_iter()
         .map(|i| (i.size.unwrap_or(0), i))
-        .partition(|(n, _)| *n >= BIG_TRANSFER);
+        .partition(|(n, _)| *n > BIG_TRANSFER);
     big.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.path.cmp(&b.1.path)));
     let mut by_dir: BTreeMap<RelPath, std::collections::VecDeque<PlanItem>> = BTreeMap::new();
     for (_, item) in small {
@@ -729,7 +729,7 @@ async fn upload(
                 return Err(e);
             }
         };
-        let placed = match check_upload(&stored, &before) {
+        let placed = match check_upload(&stored, &local_path, &before) {
             Ok(()) => place_upload(c, &tmp, &final_path).await,
             Err(e) => Err(e),
         };
@@ -744,8 +744,12 @@ async fn upload(
         ctx.writer.send(StateChange::PendingRemove(tmp));
         stored
     } else {
-        let stored = send_file(c, &local_path, &before, &final_path, 0, utc).await?;
-        check_upload(&stored, &before)?;
+        // Without a temporary name the time is set only on a checked file.
+        let mut stored = send_file(c, &local_path, &before, &final_path, 0, None).await?;
+        check_upload(&stored, &local_path, &before)?;
+        if let Some(t) = utc {
+            stored.mtime = c.set_mtime(&final_path, t).await?;
+        }
         stored
     };
     let bytes = stored.sent;
@@ -781,8 +785,12 @@ async fn send_file(
     utc: Option<chrono::NaiveDateTime>,
 ) -> Result<Stored, FtpFailure> {
     if offset == 0 && before.len() <= SMALL_FILE {
-        let data = std::fs::read(local)
-            .map_err(|e| FtpFailure::Local(format!("{}: {e}", local.display())))?;
+        let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
+        // One byte more than expected is enough to tell that the file grew.
+        let file = std::fs::File::open(local).map_err(local_err)?;
+        let mut data = Vec::with_capacity(before.len() as usize + 1);
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, before.len() + 1), &mut data)
+            .map_err(local_err)?;
         return c.store_small(remote, &data, utc).await;
     }
     let sent = c.upload(local, before.len(), remote, offset).await?;
@@ -794,9 +802,22 @@ async fn send_file(
     Ok(Stored { sent, size, mtime })
 }
 
-/// After STOR: the bytes sent must be the file as it was before (else it
-/// changed while uploading), and the server's SIZE must agree.
-fn check_upload(stored: &Stored, before: &std::fs::Metadata) -> Result<(), FtpFailure> {
+/// After STOR: the bytes sent must be the file as it was before, and still
+/// is (else it changed while uploading), and the server's SIZE must agree.
+fn check_upload(
+    stored: &Stored,
+    local: &Path,
+    before: &std::fs::Metadata,
+) -> Result<(), FtpFailure> {
+    let changed = match std::fs::symlink_metadata(local) {
+        Ok(now) => now.len() != before.len() || mtime_ns(&now) != mtime_ns(before),
+        Err(_) => true,
+    };
+    if changed {
+        return Err(FtpFailure::Verify(
+            "local file changed during upload".to_string(),
+        ));
+    }
     if stored.sent != before.len() {
         return Err(FtpFailure::Verify(format!(
             "local file changed during upload ({} bytes before, {} sent)",
@@ -819,18 +840,21 @@ fn check_upload(stored: &Stored, before: &std::fs::Metadata) -> Result<(), FtpFa
 async fn place_upload(c: &mut FtpConn, tmp: &str, final_path: &str) -> Result<(), FtpFailure> {
     match c.rename(tmp, final_path).await {
         Ok(()) => Ok(()),
-        Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
+        Err(RenameError::To(e @ FtpFailure::Reply { code, .. })) if code >= 500 => {
             // Some servers (IIS, FileZilla) refuse to rename over an existing
-            // file: then delete the old one and rename. A crash in between
-            // leaves the new content under the journaled temporary name and
-            // the path absent, so the next run uploads it again.
+            // file: then delete the old one and rename. Only when RNFR was
+            // accepted: a refused RNFR says nothing about the target. A crash
+            // in between leaves the new content under the journaled temporary
+            // name and the path absent, so the next run uploads it again.
             if !exists_remote(c, final_path).await? {
                 return Err(e);
             }
             delete_remote(c, final_path).await?;
-            c.rename(tmp, final_path).await
+            c.rename(tmp, final_path)
+                .await
+                .map_err(RenameError::failure)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.failure()),
     }
 }
 

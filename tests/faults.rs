@@ -17,7 +17,16 @@ struct Faulty {
 }
 
 fn faulty() -> Faulty {
-    let mut env = Env::builtin();
+    faulty_in_front_of(Env::builtin())
+}
+
+/// A fault proxy in front of a third-party server: one that answers
+/// commands in order, so ftpsync pipelines them.
+fn faulty_external(server: crate::support::servers::ExternalServer) -> Faulty {
+    faulty_in_front_of(Env::external(server))
+}
+
+fn faulty_in_front_of(mut env: Env) -> Faulty {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -726,25 +735,6 @@ fn emptied_server_directory_needs_force_delete_on_pull() {
     assert_same_tree(&env.remote_disk, &env.local);
 }
 
-/// A fault proxy in front of a third-party server: one that answers
-/// commands in order, so ftpsync pipelines them.
-fn faulty_external(server: crate::support::servers::ExternalServer) -> Faulty {
-    let mut env = Env::external(server);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let upstream = format!("127.0.0.1:{}", env.server_port()).parse().unwrap();
-    let proxy = rt.block_on(FaultProxy::start(upstream)).unwrap();
-    env.via(proxy.addr().port());
-    Faulty {
-        env,
-        proxy,
-        _rt: rt,
-    }
-}
-
 /// Faults in the middle of pipelined exchanges (EPSV+STOR, MDTM+SIZE,
 /// RNFR+RNTO): a transient one is retried, a permanent one fails its item
 /// alone, a lost reply is recovered, and replies never get mixed up.
@@ -752,7 +742,7 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
     small_tree(&f.env, 9);
     // Over SMALL_FILE: sent with sendfile, from a verified offset if cut.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    write(&f.env.local, "big.bin", &big);
+    write(&f.env.local, "big/big.bin", &big);
     let root = f.env.remote_root.trim_end_matches('/').to_string();
     let rules = [
         Rule::new("STOR", Action::Reply("451 Local error".into()))
@@ -775,17 +765,17 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
                 kill_control: false,
             },
         )
+        .arg("/big/")
         .times(1),
     ];
     for r in rules {
         f.proxy.add_rule(r);
     }
-    // One connection: big.bin goes first and is cut. Temporary names are
-    // random: the other rules pick files by directory.
+    // Temporary names are random: the rules pick files by directory.
     let job = f.env.job(
         "push",
         false,
-        "concurrency: 1\nretry:\n  max_attempts: 8\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
+        "concurrency: 2\nretry:\n  max_attempts: 8\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
     );
     let out = f.env.run(&job, 1);
     assert!(
@@ -800,7 +790,7 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
     no_temp_files(&f.env.remote_disk);
     // The cut made big.bin go again: resumed (REST, vsftpd), or from zero
     // after the size check caught the short file (pyftpdlib answers 226).
-    let big_stors = count(&f.proxy.commands(), &format!("STOR {root}/.ftpsync-"));
+    let big_stors = count(&f.proxy.commands(), &format!("STOR {root}/big/.ftpsync-"));
     assert!(big_stors >= 2, "{:#?}", f.proxy.commands());
     // The exchanges really were pipelined.
     let piped = f.proxy.pipelined();
@@ -875,6 +865,70 @@ fn failed_probe_means_one_command_at_a_time(f: &Faulty) {
     assert_eq!(f.proxy.pipelined(), ["NOOP", "QUIT"]);
 }
 
+/// A file that changes while it is being uploaded is sent again: the check
+/// after the transfer compares its size and time with those it had before.
+#[test]
+fn a_file_changed_during_upload_is_sent_again() {
+    let f = faulty();
+    // Over SMALL_FILE: sent with sendfile, its length fixed at the start.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    write(&f.env.local, "big/big.bin", &big);
+    // The STOR waits in the proxy while the file grows.
+    f.proxy.add_rule(
+        Rule::new("STOR", Action::Delay(Duration::from_millis(1500)))
+            .arg("/big/")
+            .times(1),
+    );
+    let job = f.env.job("push", false, "");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !f.proxy.commands().iter().any(|c| c.starts_with("STOR ")) {
+                assert!(std::time::Instant::now() < deadline, "no STOR seen");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            use std::io::Write;
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(f.env.local.join("big/big.bin"))
+                .unwrap();
+            file.write_all(b"appended while uploading").unwrap();
+        });
+        f.env.run(&job, 0);
+    });
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    assert!(count(&f.proxy.commands(), "STOR ") >= 2);
+    assert_eq!(f.env.plan_ops(&job), vec![]);
+}
+
+/// A 421 to a command sent on its own (here the MDTM that sets the time
+/// when `atomic: false`) ends that connection and is retried, not taken as
+/// "the server cannot set times".
+fn a_421_to_a_lone_command_is_retried(f: &Faulty) {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    write(&f.env.local, "old.txt", "old\n");
+    let t = UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    fs::File::options()
+        .write(true)
+        .open(f.env.local.join("old.txt"))
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    f.proxy.add_rule(
+        Rule::new("MDTM", Action::Reply("421 Timeout, closing".into()))
+            .arg("old.txt")
+            .times(1),
+    );
+    let job = f.env.job("push", false, "atomic: false\n");
+    f.env.run(&job, 0);
+    let remote: SystemTime = fs::metadata(f.env.remote_disk.join("old.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(remote, t);
+    assert_eq!(count(&f.proxy.commands(), "MDTM "), 2);
+}
+
 macro_rules! on_server {
     ($name:ident, $start:path, $scenario:ident) => {
         #[test]
@@ -904,4 +958,9 @@ on_server!(
     vsftpd_failed_probe_means_one_command_at_a_time,
     crate::support::servers::start_vsftpd,
     failed_probe_means_one_command_at_a_time
+);
+on_server!(
+    vsftpd_a_421_to_a_lone_command_is_retried,
+    crate::support::servers::start_vsftpd,
+    a_421_to_a_lone_command_is_retried
 );

@@ -216,10 +216,30 @@ pub struct FtpConn {
     /// Commands may be pipelined (plaintext, passive, an in-order server
     /// that passed the probe).
     pipeline: bool,
+    /// A transfer was abandoned (dropped before its final reply): suppaftp
+    /// reads that reply before its next command, and raw writes must wait
+    /// for it too.
+    abandoned: bool,
     verdict: Arc<PipelineVerdict>,
     data_mode: DataMode,
     /// The control connection's peer: where data connections go.
     peer: IpAddr,
+}
+
+/// A failed rename, and which half failed: RNFR (the source) or RNTO (the
+/// target; also used for connection failures, when it is not known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RenameError {
+    From(FtpFailure),
+    To(FtpFailure),
+}
+
+impl RenameError {
+    pub fn failure(self) -> FtpFailure {
+        match self {
+            RenameError::From(f) | RenameError::To(f) => f,
+        }
+    }
 }
 
 /// What [`FtpConn::store_small`] did.
@@ -420,6 +440,7 @@ impl FtpConn {
             mdtm_write,
             plain,
             pipeline,
+            abandoned: false,
             verdict: Arc::clone(&o.pipelining),
             data_mode,
             peer: addr.ip(),
@@ -430,6 +451,11 @@ impl FtpConn {
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), FtpFailure> {
         debug_assert!(self.plain, "raw writes only on plaintext connections");
         let t = self.timeout;
+        if self.abandoned {
+            // NOOP through suppaftp first reads the abandoned transfer's reply.
+            timed(t, self.stream.noop()).await?;
+            self.abandoned = false;
+        }
         let sock = self.stream.get_ref().await;
         let mut done = 0;
         while done < bytes.len() {
@@ -489,7 +515,12 @@ impl FtpConn {
             }
             self.write_raw(wire.as_bytes()).await?;
             for _ in cmds {
-                replies.push(self.read_reply().await?);
+                let r = self.read_reply().await?;
+                if r.code == 421 {
+                    // The server is closing: nothing more comes.
+                    return Err(r.failure());
+                }
+                replies.push(r);
             }
         } else {
             for c in cmds {
@@ -498,7 +529,11 @@ impl FtpConn {
                     Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => r,
                     Ok(Err(e)) => return Err(e.into()),
                 };
-                replies.push(Reply::parse(&r.body)?);
+                let r = Reply::parse(&r.body)?;
+                if r.code == 421 {
+                    return Err(r.failure());
+                }
+                replies.push(r);
             }
         }
         Ok(replies)
@@ -533,7 +568,10 @@ impl FtpConn {
         if reply.code == 213 {
             Some(RemoteTime::Exact(utc))
         } else {
-            self.mdtm_write = false;
+            if reply.code >= 500 {
+                // Not supported (or not here): stop trying the vsftpd form.
+                self.mdtm_write = false;
+            }
             None
         }
     }
@@ -681,7 +719,7 @@ impl FtpConn {
         .await;
         let sent = match sent {
             Ok(n) => n,
-            Err(e) => {
+            Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
                 // A refused STOR shows as a broken data connection: the server's
                 // reason is better, if it comes at once. Otherwise the connection
                 // is out of step, and the error (network or timeout) retires it.
@@ -692,17 +730,41 @@ impl FtpConn {
                 }
                 return Err(e);
             }
+            Err(e) => {
+                // A local failure (reading the file): the data connection was
+                // closed early, so the server answers the STOR; read that
+                // answer to stay in step, then report the local failure.
+                self.stor_outcome().await?;
+                return Err(e);
+            }
         };
-        let first = self.read_reply().await?;
-        let last = if (100..200).contains(&first.code) {
-            self.read_reply().await?
-        } else {
-            first
-        };
-        if last.code >= 300 {
-            return Err(last.failure());
-        }
+        self.stor_outcome().await?;
         Ok(sent)
+    }
+
+    /// Reads a transfer's replies: any preliminary ones (150, 125), then the
+    /// final one, which must be positive.
+    async fn stor_outcome(&mut self) -> Result<(), FtpFailure> {
+        let mut r = self.read_reply().await?;
+        let mut preliminary = 0;
+        while (100..200).contains(&r.code) {
+            preliminary += 1;
+            if preliminary > 2 {
+                return Err(FtpFailure::Protocol(format!(
+                    "endless preliminary replies: {} {}",
+                    r.code, r.text
+                )));
+            }
+            r = self.read_reply().await?;
+        }
+        match r.code {
+            200..=299 => Ok(()),
+            400..=599 => Err(r.failure()),
+            _ => Err(FtpFailure::Protocol(format!(
+                "unexpected reply to STOR: {} {}",
+                r.code, r.text
+            ))),
+        }
     }
 
     /// The login directory (PWD).
@@ -789,26 +851,45 @@ impl FtpConn {
     }
 
     /// RNFR + RNTO (pipelined where possible).
-    pub async fn rename(&mut self, from: &str, to: &str) -> Result<(), FtpFailure> {
-        let (from, to) = (checked(from)?, checked(to)?);
+    pub async fn rename(&mut self, from: &str, to: &str) -> Result<(), RenameError> {
+        let (from, to) = (
+            checked(from).map_err(RenameError::From)?,
+            checked(to).map_err(RenameError::From)?,
+        );
+        let (rnfr, rnto) = (format!("RNFR {from}"), format!("RNTO {to}"));
         if !self.pipelining() {
-            return timed(self.timeout, self.stream.rename(from, to)).await;
+            let r = self
+                .batch_with(std::slice::from_ref(&rnfr), false)
+                .await
+                .map_err(RenameError::From)?;
+            if r[0].code != 350 {
+                return Err(RenameError::From(r[0].failure()));
+            }
+            let r = self
+                .batch_with(&[rnto], false)
+                .await
+                .map_err(RenameError::To)?;
+            return match r[0].code {
+                200..=299 => Ok(()),
+                _ => Err(RenameError::To(r[0].failure())),
+            };
         }
         let r = self
-            .batch_with(&[format!("RNFR {from}"), format!("RNTO {to}")], true)
-            .await?;
+            .batch_with(&[rnfr, rnto], true)
+            .await
+            .map_err(RenameError::To)?;
         if r[1].code == 350 {
             // RNTO answered before RNFR.
-            return Err(self.out_of_order());
+            return Err(RenameError::To(self.out_of_order()));
         }
         // After a refused RNFR the RNTO's reply (503) says nothing more.
         if r[0].code != 350 {
-            return Err(r[0].failure());
+            return Err(RenameError::From(r[0].failure()));
         }
-        if r[1].code >= 300 {
-            return Err(r[1].failure());
+        match r[1].code {
+            200..=299 => Ok(()),
+            _ => Err(RenameError::To(r[1].failure())),
         }
-        Ok(())
     }
 
     /// Whether `path` is an existing directory (CWD succeeds).
@@ -902,20 +983,31 @@ impl FtpConn {
         limit: usize,
     ) -> Result<Vec<u8>, FtpFailure> {
         let t = self.timeout;
+        let remote = checked(remote)?;
         timed(t, self.stream.resume_transfer(offset as usize)).await?;
-        let mut stream = timed(t, self.stream.retr_as_stream(checked(remote)?)).await?;
-        let mut data = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = read_timed(t, &mut stream, &mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            data.extend_from_slice(&buf[..n]);
-            if data.len() > limit {
-                return Err(FtpFailure::Verify("more data than expected".into()));
+        let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
+        let read = async {
+            let mut data = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = read_timed(t, &mut stream, &mut buf).await?;
+                if n == 0 {
+                    return Ok(data);
+                }
+                data.extend_from_slice(&buf[..n]);
+                if data.len() > limit {
+                    return Err(FtpFailure::Verify("more data than expected".into()));
+                }
             }
         }
+        .await;
+        let data = match read {
+            Ok(d) => d,
+            Err(e) => {
+                self.abandoned = true;
+                return Err(e);
+            }
+        };
         timed(t, stream.finish()).await?;
         Ok(data)
     }
@@ -957,33 +1049,40 @@ impl FtpConn {
             ),
         };
         let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = read_timed(t, &mut stream, &mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            let mut chunk = &buf[..n];
-            if !overlap.is_empty() {
-                let k = overlap.len().min(chunk.len());
-                if chunk[..k] != overlap[..k] {
-                    return Err(FtpFailure::Verify(
-                        "the partial download does not match the server's file; starting over"
-                            .into(),
-                    ));
+        let received = async {
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = read_timed(t, &mut stream, &mut buf).await?;
+                if n == 0 {
+                    break;
                 }
-                overlap = &overlap[k..];
-                chunk = &chunk[k..];
+                let mut chunk = &buf[..n];
+                if !overlap.is_empty() {
+                    let k = overlap.len().min(chunk.len());
+                    if chunk[..k] != overlap[..k] {
+                        return Err(FtpFailure::Verify(
+                            "the partial download does not match the server's file; starting over"
+                                .into(),
+                        ));
+                    }
+                    overlap = &overlap[k..];
+                    chunk = &chunk[k..];
+                }
+                file.write_all(chunk).await.map_err(local_err)?;
+                total += chunk.len() as u64;
             }
-            file.write_all(chunk).await.map_err(local_err)?;
-            total += chunk.len() as u64;
+            if !overlap.is_empty() {
+                return Err(FtpFailure::Verify(
+                    "the server's file is shorter than the partial download".into(),
+                ));
+            }
+            file.flush().await.map_err(local_err)
         }
-        if !overlap.is_empty() {
-            return Err(FtpFailure::Verify(
-                "the server's file is shorter than the partial download".into(),
-            ));
+        .await;
+        if let Err(e) = received {
+            self.abandoned = true;
+            return Err(e);
         }
-        file.flush().await.map_err(local_err)?;
         drop(file);
         timed(t, stream.finish()).await?;
         Ok(total)
@@ -1016,7 +1115,11 @@ fn passive_port(r: &Reply) -> Option<u16> {
             fields[3].parse().ok().filter(|p| *p != 0)
         }
         227 => {
-            let text = &r.text;
+            // "(h1,h2,h3,h4,p1,p2)", or the six numbers bare after the text.
+            let text = match inner('(', ')') {
+                Some(t) if t.contains(',') => t,
+                _ => &r.text,
+            };
             let start = text.find(|c: char| c.is_ascii_digit())?;
             let nums: Vec<u16> = text[start..]
                 .split(|c: char| !c.is_ascii_digit())
@@ -1058,6 +1161,11 @@ mod tests {
         // Some servers leave out the parentheses.
         assert_eq!(
             passive_port(&reply(227, "Entering Passive Mode 10,0,0,1,4,1")),
+            Some(1025)
+        );
+        // A number in the text before the address is not part of it.
+        assert_eq!(
+            passive_port(&reply(227, "Mode 2 (127,0,0,1,4,1)")),
             Some(1025)
         );
         for bad in [
