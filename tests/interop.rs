@@ -95,3 +95,34 @@ interop!(
     start_pyftpdlib,
     keeps_modification_times
 );
+
+/// Explicit FTPS against vsftpd, which requires data connections to resume
+/// the control connection's TLS session (`require_ssl_reuse=YES`, its
+/// default; rclone#7234): push, no-op re-run, pull back.
+#[test]
+fn vsftpd_ftps_push_and_pull() {
+    use crate::support::harness::{assert_same_tree, sample_tree, test_data};
+    let Some(server) = crate::support::servers::start_vsftpd_tls() else {
+        return;
+    };
+    let mut env = Env::external(server);
+    env.remote_extra = format!(
+        "  tls: explicit\n  tls_ca_file: {}\n",
+        test_data("localhost-cert.pem").display()
+    );
+    sample_tree(&env.local);
+    let job = env.job("push", true, "");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    assert_eq!(env.plan_ops(&job), vec![]);
+    let pulled = env.dir.path().join("pulled");
+    std::fs::create_dir_all(&pulled).unwrap();
+    let original = std::mem::replace(&mut env.local, pulled);
+    let state = env.dir.path().join("pull.db");
+    let job = env.job("pull", false, &format!("state: {}\n", state.display()));
+    env.run(&job, 0);
+    assert_same_tree(&original, &env.local);
+    // It really was FTPS, data connections included.
+    let log = env.server_log();
+    assert!(log.contains("AUTH TLS") && log.contains("PROT P"), "{log}");
+}

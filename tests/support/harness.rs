@@ -129,6 +129,14 @@ impl Env {
         self.port = port;
     }
 
+    /// The third-party server's log (empty for the built-in one).
+    pub fn server_log(&self) -> String {
+        match &self.server {
+            Server::External(s) => s.log(),
+            _ => String::new(),
+        }
+    }
+
     /// The real server's port (not the proxy's).
     pub fn server_port(&self) -> u16 {
         match &self.server {

@@ -178,7 +178,14 @@ impl std::fmt::Debug for ExternalServer {
 /// vsftpd runs with `run_as_launching_user=YES` (no chroot) and
 /// `remote_root` is the absolute directory path.
 pub fn start_vsftpd() -> Option<ExternalServer> {
-    unavailable_or(try_start_vsftpd(), "vsftpd")
+    unavailable_or(try_start_vsftpd(false), "vsftpd")
+}
+
+/// [`start_vsftpd`] with explicit FTPS offered (the test certificate,
+/// tests/data/localhost-*.pem) and vsftpd's default `require_ssl_reuse=YES`:
+/// data connections must resume the control connection's TLS session.
+pub fn start_vsftpd_tls() -> Option<ExternalServer> {
+    unavailable_or(try_start_vsftpd(true), "vsftpd")
 }
 
 /// Start a private pyftpdlib server on 127.0.0.1 (user `ftpsync`, random
@@ -212,11 +219,11 @@ enum StartError {
     Fatal(String),
 }
 
-fn try_start_vsftpd() -> Result<ExternalServer, String> {
+fn try_start_vsftpd(tls: bool) -> Result<ExternalServer, String> {
     let bin = find_vsftpd()?;
     let mut last = String::new();
     for _ in 0..START_ATTEMPTS {
-        match spawn_vsftpd(&bin) {
+        match spawn_vsftpd(&bin, tls) {
             Ok(server) => return Ok(server),
             Err(StartError::PortBusy(e)) => last = e,
             Err(StartError::Fatal(e)) => return Err(e),
@@ -244,7 +251,7 @@ fn find_vsftpd() -> Result<PathBuf, String> {
         .ok_or_else(|| "no vsftpd binary found (apt-get install vsftpd)".to_string())
 }
 
-fn spawn_vsftpd(bin: &Path) -> Result<ExternalServer, StartError> {
+fn spawn_vsftpd(bin: &Path, tls: bool) -> Result<ExternalServer, StartError> {
     let fatal = StartError::Fatal;
     let dir = tempfile::Builder::new()
         .prefix("ftpsync-vsftpd-")
@@ -346,6 +353,14 @@ vsftpd_log_file={log}
     );
     if !is_root {
         conf.push_str("run_as_launching_user=YES\n");
+    }
+    if tls {
+        conf.push_str(&format!(
+            "ssl_enable=YES\nallow_anon_ssl=YES\nrequire_ssl_reuse=YES\n\
+             rsa_cert_file={}\nrsa_private_key_file={}\n",
+            super::harness::test_data("localhost-cert.pem").display(),
+            super::harness::test_data("localhost-key.pem").display(),
+        ));
     }
     // vsftpd insists the config file is owned by the user running it.
     write_file(&conf_path, conf.as_bytes(), 0o600).map_err(fatal)?;
