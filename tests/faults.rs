@@ -865,6 +865,21 @@ fn failed_probe_means_one_command_at_a_time(f: &Faulty) {
     assert_eq!(f.proxy.pipelined(), ["NOOP", "QUIT"]);
 }
 
+/// libunftp (the built-in server) works on several commands at once, so it
+/// is not on the list of servers that get pipelined commands: no probe, and
+/// every command waits for the previous reply.
+#[test]
+fn other_servers_get_one_command_at_a_time() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let job = f.env.job("push", false, "");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    assert_eq!(f.proxy.pipelined(), Vec::<String>::new());
+    assert_eq!(count(&f.proxy.commands(), "NOOP"), 0);
+    assert!(count(&f.proxy.commands(), "RNTO ") >= 6);
+}
+
 /// A file that changes while it is being uploaded is sent again: the check
 /// after the transfer compares its size and time with those it had before.
 #[test]

@@ -3,15 +3,17 @@
 //! a timeout. Paths are checked for CR/LF/NUL before they are sent.
 //!
 //! Round trips per small upload are kept down, since each one costs client
-//! and server a wake-up per file. On a plaintext connection in passive mode a
-//! small upload's bytes go out as soon as the data connection is up, without
-//! waiting for the 150. Commands that do not depend on each other's replies
-//! are pipelined (`EPSV`+`STOR`, `MDTM`+`SIZE`, `RNFR`+`RNTO` in one write, as
-//! lftp does with `ftp:sync-mode off`) only with servers known to answer
-//! commands strictly in order (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib): some
-//! servers (libunftp among them) work on several commands at once and may
-//! answer out of order. A `NOOP NOOP` probe and checks on the replies guard
-//! that choice; when they fail, the pool goes back to one command at a time.
+//! and server a wake-up per file. On a plaintext connection in passive mode,
+//! uploads use a data connection of ftpsync's own (files over 1 MiB go with
+//! sendfile). With servers known to answer commands strictly in order
+//! (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on
+//! each other's replies are pipelined (`EPSV`+`STOR`, `MDTM`+`SIZE`,
+//! `RNFR`+`RNTO` in one write, as lftp does with `ftp:sync-mode off`), and a
+//! small upload's bytes go out without waiting for the 150. Other servers
+//! (libunftp among them works on several commands at once, and answered
+//! RNTO before RNFR) get one command at a time. A `NOOP NOOP` probe and
+//! checks on the replies guard that choice; when they fail, the pool goes
+//! back to one command at a time.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -630,9 +632,10 @@ impl FtpConn {
         })
     }
 
-    /// STOR over a data connection of our own (plaintext, passive): the
-    /// bytes go out as soon as it is up, then the 150 and 226 are read.
-    /// `EPSV`/`PASV` and `STOR` go in one write when pipelining. With `rest`,
+    /// STOR over a data connection of our own (plaintext, passive). When
+    /// pipelining, `EPSV`/`PASV` and `STOR` go in one write and the bytes go
+    /// out as soon as the connection is up, the 150 read with the 226;
+    /// otherwise the bytes wait for the 150. With `rest`,
     /// the server is told to write from that byte on (REST, not pipelined).
     /// Returns the bytes sent.
     async fn store_direct(
@@ -695,12 +698,27 @@ impl FtpConn {
         }
         // The data connection goes to the control connection's address.
         let addr = SocketAddr::new(self.peer, port);
+        let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let e = FtpFailure::Network(format!("data connection: {e}"));
+                return Err(self.refusal_or(e).await);
+            }
+            Err(_) => return Err(self.refusal_or(FtpFailure::Timeout(t)).await),
+        };
+        if !pipelined {
+            // Servers not known to be strictly sequential get the usual
+            // order: the bytes only after the 150.
+            let r = self.read_reply().await?;
+            if !(100..200).contains(&r.code) {
+                return Err(if r.code >= 400 {
+                    r.failure()
+                } else {
+                    FtpFailure::Protocol(format!("unexpected reply to STOR: {} {}", r.code, r.text))
+                });
+            }
+        }
         let sent = async {
-            let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(FtpFailure::Network(format!("data connection: {e}"))),
-                Err(_) => return Err(FtpFailure::Timeout(t)),
-            };
             let n = match payload {
                 Payload::Bytes(data) => {
                     write_timed(t, &mut sock, data).await?;
@@ -717,29 +735,33 @@ impl FtpConn {
             }
         }
         .await;
-        let sent = match sent {
-            Ok(n) => n,
+        drop(sock);
+        match sent {
+            Ok(n) => {
+                self.stor_outcome().await?;
+                Ok(n)
+            }
             Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
-                // A refused STOR shows as a broken data connection: the server's
-                // reason is better, if it comes at once. Otherwise the connection
-                // is out of step, and the error (network or timeout) retires it.
-                if let Ok(Ok(r)) = timeout(Duration::from_millis(200), self.read_reply()).await
-                    && r.code >= 400
-                {
-                    return Err(r.failure());
-                }
-                return Err(e);
+                Err(self.refusal_or(e).await)
             }
             Err(e) => {
                 // A local failure (reading the file): the data connection was
                 // closed early, so the server answers the STOR; read that
                 // answer to stay in step, then report the local failure.
                 self.stor_outcome().await?;
-                return Err(e);
+                Err(e)
             }
-        };
-        self.stor_outcome().await?;
-        Ok(sent)
+        }
+    }
+
+    /// After a broken data connection: a refused STOR shows that way, and
+    /// the server's reason is better, if it comes at once. Otherwise the
+    /// connection is out of step, and `e` (network or timeout) retires it.
+    async fn refusal_or(&mut self, e: FtpFailure) -> FtpFailure {
+        match timeout(Duration::from_millis(200), self.read_reply()).await {
+            Ok(Ok(r)) if r.code >= 400 => r.failure(),
+            _ => e,
+        }
     }
 
     /// Reads a transfer's replies: any preliminary ones (150, 125), then the
