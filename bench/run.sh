@@ -10,7 +10,8 @@ for arg in "$@"; do
     -h | --help)
         sed -n '2,5p' "$0"
         echo "Settings (env or KEY=VALUE args): BENCH_FILES BENCH_DIRS BENCH_BIG_FILES BENCH_BIG_MIB"
-        echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP BENCH_SERVER_DIR FTPSYNC_BIN BENCH_OUT"
+        echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP BENCH_SERVER_DIR BENCH_RTT_MS"
+        echo "  FTPSYNC_BIN BENCH_OUT"
         exit 0
         ;;
     BENCH_*=* | FTPSYNC_BIN=*) export "${arg?}" ;;
@@ -31,6 +32,7 @@ TOOLS=${BENCH_TOOLS:-"ftpsync lftp rclone"}
 CASES=${BENCH_CASES:-"a b c d"}
 FTPSYNC_BIN=${FTPSYNC_BIN:-$REPO/target/release/ftpsync}
 OUT=${BENCH_OUT:-}                # optional file to also write the table to
+RTT_MS=${BENCH_RTT_MS:-0}         # >0: go through bench/delay_relay.py with this round-trip time
 KEEP=${BENCH_KEEP:-0}             # 1: keep the work dir
 if [ -n "${BENCH_WORK:-}" ]; then
     WORK=$BENCH_WORK # given by the user: never deleted
@@ -159,7 +161,12 @@ EOF
 chmod 600 "$SRV/vsftpd.conf"
 
 VSFTPD_PID=""
+RELAY_PID=""
 cleanup() {
+    if [ -n "$RELAY_PID" ]; then
+        kill "$RELAY_PID" 2>/dev/null || true
+        wait "$RELAY_PID" 2>/dev/null || true
+    fi
     if [ -n "$VSFTPD_PID" ]; then
         # sessions call setsid(): kill the listener's children too
         pkill -KILL -P "$VSFTPD_PID" 2>/dev/null || true
@@ -193,6 +200,22 @@ EOF
 done
 [ "$ready" = 1 ] || die "vsftpd did not start: $(cat "$SRV/oops.log" "$SRV/stderr.log" 2>/dev/null)"
 log "vsftpd pid $VSFTPD_PID on 127.0.0.1:$PORT (passive $PASV_LO-$PASV_HI), remote base $REMOTE_BASE, disk $DISK"
+
+# With BENCH_RTT_MS the tools talk to 127.0.0.2, where a relay delays every
+# byte by half the round-trip time each way (control and passive ports).
+HOST=127.0.0.1
+LFTP_LATENCY=""
+if [ "$RTT_MS" != 0 ]; then
+    HOST=127.0.0.2
+    # lftp takes the address in a PASV reply (127.0.0.1) unless told otherwise.
+    LFTP_LATENCY="; set ftp:prefer-epsv true; set ftp:ignore-pasv-address true"
+    exec 3< <(python3 "$REPO/bench/delay_relay.py" "$HOST" "$PORT" "$PASV_LO" "$PASV_HI" \
+        "$(awk -v r="$RTT_MS" 'BEGIN{print r/2}')" 2>"$WORK/relay.log")
+    RELAY_PID=$!
+    read -r -t 10 line <&3 || die "delay relay did not start: $(cat "$WORK/relay.log")"
+    [ "$line" = ready ] || die "delay relay: $line"
+    log "delay relay on $HOST, round trip ${RTT_MS} ms"
+fi
 
 # ------------------------------------------------------------- local trees
 SMALL=$WORK/local/small
@@ -266,7 +289,7 @@ delete: true
 local:
   path: $tree
 remote:
-  host: 127.0.0.1
+  host: $HOST
   port: $PORT
   user: $FTP_USER_NAME
   password_env: FTP_PASSWORD
@@ -281,14 +304,14 @@ EOF
         # See bench/README.md for why these settings.
         /usr/bin/time -f '%e %M' -o "$tfile" \
             lftp -u "$FTP_USER_NAME,$FTP_PASSWORD" -p "$PORT" \
-            -e "$LFTP_SETTINGS; mirror -R --delete --no-perms --parallel=$CONC '$tree' '$remote'; quit" \
-            127.0.0.1 </dev/null >"$logf" 2>&1
+            -e "$LFTP_SETTINGS$LFTP_LATENCY; mirror -R --delete --no-perms --parallel=$CONC '$tree' '$remote'; quit" \
+            "$HOST" </dev/null >"$logf" 2>&1
         ;;
     rclone)
         [ -n "$RCLONE_OBSCURED" ] || RCLONE_OBSCURED=$(rclone obscure "$FTP_PASSWORD")
         : >"$WORK/rclone.conf"
         RCLONE_CONFIG_BENCH_TYPE=ftp \
-            RCLONE_CONFIG_BENCH_HOST=127.0.0.1 \
+            RCLONE_CONFIG_BENCH_HOST="$HOST" \
             RCLONE_CONFIG_BENCH_PORT="$PORT" \
             RCLONE_CONFIG_BENCH_USER="$FTP_USER_NAME" \
             RCLONE_CONFIG_BENCH_PASS="$RCLONE_OBSCURED" \
@@ -381,7 +404,7 @@ isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 
 {
     echo
-    echo "ftpsync benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, vsftpd $(dpkg-query -W -f='${Version}' vsftpd 2>/dev/null || echo '?') on 127.0.0.1, concurrency $CONC"
+    echo "ftpsync benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, vsftpd $(dpkg-query -W -f='${Version}' vsftpd 2>/dev/null || echo '?') on 127.0.0.1, concurrency $CONC${RELAY_PID:+, round trip $RTT_MS ms through bench/delay_relay.py}"
     echo
     echo "| case | ftpsync s | lftp s | rclone s | ftpsync/best-other ratio | ftpsync peak MiB |"
     echo "|---|---|---|---|---|---|"
