@@ -168,10 +168,6 @@ impl PipelineVerdict {
     const WORKS: u8 = 1;
     const BROKEN: u8 = 2;
 
-    /// A verdict that forbids pipelining (one command at a time).
-    pub fn off() -> Arc<PipelineVerdict> {
-        Arc::new(PipelineVerdict(AtomicU8::new(Self::BROKEN)))
-    }
     fn get(&self) -> u8 {
         self.0.load(Ordering::Relaxed)
     }
@@ -498,7 +494,7 @@ impl FtpConn {
     /// Sends `cmds` and returns one reply for each, in order: in one write
     /// when pipelining, else one command at a time. Replies are not judged
     /// (callers check they fit: see [`Self::out_of_order`]).
-    pub async fn batch(&mut self, cmds: &[String]) -> Result<Vec<Reply>, FtpFailure> {
+    async fn batch(&mut self, cmds: &[String]) -> Result<Vec<Reply>, FtpFailure> {
         let piped = self.pipelining();
         self.batch_with(cmds, piped).await
     }
