@@ -944,6 +944,59 @@ fn a_421_to_a_lone_command_is_retried(f: &Faulty) {
     assert_eq!(count(&f.proxy.commands(), "MDTM "), 2);
 }
 
+/// Listings over the pipelined path (CWD+EPSV in one write, LIST/MLSD on a
+/// data connection of ftpsync's own) that fail, come back empty or are cut
+/// never turn into deletions.
+fn pipelined_listings_never_delete_wrongly(f: &Faulty) {
+    small_tree(&f.env, 6);
+    let push = f.env.job("push", false, "");
+    f.env.run(&push, 0);
+    let state = f.env.dir.path().join("pull.db");
+    let pull = f
+        .env
+        .job("pull", true, &format!("state: {}\n", state.display()));
+    f.env.run(&pull, 0);
+    let before = snapshot(&f.env.local);
+    // Listings that fail every time: exit 1, nothing deleted.
+    for verb in ["LIST", "MLSD"] {
+        f.proxy.add_rule(Rule::new(
+            verb,
+            Action::Reply("451 Requested action aborted".into()),
+        ));
+    }
+    let out = f.env.run(&pull, 1);
+    assert!(out.stderr.contains("listing failed"), "{}", out.all());
+    assert_eq!(snapshot(&f.env.local), before);
+    // Every listing empty while the state holds files: refused (exit 4).
+    f.proxy.clear_rules();
+    f.proxy.add_rule(Rule::new("*", Action::TruncateLines(0)));
+    f.env.run(&pull, 4);
+    assert_eq!(snapshot(&f.env.local), before);
+    // A listing cut once: retried, nothing deleted.
+    f.proxy.clear_rules();
+    for verb in ["LIST", "MLSD"] {
+        f.proxy.add_rule(
+            Rule::new(
+                verb,
+                Action::CutData {
+                    after_bytes: 10,
+                    kill_control: false,
+                },
+            )
+            .times(1),
+        );
+    }
+    let fired = f.proxy.fired();
+    f.env.run(&pull, 0);
+    assert_eq!(f.proxy.fired(), fired + 1, "one listing was cut");
+    assert_eq!(snapshot(&f.env.local), before);
+    let piped = f.proxy.pipelined();
+    assert!(
+        piped.iter().any(|c| c == "EPSV" || c == "PASV"),
+        "the listings were not pipelined: {piped:?}"
+    );
+}
+
 macro_rules! on_server {
     ($name:ident, $start:path, $scenario:ident) => {
         #[test]
@@ -978,4 +1031,14 @@ on_server!(
     vsftpd_a_421_to_a_lone_command_is_retried,
     crate::support::servers::start_vsftpd,
     a_421_to_a_lone_command_is_retried
+);
+on_server!(
+    vsftpd_pipelined_listings_never_delete_wrongly,
+    crate::support::servers::start_vsftpd,
+    pipelined_listings_never_delete_wrongly
+);
+on_server!(
+    pyftpdlib_pipelined_listings_never_delete_wrongly,
+    crate::support::servers::start_pyftpdlib,
+    pipelined_listings_never_delete_wrongly
 );

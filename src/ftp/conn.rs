@@ -641,11 +641,7 @@ impl FtpConn {
         rest: u64,
     ) -> Result<u64, FtpFailure> {
         let t = self.timeout;
-        let pasv = if self.data_mode == DataMode::Epsv {
-            "EPSV"
-        } else {
-            "PASV"
-        };
+        let pasv = self.pasv_verb();
         let stor = format!("STOR {remote}\r\n");
         let pipelined = self.pipelining() && rest == 0;
         if pipelined {
@@ -734,7 +730,7 @@ impl FtpConn {
         drop(sock);
         match sent {
             Ok(n) => {
-                self.stor_outcome().await?;
+                self.transfer_outcome().await?;
                 Ok(n)
             }
             Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
@@ -744,7 +740,7 @@ impl FtpConn {
                 // A local failure (reading the file): the data connection was
                 // closed early, so the server answers the STOR; read that
                 // answer to stay in step, then report the local failure.
-                self.stor_outcome().await?;
+                self.transfer_outcome().await?;
                 Err(e)
             }
         }
@@ -762,7 +758,7 @@ impl FtpConn {
 
     /// Reads a transfer's replies: any preliminary ones (150, 125), then the
     /// final one, which must be positive.
-    async fn stor_outcome(&mut self) -> Result<(), FtpFailure> {
+    async fn transfer_outcome(&mut self) -> Result<(), FtpFailure> {
         let mut r = self.read_reply().await?;
         let mut preliminary = 0;
         while (100..200).contains(&r.code) {
@@ -779,7 +775,7 @@ impl FtpConn {
             200..=299 => Ok(()),
             400..=599 => Err(r.failure()),
             _ => Err(FtpFailure::Protocol(format!(
-                "unexpected reply to STOR: {} {}",
+                "unexpected final reply to a transfer: {} {}",
                 r.code, r.text
             ))),
         }
@@ -799,34 +795,112 @@ impl FtpConn {
         now: chrono::NaiveDateTime,
     ) -> Result<DirListing, FtpFailure> {
         let dir = checked(dir)?;
-        match timed(self.timeout, self.stream.cwd(dir)).await {
-            Ok(()) => {}
-            Err(FtpFailure::Reply { code: 550, .. }) => {
-                return Ok(DirListing {
-                    exists: false,
-                    listing: Listing::default(),
-                });
+        let missing = DirListing {
+            exists: false,
+            listing: Listing::default(),
+        };
+        // When pipelining, the data connection's EPSV/PASV goes with the CWD
+        // (after a refused CWD its listener is simply left unused).
+        let port = if self.pipelining() {
+            let r = self
+                .batch_with(&[format!("CWD {dir}"), self.pasv_verb().into()], true)
+                .await?;
+            match r[0].code {
+                200..=299 => {}
+                550 => return Ok(missing),
+                _ => return Err(r[0].failure()),
             }
-            Err(e) => return Err(e),
-        }
-        let (format, data) = if self.features.mlsd {
-            (ListFormat::Mlsd, self.data_lines("MLSD").await?)
-        } else if self.plain_list {
-            (ListFormat::List, self.data_lines("LIST").await?)
-        } else {
-            match self.data_lines("LIST -a").await {
-                Ok(d) => (ListFormat::List, d),
-                Err(FtpFailure::Reply { code, .. }) if (500..=504).contains(&code) => {
-                    self.plain_list = true;
-                    (ListFormat::List, self.data_lines("LIST").await?)
+            match passive_port(&r[1]) {
+                Some(port) => Some(port),
+                None if r[1].code >= 400 => return Err(r[1].failure()),
+                None => {
+                    return Err(FtpFailure::Protocol(format!(
+                        "cannot read the port in {} {}",
+                        r[1].code, r[1].text
+                    )));
                 }
+            }
+        } else {
+            match timed(self.timeout, self.stream.cwd(dir)).await {
+                Ok(()) => None,
+                Err(FtpFailure::Reply { code: 550, .. }) => return Ok(missing),
                 Err(e) => return Err(e),
             }
+        };
+        let (format, cmd) = if self.features.mlsd {
+            (ListFormat::Mlsd, "MLSD")
+        } else if self.plain_list {
+            (ListFormat::List, "LIST")
+        } else {
+            (ListFormat::List, "LIST -a")
+        };
+        let listed = match port {
+            Some(port) => self.read_direct(cmd, port).await,
+            None => self.data_lines(cmd).await,
+        };
+        let data = match listed {
+            Ok(d) => d,
+            Err(FtpFailure::Reply { code, .. })
+                if cmd == "LIST -a" && (500..=504).contains(&code) =>
+            {
+                self.plain_list = true;
+                self.data_lines("LIST").await?
+            }
+            Err(e) => return Err(e),
         };
         Ok(DirListing {
             exists: true,
             listing: parse_listing(format, &data, now),
         })
+    }
+
+    /// Sends a listing command whose passive port is already known, on a
+    /// data connection of our own; returns the raw bytes once the final
+    /// reply says the listing is complete.
+    async fn read_direct(&mut self, cmd: &str, port: u16) -> Result<Vec<u8>, FtpFailure> {
+        let t = self.timeout;
+        tracing::trace!("-> {cmd}");
+        self.write_raw(format!("{cmd}\r\n").as_bytes()).await?;
+        let addr = SocketAddr::new(self.peer, port);
+        let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                let e = FtpFailure::Network(format!("data connection: {e}"));
+                return Err(self.refusal_or(e).await);
+            }
+            Err(_) => return Err(self.refusal_or(FtpFailure::Timeout(t)).await),
+        };
+        let first = self.read_reply().await?;
+        if !(100..200).contains(&first.code) {
+            return Err(if first.code >= 400 {
+                first.failure()
+            } else {
+                FtpFailure::Protocol(format!(
+                    "unexpected reply to {cmd}: {} {}",
+                    first.code, first.text
+                ))
+            });
+        }
+        let mut data = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match read_timed(t, &mut sock, &mut buf).await {
+                Ok(0) => break,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(self.refusal_or(e).await),
+            }
+        }
+        drop(sock);
+        self.transfer_outcome().await?;
+        Ok(data)
+    }
+
+    fn pasv_verb(&self) -> &'static str {
+        if self.data_mode == DataMode::Epsv {
+            "EPSV"
+        } else {
+            "PASV"
+        }
     }
 
     /// Runs a listing command and returns its raw bytes (names stay byte-exact).
