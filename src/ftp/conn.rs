@@ -8,8 +8,9 @@
 //! sendfile). With servers known to answer commands strictly in order
 //! (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on
 //! each other's replies are pipelined (`CWD`+`EPSV`, `EPSV`+`STOR`,
-//! `MDTM`+`SIZE`, `RNFR`+`RNTO` in one write, as lftp does with `ftp:sync-mode off`), and a
-//! small upload's bytes go out without waiting for the 150. Other servers
+//! `MDTM`+`SIZE`, `RNFR`+`RNTO` in one write, as lftp does with
+//! `ftp:sync-mode off`), and a small upload's bytes go out without waiting
+//! for the 150. Other servers
 //! (libunftp among them works on several commands at once, and answered
 //! RNTO before RNFR) get one command at a time. A `NOOP NOOP` probe and
 //! checks on the replies guard that choice; when they fail, the pool goes
