@@ -2,19 +2,18 @@
 //! login, FEAT, binary mode, and the operations ftpsync needs, every one under
 //! a timeout. Paths are checked for CR/LF/NUL before they are sent.
 //!
-//! Round trips per small upload are kept down, since each one costs client
-//! and server a wake-up per file. On a plaintext connection in passive mode,
+//! Round trips per small upload are kept down, since each one costs client and
+//! server a wake-up per file. On a plaintext connection in passive mode,
 //! uploads use a data connection of ftpsync's own (files over 1 MiB go with
-//! sendfile). With servers known to answer commands strictly in order
-//! (vsftpd, ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on
-//! each other's replies are pipelined (`CWD`+`EPSV`, `EPSV`+`STOR`,
-//! `MDTM`+`SIZE`, `RNFR`+`RNTO` in one write, as lftp does with
-//! `ftp:sync-mode off`), and a small upload's bytes go out without waiting
-//! for the 150. Other servers
-//! (libunftp among them works on several commands at once, and answered
-//! RNTO before RNFR) get one command at a time. A `NOOP NOOP` probe and
-//! checks on the replies guard that choice; when they fail, the pool goes
-//! back to one command at a time.
+//! sendfile). With servers known to answer commands strictly in order (vsftpd,
+//! ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on each other's
+//! replies are pipelined (`CWD`+`EPSV`, `EPSV`+`STOR`, `MDTM`+`SIZE`,
+//! `RNFR`+`RNTO` in one write, as lftp does with `ftp:sync-mode off`), and a
+//! small upload's bytes go out without waiting for the 150. Other servers
+//! (libunftp among them works on several commands at once, and answered RNTO
+//! before RNFR) get one command at a time. A `NOOP NOOP` probe and checks on
+//! the replies guard that choice; when they fail, the pool goes back to one
+//! command at a time.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
