@@ -653,15 +653,8 @@ impl FtpConn {
             self.write_raw(format!("{pasv}\r\n").as_bytes()).await?;
         }
         let opened = self.read_reply().await?;
-        let Some(port) = passive_port(&opened) else {
-            let failure = if opened.code >= 400 {
-                opened.failure()
-            } else {
-                FtpFailure::Protocol(format!(
-                    "cannot read the port in {} {}",
-                    opened.code, opened.text
-                ))
-            };
+        let port = port_of(&opened);
+        if let Err(failure) = port {
             if pipelined {
                 // STOR was sent too: its reply must be read to stay in step.
                 let stor = self.read_reply().await?;
@@ -674,7 +667,8 @@ impl FtpConn {
                 }
             }
             return Err(failure);
-        };
+        }
+        let port = port?;
         if rest > 0 {
             tracing::trace!("-> REST {rest}");
             self.write_raw(format!("REST {rest}\r\n").as_bytes())
@@ -688,27 +682,11 @@ impl FtpConn {
             tracing::trace!("-> STOR {remote}");
             self.write_raw(stor.as_bytes()).await?;
         }
-        // The data connection goes to the control connection's address.
-        let addr = SocketAddr::new(self.peer, port);
-        let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let e = FtpFailure::Network(format!("data connection: {e}"));
-                return Err(self.refusal_or(e).await);
-            }
-            Err(_) => return Err(self.refusal_or(FtpFailure::Timeout(t)).await),
-        };
+        let mut sock = self.connect_data(port).await?;
         if !pipelined {
             // Servers not known to be strictly sequential get the usual
             // order: the bytes only after the 150.
-            let r = self.read_reply().await?;
-            if !(100..200).contains(&r.code) {
-                return Err(if r.code >= 400 {
-                    r.failure()
-                } else {
-                    FtpFailure::Protocol(format!("unexpected reply to STOR: {} {}", r.code, r.text))
-                });
-            }
+            self.expect_preliminary("STOR").await?;
         }
         let sent = async {
             let n = match payload {
@@ -744,6 +722,32 @@ impl FtpConn {
                 Err(e)
             }
         }
+    }
+
+    /// Opens a data connection to `port` at the control connection's address
+    /// (never the one in a PASV reply).
+    async fn connect_data(&mut self, port: u16) -> Result<tokio::net::TcpStream, FtpFailure> {
+        let t = self.timeout;
+        let addr = SocketAddr::new(self.peer, port);
+        let e = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => FtpFailure::Network(format!("data connection: {e}")),
+            Err(_) => FtpFailure::Timeout(t),
+        };
+        Err(self.refusal_or(e).await)
+    }
+
+    /// Reads a transfer command's first reply, which must be a 1xx.
+    async fn expect_preliminary(&mut self, cmd: &str) -> Result<(), FtpFailure> {
+        let r = self.read_reply().await?;
+        if (100..200).contains(&r.code) {
+            return Ok(());
+        }
+        Err(if r.code >= 400 {
+            r.failure()
+        } else {
+            FtpFailure::Protocol(format!("unexpected reply to {cmd}: {} {}", r.code, r.text))
+        })
     }
 
     /// After a broken data connection: a refused STOR shows that way, and
@@ -810,16 +814,7 @@ impl FtpConn {
                 550 => return Ok(missing),
                 _ => return Err(r[0].failure()),
             }
-            match passive_port(&r[1]) {
-                Some(port) => Some(port),
-                None if r[1].code >= 400 => return Err(r[1].failure()),
-                None => {
-                    return Err(FtpFailure::Protocol(format!(
-                        "cannot read the port in {} {}",
-                        r[1].code, r[1].text
-                    )));
-                }
-            }
+            Some(port_of(&r[1])?)
         } else {
             match timed(self.timeout, self.stream.cwd(dir)).await {
                 Ok(()) => None,
@@ -861,26 +856,8 @@ impl FtpConn {
         let t = self.timeout;
         tracing::trace!("-> {cmd}");
         self.write_raw(format!("{cmd}\r\n").as_bytes()).await?;
-        let addr = SocketAddr::new(self.peer, port);
-        let mut sock = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                let e = FtpFailure::Network(format!("data connection: {e}"));
-                return Err(self.refusal_or(e).await);
-            }
-            Err(_) => return Err(self.refusal_or(FtpFailure::Timeout(t)).await),
-        };
-        let first = self.read_reply().await?;
-        if !(100..200).contains(&first.code) {
-            return Err(if first.code >= 400 {
-                first.failure()
-            } else {
-                FtpFailure::Protocol(format!(
-                    "unexpected reply to {cmd}: {} {}",
-                    first.code, first.text
-                ))
-            });
-        }
+        let mut sock = self.connect_data(port).await?;
+        self.expect_preliminary(cmd).await?;
         let mut data = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -1183,6 +1160,19 @@ impl FtpConn {
     /// Says goodbye (best effort).
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(2), self.stream.quit()).await;
+    }
+}
+
+/// The port of a passive-mode reply, or why there is none: the server's
+/// refusal, or a reply that cannot be read.
+fn port_of(r: &Reply) -> Result<u16, FtpFailure> {
+    match passive_port(r) {
+        Some(port) => Ok(port),
+        None if r.code >= 400 => Err(r.failure()),
+        None => Err(FtpFailure::Protocol(format!(
+            "cannot read the port in {} {}",
+            r.code, r.text
+        ))),
     }
 }
 
