@@ -125,38 +125,12 @@ else:
 EOF
 )
 
-cat >"$SRV/vsftpd.conf" <<EOF
-listen=YES
-listen_ipv6=NO
-background=NO
-listen_address=127.0.0.1
-listen_port=$PORT
-pasv_enable=YES
-pasv_min_port=$PASV_LO
-pasv_max_port=$PASV_HI
-seccomp_sandbox=NO
-isolate=NO
-isolate_network=NO
-anonymous_enable=YES
-local_enable=NO
-no_anon_password=NO
-ftp_username=$FTP_OWNER
-anon_root=$ANON_ROOT
-write_enable=YES
-anon_upload_enable=YES
-anon_mkdir_write_enable=YES
-anon_other_write_enable=YES
-anon_world_readable_only=NO
-anon_umask=022
-force_dot_files=YES
-mdtm_write=YES
-use_localtime=NO
-dirmessage_enable=NO
-max_clients=0
-max_per_ip=0
-secure_chroot_dir=$SRV/empty
-xferlog_enable=NO
-EOF
+# The settings shared with the interop tests, then no logging at all, so
+# that the server does as little as possible.
+sed -e "s|@PORT@|$PORT|" -e "s|@PASV_LO@|$PASV_LO|" -e "s|@PASV_HI@|$PASV_HI|" \
+    -e "s|@FTP_USER@|$FTP_OWNER|" -e "s|@ANON_ROOT@|$ANON_ROOT|" -e "s|@EMPTY@|$SRV/empty|" \
+    "$REPO/tests/data/vsftpd-base.conf" >"$SRV/vsftpd.conf"
+echo "xferlog_enable=NO" >>"$SRV/vsftpd.conf"
 [ "$IS_ROOT" = 1 ] || echo "run_as_launching_user=YES" >>"$SRV/vsftpd.conf"
 chmod 600 "$SRV/vsftpd.conf"
 

@@ -308,49 +308,24 @@ fn spawn_vsftpd(bin: &Path, tls: bool) -> Result<ExternalServer, StartError> {
     let oops_path = base.join("oops.log");
     let conf_path = base.join("vsftpd.conf");
 
-    let mut conf = format!(
-        "# ftpsync interop test server
-listen=YES
-listen_ipv6=NO
-background=NO
-listen_address=127.0.0.1
-listen_port={port}
-pasv_enable=YES
-pasv_min_port={pasv_lo}
-pasv_max_port={pasv_hi}
-port_enable=YES
+    let mut conf = include_str!("../data/vsftpd-base.conf")
+        .replace("@PORT@", &port.to_string())
+        .replace("@PASV_LO@", &pasv_lo.to_string())
+        .replace("@PASV_HI@", &pasv_hi.to_string())
+        .replace("@FTP_USER@", ftp_user)
+        .replace("@ANON_ROOT@", &anon_root.display().to_string())
+        .replace("@EMPTY@", &empty.display().to_string());
+    conf.push_str(&format!(
+        "port_enable=YES
 connect_from_port_20=NO
-seccomp_sandbox=NO
-isolate=NO
-isolate_network=NO
-anonymous_enable=YES
-local_enable=NO
-no_anon_password=NO
-ftp_username={ftp_user}
 nopriv_user={nopriv}
-anon_root={anon_root}
-write_enable=YES
-anon_upload_enable=YES
-anon_mkdir_write_enable=YES
-anon_other_write_enable=YES
-anon_world_readable_only=NO
-anon_umask=022
-force_dot_files=YES
-mdtm_write=YES
-use_localtime=NO
-dirmessage_enable=NO
-max_clients=0
-max_per_ip=0
-secure_chroot_dir={empty}
 xferlog_enable=YES
 xferlog_std_format=NO
 log_ftp_protocol=YES
 vsftpd_log_file={log}
 ",
-        anon_root = anon_root.display(),
-        empty = empty.display(),
         log = log_path.display(),
-    );
+    ));
     if !is_root {
         conf.push_str("run_as_launching_user=YES\n");
     }
