@@ -18,14 +18,15 @@ use tokio::task::JoinSet;
 
 use crate::ftp::FtpFailure;
 use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE, Stored};
-use crate::ftp::list::RemoteTime;
 use crate::ftp::pool::Pool;
 use crate::job::{CompareMode, Job};
 use crate::local::{mtime_ns, safe_path, temp_name};
-use crate::path::RelPath;
-use crate::plan::{Op, Plan, PlanItem, Side};
+use crate::model::RelPath;
+use crate::model::RemoteTime;
+use crate::model::Side;
+use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
+use crate::plan::{Op, Plan, PlanItem};
 use crate::state::{Partial, StateChange, StateRecord, StateWriter};
-use crate::tree::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::with_retry;
 
 /// Everything the executor reads.
@@ -1049,8 +1050,8 @@ async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Kind;
     use crate::plan::Reason;
-    use crate::tree::Kind;
 
     fn item(path: &str) -> PlanItem {
         let size = match path {

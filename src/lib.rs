@@ -7,11 +7,10 @@
 //! ```
 //!
 //! - [`job`]: the job file: schema, defaults, validation, secrets.
-//! - [`path`]: validated relative paths; the rules for untrusted names.
+//! - [`model`]: the shared types: paths and the rules for untrusted names, tree entries, timestamps with their precision, sides.
 //! - [`local`]: the local scan, hashing, safe local paths.
 //! - [`ftp`]: connections, listing parsers, reply classes, the connection
 //!   pool and the remote scan.
-//! - [`tree`]: what a scan found.
 //! - [`state`]: the SQLite state database and the job lock.
 //! - [`plan`]: the pure three-way planner.
 //! - [`exec`]: runs a plan on the pool and records each result.
@@ -25,10 +24,9 @@ pub mod exec;
 pub mod ftp;
 pub mod job;
 pub mod local;
-pub mod path;
+pub mod model;
 pub mod plan;
 pub mod report;
 pub mod serve;
 pub mod state;
 pub mod sync;
-pub mod tree;

@@ -10,8 +10,8 @@ use std::time::UNIX_EPOCH;
 use sha2::{Digest, Sha256};
 
 use crate::job::Filters;
-use crate::path::RelPath;
-use crate::tree::{Entry, LocalMeta, LocalTree, Problem};
+use crate::model::RelPath;
+use crate::model::{Entry, LocalMeta, LocalTree, Problem};
 
 /// Prefix of the temporary names ftpsync writes beside their final names.
 /// Entries with this prefix are never synced, and leftovers are removed.
@@ -219,7 +219,7 @@ pub fn safe_path(root: &Path, rel: &RelPath) -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Kind;
+    use crate::model::Kind;
 
     #[test]
     fn temp_names() {

@@ -24,11 +24,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::ftp::list::RemoteTime;
 use crate::job::{CompareMode, Direction};
-use crate::path::RelPath;
+use crate::model::RelPath;
+use crate::model::{Entry, Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
+use crate::model::{RemoteTime, Side};
 use crate::state::StateRecord;
-use crate::tree::{Entry, Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 
 /// What an item does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -45,14 +45,6 @@ pub enum Op {
     Forget,
     /// Nothing is done; reported because the user should know (conflict, delete disabled, …).
     Keep,
-}
-
-/// Which side an item acts on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Local,
-    Remote,
 }
 
 /// Why an item is in the plan.
@@ -520,7 +512,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tree::Tree;
+    use crate::model::Tree;
     use chrono::NaiveDate;
 
     fn t(s: &str) -> chrono::NaiveDateTime {

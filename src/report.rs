@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use crate::exec::{RunReport, op_label};
 use crate::job::Direction;
+use crate::model::Problem;
 use crate::plan::{Op, PlanItem, Reason};
 use crate::sync::Prepared;
-use crate::tree::Problem;
 
 /// `ftpsync plan --json` document.
 #[derive(Serialize)]
@@ -119,7 +119,7 @@ fn item_line(out: &mut String, item: &PlanItem, direction: Direction) {
         .size
         .map(|s| format!(" ({})", human_bytes(s)))
         .unwrap_or_default();
-    let slash = if item.kind == crate::tree::Kind::Dir {
+    let slash = if item.kind == crate::model::Kind::Dir {
         "/"
     } else {
         ""

@@ -16,9 +16,9 @@ use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::ftp::list::RemoteTime;
-use crate::path::RelPath;
-use crate::tree::{Kind, LocalMeta, RemoteMeta};
+use crate::model::RelPath;
+use crate::model::RemoteTime;
+use crate::model::{Kind, LocalMeta, RemoteMeta};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -75,7 +75,7 @@ pub struct Partial {
     /// The temporary file: an absolute remote path (uploads) or an absolute local path (downloads).
     pub temp: String,
     /// Which side the temporary file is on.
-    pub side: crate::plan::Side,
+    pub side: crate::model::Side,
     /// The path it will become.
     pub path: RelPath,
     /// The source's size when the transfer started.
@@ -296,8 +296,8 @@ impl StateDb {
         while let Some(row) = rows.next()? {
             let temp: String = row.get(0)?;
             let side = match row.get::<_, String>(1)?.as_str() {
-                "local" => crate::plan::Side::Local,
-                _ => crate::plan::Side::Remote,
+                "local" => crate::model::Side::Local,
+                _ => crate::model::Side::Remote,
             };
             let Ok(path) = RelPath::parse(&row.get::<_, String>(2)?) else {
                 continue;
@@ -352,8 +352,8 @@ impl StateDb {
                     }
                     StateChange::PendingAdd(p) => {
                         let side = match p.side {
-                            crate::plan::Side::Local => "local",
-                            crate::plan::Side::Remote => "remote",
+                            crate::model::Side::Local => "local",
+                            crate::model::Side::Remote => "remote",
                         };
                         padd.execute(params![
                             p.temp,
@@ -521,7 +521,7 @@ mod tests {
             StateChange::Put(p.clone(), rec()),
             StateChange::PendingAdd(Partial {
                 temp: "/www/.ftpsync-0000000000000001.part".into(),
-                side: crate::plan::Side::Remote,
+                side: crate::model::Side::Remote,
                 path: p.clone(),
                 size: 5,
                 stamp: "1".into(),

@@ -13,10 +13,10 @@ use crate::ftp::reply::ReplyClass;
 use crate::ftp::scan::{self, ScanInput};
 use crate::job::{CompareMode, DeleteLimit, Direction, Job};
 use crate::local;
-use crate::path::RelPath;
+use crate::model::RelPath;
+use crate::model::{Kind, LocalTree, Problem, RemoteTree};
 use crate::plan::{self, Op, Plan, PlanOptions};
 use crate::state::{StateDb, StateRecord, StateWriter};
-use crate::tree::{Kind, LocalTree, Problem, RemoteTree};
 
 /// Options of `ftpsync run`.
 #[derive(Debug, Clone, Copy, Default)]

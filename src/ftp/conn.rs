@@ -27,10 +27,11 @@ use suppaftp::{Mode, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::list::{ListFormat, Listing, RemoteTime, parse_listing};
+use super::list::{ListFormat, Listing, parse_listing};
 use super::reply::{FtpFailure, Reply};
 use crate::job::{Secret, TlsMode};
-use crate::path::check_command_arg;
+use crate::model::RemoteTime;
+use crate::model::check_command_arg;
 
 /// Where a resumed download continues (see [`FtpConn::download`]).
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use super::pool::Pool;
 use super::reply::FtpFailure;
 use crate::job::{Filters, RetryPolicy};
 use crate::local::is_temp_name;
-use crate::path::RelPath;
-use crate::tree::{Entry, Problem, RemoteMeta, RemoteTree};
+use crate::model::RelPath;
+use crate::model::{Entry, Problem, RemoteMeta, RemoteTree};
 
 /// What the scan needs besides the pool.
 pub struct ScanInput {

@@ -4,8 +4,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ftp::list::RemoteTime;
-use crate::path::RelPath;
+use crate::model::RelPath;
+use crate::model::RemoteTime;
 
 /// File or directory. Other kinds (symlinks, devices) are reported and skipped by the scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
