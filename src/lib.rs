@@ -19,6 +19,7 @@
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
 //! - [`error`]: the top-level error and exit codes.
 
+pub mod daemon;
 pub mod error;
 pub mod exec;
 pub mod ftp;
