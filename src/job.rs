@@ -27,12 +27,23 @@ pub enum JobError {
         column: usize,
         message: String,
     },
-    #[error("{file}: {key}: {message}")]
+    /// A value that parsed but is not allowed; `at` is the (line, column) of
+    /// the key's value where the text shows it.
+    #[error("{}: {key}: {message}", place(.file, *.at))]
     Invalid {
         file: PathBuf,
+        at: Option<(usize, usize)>,
         key: String,
         message: String,
     },
+}
+
+/// `file:line:column`, or `file` alone when the position is unknown.
+fn place(file: &Path, at: Option<(usize, usize)>) -> String {
+    match at {
+        Some((line, column)) => format!("{}:{line}:{column}", file.display()),
+        None => file.display().to_string(),
+    }
 }
 
 /// Which way a job copies.
@@ -356,12 +367,9 @@ impl Job {
     /// Parses job text; `file` is used for relative paths and messages.
     pub fn from_str(text: &str, file: &Path) -> Result<Job, JobError> {
         let raw: RawJob = serde_yaml::from_str(text).map_err(|e| syntax_error(file, text, &e))?;
-        let invalid = |key: &str, message: String| JobError::Invalid {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
-        let expand = |key: &str, v: &str| expand_env(v).map_err(|m| invalid(key, m));
+        let cx = Source { file, text };
+        let invalid = |key: &str, message: String| cx.invalid(key, message);
+        let expand = |key: &str, v: &str| cx.expand(key, v);
         let base = file
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -419,7 +427,7 @@ impl Job {
         } else if let Some(p) = &r.password {
             warnings.push(format!(
                 "{}: remote.password: the password is written in the job file; prefer password_env or password_file",
-                file.display()
+                cx.place("remote.password")
             ));
             PasswordSource::Inline(Secret::new(expand("remote.password", p)?))
         } else {
@@ -517,6 +525,32 @@ impl Job {
     }
 }
 
+/// The job text being validated, for errors and warnings that point into it.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    /// `file:line:column` of `key`'s value, or `file` when the text does not show it.
+    fn place(&self, key: &str) -> String {
+        place(self.file, key_location(self.text, key))
+    }
+
+    fn invalid(&self, key: &str, message: String) -> JobError {
+        JobError::Invalid {
+            file: self.file.to_owned(),
+            at: key_location(self.text, key),
+            key: key.to_owned(),
+            message,
+        }
+    }
+
+    fn expand(&self, key: &str, value: &str) -> Result<String, JobError> {
+        expand_env(value).map_err(|m| self.invalid(key, m))
+    }
+}
+
 fn syntax_error(file: &Path, text: &str, e: &serde_yaml::Error) -> JobError {
     let (mut line, mut column) = e
         .location()
@@ -544,6 +578,63 @@ fn syntax_error(file: &Path, text: &str, e: &serde_yaml::Error) -> JobError {
         column,
         message,
     }
+}
+
+/// Where the value of `key` (`remote.port`; an index such as `[2]` is
+/// ignored) is set in a block-style job file, as a 1-based (line, column):
+/// the value's column when it is on the key's line, else the key's. Follows
+/// the nesting by indentation; a nested key in a flow mapping
+/// (`remote: {port: 0}`) is found on its parent's line.
+fn key_location(text: &str, key: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let value_column = |line: &str, from: usize| {
+        let rest = &line[from..];
+        let value = rest.trim_start();
+        if value.is_empty() || value.starts_with('#') {
+            None
+        } else {
+            Some(from + (rest.len() - value.len()) + 1)
+        }
+    };
+    // (line index, byte where the key's value starts) of the key found so far.
+    let mut found: Option<(usize, usize)> = None;
+    for segment in key.split('.').map(|s| s.split('[').next().unwrap_or(s)) {
+        let (start, parent_indent) = match found {
+            Some((i, _)) => (i + 1, Some(indent(lines[i]))),
+            None => (0, None),
+        };
+        let mut block_indent = None;
+        let mut hit = None;
+        for (i, line) in lines.iter().enumerate().skip(start) {
+            let trimmed = line.trim_start();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            let ind = indent(line);
+            if parent_indent.is_some_and(|p| ind <= p) {
+                break;
+            }
+            if ind == *block_indent.get_or_insert(ind)
+                && trimmed
+                    .strip_prefix(segment)
+                    .is_some_and(|r| r.starts_with(':'))
+            {
+                hit = Some((i, ind + segment.len() + 1));
+                break;
+            }
+        }
+        hit = hit.or_else(|| {
+            let (i, from) = found?;
+            let needle = format!("{segment}:");
+            let pos = lines[i][from..].find(&needle)? + from;
+            Some((i, pos + needle.len()))
+        });
+        found = Some(hit?);
+    }
+    let (i, from) = found?;
+    let column = value_column(lines[i], from).unwrap_or(indent(lines[i]) + 1);
+    Some((i + 1, column))
 }
 
 /// The lines (index, text) that set `key:` at any indentation.
@@ -684,6 +775,36 @@ mod tests {
         assert_eq!(job.retry.max_attempts, 5);
         assert_eq!(job.max_delete, DeleteLimit::Percent(50.0));
         assert!(job.atomic);
+        assert!(job.warnings.is_empty());
+    }
+
+    #[test]
+    fn key_location_follows_the_nesting() {
+        let text = "\
+# a job
+direction: push
+local:
+  path: x   # relative
+remote:
+  host: h
+
+  # the port
+  port:
+    21
+retry: {max_attempts: 0, max_backoff: 1s}
+filters:
+  exclude:
+    - a
+";
+        assert_eq!(key_location(text, "direction"), Some((2, 12)));
+        assert_eq!(key_location(text, "local.path"), Some((4, 9)));
+        assert_eq!(key_location(text, "remote.port"), Some((9, 3)));
+        assert_eq!(key_location(text, "retry.max_backoff"), Some((11, 39)));
+        assert_eq!(key_location(text, "filters.exclude[0]"), Some((13, 3)));
+        // `host` is only under `remote`, `path` only under `local`.
+        assert_eq!(key_location(text, "host"), None);
+        assert_eq!(key_location(text, "remote.path"), None);
+        assert_eq!(key_location(text, "schedule"), None);
     }
 
     #[test]
@@ -721,7 +842,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "/jobs/site.yaml: concurrency: must be between 1 and 64"
+            "/jobs/site.yaml:6:14: concurrency: must be between 1 and 64"
         );
         let err = load(&format!("{MINIMAL}retry:\n  initial_backoff: 3 days\n"))
             .unwrap_err()
