@@ -12,6 +12,8 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use crate::daemon::schedule::{Schedule, ScheduleError, Zone};
+
 /// A job file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -82,6 +84,31 @@ pub enum TlsMode {
     Explicit,
 }
 
+/// What the daemon does when a job's next run is due while it is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Skip that run (the default), like systemd timers and Kubernetes' `Forbid`.
+    #[default]
+    Skip,
+    /// Run it as soon as the current run ends.
+    Queue,
+}
+
+/// What the daemon does about runs missed while it was down, the machine
+/// slept or the clock jumped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum CatchUp {
+    /// One run at once if any were missed, never a burst (systemd's
+    /// `Persistent=true`); the default.
+    #[default]
+    #[serde(rename = "one")]
+    One,
+    /// Wait for the next fire time.
+    #[serde(rename = "none")]
+    Never,
+}
+
 /// A password, kept out of `Debug` and `Display` so it cannot leak into logs
 /// or error messages by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -129,6 +156,14 @@ struct RawJob {
     atomic: bool,
     #[serde(default)]
     safety: RawSafety,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    overlap: Option<Overlap>,
+    catch_up: Option<CatchUp>,
+    jitter: Option<String>,
+    on_success: Option<Vec<String>>,
+    on_failure: Option<Vec<String>>,
+    hook_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,6 +190,7 @@ struct RawRemote {
     #[serde(default)]
     tls: TlsMode,
     tls_ca_file: Option<String>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -172,6 +208,7 @@ struct RawRetry {
     max_attempts: Option<u32>,
     initial_backoff: Option<String>,
     max_backoff: Option<String>,
+    give_up_after: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -224,6 +261,9 @@ pub struct Remote {
     pub tls: TlsMode,
     /// Extra CA certificates (PEM) to trust, for servers with their own CA.
     pub tls_ca_file: Option<PathBuf>,
+    /// The most connections the daemon opens to this host and port, counted
+    /// over all its jobs (`None`: no limit beyond each job's `concurrency`).
+    pub max_connections: Option<usize>,
 }
 
 impl Remote {
@@ -252,6 +292,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// When every connection attempt to the server has failed for this long,
+    /// the run stops (exit code 3) instead of retrying on.
+    pub give_up_after: Duration,
 }
 
 impl RetryPolicy {
@@ -350,6 +393,18 @@ pub struct Job {
     pub atomic: bool,
     pub max_delete: DeleteLimit,
     pub delete_after_errors: bool,
+    /// When the daemon runs the job (`None`: only by hand), in its zone.
+    pub schedule: Option<Schedule>,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    /// Upper bound of the job's fixed delay after each fire time
+    /// (see [`crate::daemon::schedule::jitter_offset`]).
+    pub jitter: Duration,
+    /// Commands (argv, no shell) run after a run that succeeded or failed.
+    pub on_success: Option<Vec<String>>,
+    pub on_failure: Option<Vec<String>>,
+    /// Limit for each hook command.
+    pub hook_timeout: Duration,
     /// Non-fatal remarks about the job file (e.g. an inline password).
     pub warnings: Vec<String>,
 }
@@ -436,6 +491,12 @@ impl Job {
         if r.port == 0 {
             return Err(invalid("remote.port", "must be 1..65535".into()));
         }
+        if r.max_connections == Some(0) {
+            return Err(invalid(
+                "remote.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
 
         if !(1..=64).contains(&raw.concurrency) {
             return Err(invalid("concurrency", "must be between 1 and 64".into()));
@@ -469,9 +530,17 @@ impl Job {
                 &raw.retry.max_backoff,
                 Duration::from_secs(60),
             )?,
+            give_up_after: dur(
+                "retry.give_up_after",
+                &raw.retry.give_up_after,
+                Duration::from_secs(60),
+            )?,
         };
         if retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1".into()));
+        }
+        if retry.give_up_after.is_zero() {
+            return Err(invalid("retry.give_up_after", "must be more than 0".into()));
         }
         let timeout = dur("timeout", &raw.timeout, Duration::from_secs(60))?;
         if timeout.is_zero() {
@@ -490,6 +559,14 @@ impl Job {
             None => DeleteLimit::Percent(50.0),
             Some(v) => parse_delete_limit(v).map_err(|m| invalid("safety.max_delete", m))?,
         };
+        let schedule = cx.schedule(&raw, &mut warnings)?;
+        let jitter = dur("jitter", &raw.jitter, Duration::ZERO)?;
+        let on_success = cx.hook("on_success", raw.on_success.as_deref())?;
+        let on_failure = cx.hook("on_failure", raw.on_failure.as_deref())?;
+        let hook_timeout = dur("hook_timeout", &raw.hook_timeout, Duration::from_secs(30))?;
+        if hook_timeout.is_zero() {
+            return Err(invalid("hook_timeout", "must be more than 0".into()));
+        }
 
         Ok(Job {
             name,
@@ -509,6 +586,7 @@ impl Job {
                     Some(p) => Some(base.join(expand("remote.tls_ca_file", p)?)),
                     None => None,
                 },
+                max_connections: r.max_connections,
             },
             concurrency: raw.concurrency,
             filters,
@@ -520,6 +598,13 @@ impl Job {
             atomic: raw.atomic,
             max_delete,
             delete_after_errors: raw.safety.delete_after_errors,
+            schedule,
+            overlap: raw.overlap.unwrap_or_default(),
+            catch_up: raw.catch_up.unwrap_or_default(),
+            jitter,
+            on_success,
+            on_failure,
+            hook_timeout,
             warnings,
         })
     }
@@ -548,6 +633,72 @@ impl Source<'_> {
 
     fn expand(&self, key: &str, value: &str) -> Result<String, JobError> {
         expand_env(value).map_err(|m| self.invalid(key, m))
+    }
+
+    /// `schedule:` read in `timezone:` (default: the system's zone). The keys
+    /// that only matter to a schedule are accepted without one, with a warning.
+    fn schedule(
+        &self,
+        raw: &RawJob,
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<Schedule>, JobError> {
+        let zone = match &raw.timezone {
+            Some(name) => Some(
+                Zone::parse(&self.expand("timezone", name)?)
+                    .map_err(|e| self.invalid("timezone", e.to_string()))?,
+            ),
+            None => None,
+        };
+        let Some(expr) = &raw.schedule else {
+            let given = [
+                ("timezone", raw.timezone.is_some()),
+                ("overlap", raw.overlap.is_some()),
+                ("catch_up", raw.catch_up.is_some()),
+                ("jitter", raw.jitter.is_some()),
+            ];
+            for (key, _) in given.iter().filter(|(_, given)| *given) {
+                warnings.push(format!(
+                    "{}: {key}: has no effect without schedule",
+                    self.place(key)
+                ));
+            }
+            return Ok(None);
+        };
+        let expr = self.expand("schedule", expr)?;
+        Schedule::with_zone(&expr, zone.unwrap_or_else(Zone::system))
+            .map(Some)
+            .map_err(|e| match e {
+                ScheduleError::UnknownZone(_) => self.invalid("timezone", e.to_string()),
+                ScheduleError::Expression { .. } => self.invalid("schedule", e.to_string()),
+            })
+    }
+
+    /// A hook: an argv whose first element names the command.
+    fn hook(&self, key: &str, argv: Option<&[String]>) -> Result<Option<Vec<String>>, JobError> {
+        let Some(argv) = argv else {
+            return Ok(None);
+        };
+        if argv.is_empty() {
+            return Err(self.invalid(
+                key,
+                "must list the command and its arguments, e.g. [curl, -fsS, \"https://…\"]".into(),
+            ));
+        }
+        let argv = argv
+            .iter()
+            .enumerate()
+            .map(|(i, arg)| {
+                let arg = self.expand(&format!("{key}[{i}]"), arg)?;
+                if arg.contains('\0') {
+                    return Err(self.invalid(&format!("{key}[{i}]"), "must not contain NUL".into()));
+                }
+                Ok(arg)
+            })
+            .collect::<Result<Vec<String>, JobError>>()?;
+        if argv[0].is_empty() {
+            return Err(self.invalid(&format!("{key}[0]"), "the command must not be empty".into()));
+        }
+        Ok(Some(argv))
     }
 }
 
@@ -775,7 +926,139 @@ mod tests {
         assert_eq!(job.retry.max_attempts, 5);
         assert_eq!(job.max_delete, DeleteLimit::Percent(50.0));
         assert!(job.atomic);
+        assert!(job.schedule.is_none());
+        assert_eq!(job.overlap, Overlap::Skip);
+        assert_eq!(job.catch_up, CatchUp::One);
+        assert_eq!(job.jitter, Duration::ZERO);
+        assert_eq!(job.on_success, None);
+        assert_eq!(job.on_failure, None);
+        assert_eq!(job.hook_timeout, Duration::from_secs(30));
+        assert_eq!(job.remote.max_connections, None);
+        assert_eq!(job.retry.give_up_after, Duration::from_secs(60));
         assert!(job.warnings.is_empty());
+    }
+
+    #[test]
+    fn job_can_be_shared_between_tasks() {
+        fn shareable<T: Clone + std::fmt::Debug + Send + Sync>() {}
+        shareable::<Job>();
+    }
+
+    #[test]
+    fn daemon_keys() {
+        // SAFETY: test-only variable, no other thread reads it.
+        unsafe { std::env::set_var("FTPSYNC_TEST_PING", "https://hc.example/abc") };
+        let job = load(&format!(
+            "{MINIMAL}  max_connections: 2
+retry:
+  give_up_after: 5m
+schedule: \"*/15 * * * *\"
+timezone: Europe/Berlin
+overlap: queue
+catch_up: none
+jitter: 30s
+on_success: [curl, -fsS, \"${{FTPSYNC_TEST_PING}}\"]
+on_failure:
+  - /usr/local/bin/alert
+  - site failed
+hook_timeout: 10s
+"
+        ))
+        .unwrap();
+        let schedule = job.schedule.as_ref().unwrap();
+        assert_eq!(schedule.expr(), "*/15 * * * *");
+        assert_eq!(schedule.zone_name(), "Europe/Berlin");
+        assert_eq!(job.overlap, Overlap::Queue);
+        assert_eq!(job.catch_up, CatchUp::Never);
+        assert_eq!(job.jitter, Duration::from_secs(30));
+        assert_eq!(
+            job.on_success.as_deref(),
+            Some(
+                &[
+                    "curl".to_owned(),
+                    "-fsS".into(),
+                    "https://hc.example/abc".into()
+                ][..]
+            )
+        );
+        assert_eq!(
+            job.on_failure.as_deref(),
+            Some(&["/usr/local/bin/alert".to_owned(), "site failed".into()][..])
+        );
+        assert_eq!(job.hook_timeout, Duration::from_secs(10));
+        assert_eq!(job.remote.max_connections, Some(2));
+        assert_eq!(job.retry.give_up_after, Duration::from_secs(300));
+        assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+
+        let job = load(&format!("{MINIMAL}schedule: \"@daily\"\ncatch_up: one\n")).unwrap();
+        assert_eq!(job.schedule.unwrap().zone(), Zone::system());
+        assert_eq!(job.catch_up, CatchUp::One);
+    }
+
+    #[test]
+    fn daemon_key_errors_name_line_and_key() {
+        let err = |extra: &str| load(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+        assert_eq!(
+            err("schedule: \"61 * * * *\"\n"),
+            "/jobs/site.yaml:6:11: schedule: `61 * * * *`: Component error: Number out of bounds."
+        );
+        assert_eq!(
+            err("schedule: 0 0 * *\n"),
+            "/jobs/site.yaml:6:11: schedule: `0 0 * *`: Invalid pattern: Pattern must have 5 or 6 fields when years are disallowed."
+        );
+        assert_eq!(
+            err("schedule: \"@daily\"\ntimezone: Europe/Berln\n"),
+            "/jobs/site.yaml:7:11: timezone: unknown time zone `Europe/Berln` (use an IANA name such as Europe/Berlin, or UTC)"
+        );
+        // A bad zone is an error even without a schedule.
+        assert!(err("timezone: Nowhere\n").starts_with("/jobs/site.yaml:6:11: timezone: "));
+        assert_eq!(
+            err("  max_connections: 0\n"),
+            "/jobs/site.yaml:6:20: remote.max_connections: must be at least 1"
+        );
+        assert_eq!(
+            err("retry: {give_up_after: 0s}\n"),
+            "/jobs/site.yaml:6:24: retry.give_up_after: must be more than 0"
+        );
+        assert_eq!(
+            err("hook_timeout: 0\n"),
+            "/jobs/site.yaml:6:15: hook_timeout: must be more than 0"
+        );
+        assert!(err("jitter: soon\n").starts_with("/jobs/site.yaml:6:9: jitter: "));
+        assert_eq!(
+            err("on_success: []\n"),
+            "/jobs/site.yaml:6:13: on_success: must list the command and its arguments, e.g. [curl, -fsS, \"https://…\"]"
+        );
+        assert_eq!(
+            err("on_failure:\n  - \"\"\n  - x\n"),
+            "/jobs/site.yaml:6:1: on_failure[0]: the command must not be empty"
+        );
+        // Wrong types and unknown values are the YAML parser's errors, with the key.
+        assert!(
+            err("overlap: replace\n")
+                .starts_with("/jobs/site.yaml:6:10: overlap: unknown variant `replace`"),
+        );
+        assert!(err("catch_up: all\n").contains("catch_up: unknown variant `all`"));
+        assert!(
+            err("on_success: curl\n").starts_with("/jobs/site.yaml:6:13: on_success: invalid type")
+        );
+        assert!(
+            err("  max_connections: -1\n")
+                .starts_with("/jobs/site.yaml:6:20: remote.max_connections: ")
+        );
+    }
+
+    #[test]
+    fn schedule_keys_without_schedule_warn() {
+        let job = load(&format!("{MINIMAL}timezone: UTC\njitter: 5s\n")).unwrap();
+        assert!(job.schedule.is_none());
+        assert_eq!(
+            job.warnings,
+            [
+                "/jobs/site.yaml:6:11: timezone: has no effect without schedule",
+                "/jobs/site.yaml:7:9: jitter: has no effect without schedule"
+            ]
+        );
     }
 
     #[test]
@@ -897,6 +1180,7 @@ filters:
             max_attempts: 5,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
+            give_up_after: Duration::from_secs(60),
         };
         assert_eq!(p.backoff(2), Duration::from_secs(1));
         assert_eq!(p.backoff(3), Duration::from_secs(2));
