@@ -41,10 +41,6 @@ pub enum Error {
     Safety(String),
     #[error("{0}")]
     Io(String),
-    #[error(
-        "the run's deadline of {0:?} was reached and the run was stopped; finished items are recorded and the next run continues"
-    )]
-    Deadline(std::time::Duration),
 }
 
 impl Error {
@@ -55,7 +51,6 @@ impl Error {
             Error::State(_) => exit::USAGE,
             Error::Connect { .. } | Error::Login { .. } => exit::CONNECT,
             Error::Safety(_) => exit::SAFETY,
-            Error::Deadline(_) => exit::PARTIAL,
         }
     }
 }

@@ -8,13 +8,23 @@
 //! downloads do the same on the local disk. A crash therefore never leaves a
 //! partial file under a real name; leftover temporary files are removed by
 //! the next run.
+//!
+//! A run can be stopped ([`StopSignals`]): no new item starts, items in
+//! flight get a grace period to finish and are then abandoned, deletes are
+//! not run, and the temporary files of abandoned transfers are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::ftp::FtpFailure;
 use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE, Stored};
@@ -48,6 +58,17 @@ pub struct Outcome {
     pub error: Option<FtpFailure>,
 }
 
+/// How a run is asked to stop. Cheap to clone; the default never fires.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignals {
+    /// Fired to stop: no new item starts, and items in flight get `grace`
+    /// to finish before they are abandoned.
+    pub stop: CancellationToken,
+    /// Fired to abandon the items in flight at once.
+    pub abort: CancellationToken,
+    pub grace: Duration,
+}
+
 /// What a run did.
 #[derive(Debug, Default)]
 pub struct RunReport {
@@ -56,6 +77,27 @@ pub struct RunReport {
     pub skipped_deletes: usize,
     pub bytes: u64,
     pub temps_removed: usize,
+    /// Why the run stopped before its end, if it did.
+    pub stopped: Option<StopReason>,
+    /// Items the stop kept from starting.
+    pub not_started: usize,
+    /// Items in flight when the stop's grace period ran out.
+    pub abandoned: Vec<PlanItem>,
+    /// Problems the scans reported (unreadable entries, refused names…).
+    pub problems: Vec<crate::model::Problem>,
+    /// Subtrees whose listing failed; nothing below them was changed.
+    pub skipped_untrusted: Vec<RelPath>,
+}
+
+/// Why a run ended before doing everything it planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Asked to stop (a signal, or the daemon shutting down).
+    Requested,
+    /// The job's `deadline` was reached.
+    Deadline(Duration),
+    /// Every connection attempt failed for `retry.give_up_after`.
+    Unreachable(Duration),
 }
 
 impl RunReport {
@@ -75,9 +117,34 @@ struct Ctx {
     pool: Arc<Pool>,
     writer: Arc<StateWriter>,
     bytes: AtomicU64,
+    signals: StopSignals,
+    /// Temporary files written and not yet placed or removed, with their side.
+    temps: Mutex<BTreeMap<String, Side>>,
 }
 
 impl Ctx {
+    /// Sends a change to the state writer, keeping track of live temporary files.
+    fn send(&self, change: StateChange) {
+        {
+            let mut temps = self.temps.lock().unwrap_or_else(|e| e.into_inner());
+            match &change {
+                StateChange::PendingAdd(p) => {
+                    temps.insert(p.temp.clone(), p.side);
+                }
+                StateChange::PendingRemove(t) => {
+                    temps.remove(t);
+                }
+                _ => {}
+            }
+        }
+        self.writer.send(change);
+    }
+
+    /// Whether no new item may start.
+    fn stopping(&self) -> bool {
+        self.signals.stop.is_cancelled() || self.signals.abort.is_cancelled() || self.pool.gave_up()
+    }
+
     fn remote_path(&self, p: &RelPath) -> String {
         p.to_remote(&self.input.root)
     }
@@ -210,19 +277,21 @@ fn resumable_partial(input: &ExecInput, plan: &Plan, p: &Partial) -> bool {
     }
 }
 
-/// Executes `plan`. `allow_deletes` is false when deletes must be skipped
-/// whatever happens (the caller's safety checks).
+/// Executes `plan`, until it is done or `signals` stop it.
 pub async fn execute(
     input: ExecInput,
     plan: &Plan,
     pool: Arc<Pool>,
     writer: Arc<StateWriter>,
+    signals: StopSignals,
 ) -> RunReport {
     let ctx = Arc::new(Ctx {
         input,
         pool,
         writer,
         bytes: AtomicU64::new(0),
+        signals,
+        temps: Mutex::new(BTreeMap::new()),
     });
     let mut report = RunReport::default();
 
@@ -269,11 +338,13 @@ pub async fn execute(
     run_concurrent(&ctx, transfers, &mut report).await;
 
     // 3. Deletes last, and only if nothing failed (rclone's rule: an error
-    // anywhere may mean the picture is incomplete).
+    // anywhere may mean the picture is incomplete) and the run was not stopped.
     let deletes = by_op(&[Op::Delete]);
     let rmdirs = by_op(&[Op::Rmdir]);
     let any_failed = report.failed().next().is_some();
-    if any_failed && !ctx.input.job.delete_after_errors {
+    if ctx.stopping() {
+        report.not_started += deletes.len() + rmdirs.len();
+    } else if any_failed && !ctx.input.job.delete_after_errors {
         report.skipped_deletes = deletes.len() + rmdirs.len();
     } else {
         run_concurrent(&ctx, deletes, &mut report).await;
@@ -287,8 +358,13 @@ pub async fn execute(
     }
 
     // 5. Record the remote fingerprints of what was uploaded: one listing per
-    // touched directory instead of a query per file.
-    refresh_uploaded(&ctx, &report).await;
+    // touched directory instead of a query per file. A stopped run leaves
+    // that to the next one (the planner refreshes such records).
+    if ctx.stopping() {
+        remove_live_temps(&ctx, &mut report).await;
+    } else {
+        refresh_uploaded(&ctx, &report).await;
+    }
 
     report.bytes = ctx.bytes.load(Ordering::Relaxed);
     report
@@ -403,27 +479,110 @@ async fn run_levels(
 }
 
 /// Runs items concurrently, at most about twice the pool size in flight.
+/// Once a stop is asked, no new item starts; those in flight get the grace
+/// period and are then abandoned (their tasks dropped, their connections closed).
 async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunReport) {
     let mut set: JoinSet<Outcome> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, PlanItem> = HashMap::new();
     let mut queue = items.into_iter();
+    let mut grace_end: Option<tokio::time::Instant> = None;
+    let mut aborted = false;
     loop {
-        while set.len() < ctx.pool.size() * 2 {
+        while !ctx.stopping() && set.len() < ctx.pool.size() * 2 {
             let Some(item) = queue.next() else { break };
-            let ctx = Arc::clone(ctx);
-            set.spawn(async move {
-                let error = run_item(&ctx, &item).await.err();
-                if let Some(e) = &error {
-                    tracing::warn!("{} {}: {e}", op_label(&item), item.path);
-                } else {
-                    tracing::info!("{} {}", op_label(&item), item.path);
+            let task_ctx = Arc::clone(ctx);
+            let task_item = item.clone();
+            let handle = set.spawn(
+                async move {
+                    let item = task_item;
+                    let error = run_item(&task_ctx, &item).await.err();
+                    if let Some(e) = &error {
+                        tracing::warn!("{} {}: {e}", op_label(&item), item.path);
+                    } else {
+                        tracing::info!("{} {}", op_label(&item), item.path);
+                    }
+                    Outcome { item, error }
                 }
-                Outcome { item, error }
-            });
+                .in_current_span(),
+            );
+            running.insert(handle.id(), item);
         }
-        match set.join_next().await {
-            Some(Ok(o)) => report.outcomes.push(o),
-            Some(Err(e)) => tracing::error!("worker task failed: {e}"),
-            None => break,
+        if set.is_empty() {
+            break;
+        }
+        let grace_over = async {
+            match grace_end {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            joined = set.join_next_with_id() => match joined {
+                Some(Ok((id, o))) => {
+                    running.remove(&id);
+                    report.outcomes.push(o);
+                }
+                Some(Err(e)) => {
+                    let item = running.remove(&e.id());
+                    if e.is_cancelled() {
+                        report.abandoned.extend(item);
+                    } else {
+                        tracing::error!("worker task failed: {e}");
+                    }
+                }
+                None => break,
+            },
+            _ = ctx.signals.stop.cancelled(), if grace_end.is_none() => {
+                grace_end = Some(tokio::time::Instant::now() + ctx.signals.grace);
+                // Items waiting to retry give up now instead of after their backoff.
+                ctx.pool.halt();
+            }
+            _ = grace_over, if !aborted => {
+                aborted = true;
+                set.abort_all();
+            }
+            _ = ctx.signals.abort.cancelled(), if !aborted => {
+                aborted = true;
+                ctx.pool.halt();
+                set.abort_all();
+            }
+        }
+    }
+    report.not_started += queue.count();
+}
+
+/// After a stop: removes the temporary files of transfers that did not
+/// finish, on both sides, one attempt each (the journal keeps the ones that
+/// could not be removed, for the next run).
+async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
+    let temps: Vec<(String, Side)> =
+        std::mem::take(&mut *ctx.temps.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_iter()
+            .collect();
+    let once = crate::job::RetryPolicy {
+        max_attempts: 1,
+        ..ctx.input.job.retry
+    };
+    for (temp, side) in temps {
+        let removed = match side {
+            Side::Local => {
+                is_our_local_temp(&ctx.input.job, &temp)
+                    && matches!(std::fs::remove_file(&temp), Ok(()))
+                    || !Path::new(&temp).exists()
+            }
+            Side::Remote => {
+                let r = tokio::time::timeout(ctx.input.job.timeout, async {
+                    with_retry!(&ctx.pool, &once, |c| c.delete(&temp).await)
+                })
+                .await;
+                matches!(r, Ok(Ok(()) | Err(FtpFailure::Reply { code: 550, .. })))
+            }
+        };
+        if removed {
+            report.temps_removed += 1;
+            ctx.send(StateChange::PendingRemove(temp));
+        } else {
+            tracing::warn!("could not remove temporary file {temp}; the next run will");
         }
     }
 }
@@ -472,7 +631,7 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 ctx, c, &item.path, &mut carry
             )
             .await)?;
-            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+            ctx.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
         (Op::Download, _) => {
@@ -490,24 +649,24 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 && std::fs::metadata(&partial).map_or(true, |m| m.len() < RESUME_MIN)
             {
                 let _ = std::fs::remove_file(&partial);
-                ctx.writer.send(StateChange::PendingRemove(
+                ctx.send(StateChange::PendingRemove(
                     partial.to_string_lossy().into_owned(),
                 ));
             }
             let rec = result?;
-            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+            ctx.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
         (Op::Delete, Side::Remote) => {
             let p = ctx.remote_path(&item.path);
             with_retry!(&ctx.pool, &retry, |c| delete_remote(c, &p).await)?;
-            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
         (Op::Rmdir, Side::Remote) => {
             let p = ctx.remote_path(&item.path);
             with_retry!(&ctx.pool, &retry, |c| rmdir_remote(c, &p).await)?;
-            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
         (Op::Delete, Side::Local) => {
@@ -517,7 +676,7 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
             }
-            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
         (Op::Rmdir, Side::Local) => {
@@ -527,7 +686,7 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
             }
-            ctx.writer.send(StateChange::Remove(item.path.clone()));
+            ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
         (Op::Adopt | Op::Forget | Op::Keep, _) => Ok(()),
@@ -539,7 +698,7 @@ fn local_err(e: std::io::Error) -> FtpFailure {
 }
 
 fn put_dir(ctx: &Ctx, path: &RelPath) {
-    ctx.writer.send(StateChange::Put(
+    ctx.send(StateChange::Put(
         path.clone(),
         StateRecord {
             kind: Kind::Dir,
@@ -557,9 +716,9 @@ fn record_only(ctx: &Ctx, item: &PlanItem) {
                 local: ctx.local_meta(&item.path),
                 remote: ctx.remote_meta(&item.path),
             };
-            ctx.writer.send(StateChange::Put(item.path.clone(), rec));
+            ctx.send(StateChange::Put(item.path.clone(), rec));
         }
-        Op::Forget => ctx.writer.send(StateChange::Remove(item.path.clone())),
+        Op::Forget => ctx.send(StateChange::Remove(item.path.clone())),
         _ => {}
     }
 }
@@ -699,7 +858,7 @@ async fn upload(
                 }
                 None => {
                     if c.delete(&old).await.is_ok() {
-                        ctx.writer.send(StateChange::PendingRemove(old));
+                        ctx.send(StateChange::PendingRemove(old));
                     }
                 }
             }
@@ -712,7 +871,7 @@ async fn upload(
                     .join(temp_name().as_bytes())
                     .map_err(|_| FtpFailure::BadPath)?;
                 let t = ctx.remote_path(&t);
-                ctx.writer.send(StateChange::PendingAdd(Partial {
+                ctx.send(StateChange::PendingAdd(Partial {
                     temp: t.clone(),
                     side: Side::Remote,
                     path: path.clone(),
@@ -736,13 +895,13 @@ async fn upload(
         };
         if let Err(e) = placed {
             if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
-                ctx.writer.send(StateChange::PendingRemove(tmp));
+                ctx.send(StateChange::PendingRemove(tmp));
             } else {
                 carry.partial = Some((tmp, before.len(), mtime));
             }
             return Err(e);
         }
-        ctx.writer.send(StateChange::PendingRemove(tmp));
+        ctx.send(StateChange::PendingRemove(tmp));
         stored
     } else {
         // Without a temporary name the time is set only on a checked file.
@@ -900,7 +1059,7 @@ async fn download(
             }
             if resume.is_none() {
                 let _ = std::fs::remove_file(&old);
-                ctx.writer.send(StateChange::PendingRemove(
+                ctx.send(StateChange::PendingRemove(
                     old.to_string_lossy().into_owned(),
                 ));
                 None
@@ -914,7 +1073,7 @@ async fn download(
         Some(t) => t,
         None => {
             let t = dir.join(temp_name());
-            ctx.writer.send(StateChange::PendingAdd(Partial {
+            ctx.send(StateChange::PendingAdd(Partial {
                 temp: t.to_string_lossy().into_owned(),
                 side: Side::Local,
                 path: path.clone(),
@@ -933,7 +1092,7 @@ async fn download(
         Err(e) => {
             if matches!(e, FtpFailure::Verify(_)) {
                 let _ = std::fs::remove_file(&tmp);
-                ctx.writer.send(StateChange::PendingRemove(tmp_key));
+                ctx.send(StateChange::PendingRemove(tmp_key));
             } else {
                 *carry = Some(tmp);
             }
@@ -973,7 +1132,7 @@ async fn download(
         let _ = std::fs::remove_file(&tmp);
         FtpFailure::Local(format!("{}: {e}", final_local.display()))
     })?;
-    ctx.writer.send(StateChange::PendingRemove(tmp_key));
+    ctx.send(StateChange::PendingRemove(tmp_key));
     let md = std::fs::symlink_metadata(&final_local).map_err(local_err)?;
     ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
     let sha = if job.compare == CompareMode::Hash {
@@ -1012,34 +1171,37 @@ async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
                 break;
             };
             let ctx = Arc::clone(ctx);
-            set.spawn(async move {
-                let abs = ctx.remote_path(&dir);
-                let now = chrono::Utc::now().naive_utc();
-                let listing = with_retry!(&ctx.pool, &ctx.input.job.retry, |c| c
-                    .list_dir(&abs, now)
-                    .await);
-                let Ok(listing) = listing else { return };
-                let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
-                for e in listing.listing.entries {
-                    let Ok(name) = std::str::from_utf8(&e.name) else {
-                        continue;
-                    };
-                    if !wanted.contains(name) {
-                        continue;
+            set.spawn(
+                async move {
+                    let abs = ctx.remote_path(&dir);
+                    let now = chrono::Utc::now().naive_utc();
+                    let listing = with_retry!(&ctx.pool, &ctx.input.job.retry, |c| c
+                        .list_dir(&abs, now)
+                        .await);
+                    let Ok(listing) = listing else { return };
+                    let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
+                    for e in listing.listing.entries {
+                        let Ok(name) = std::str::from_utf8(&e.name) else {
+                            continue;
+                        };
+                        if !wanted.contains(name) {
+                            continue;
+                        }
+                        let Ok(path) = dir.join(name.as_bytes()) else {
+                            continue;
+                        };
+                        // Completes the record this run's upload wrote.
+                        ctx.send(StateChange::RefreshRemote(
+                            path,
+                            RemoteMeta {
+                                size: e.size,
+                                mtime: e.mtime,
+                            },
+                        ));
                     }
-                    let Ok(path) = dir.join(name.as_bytes()) else {
-                        continue;
-                    };
-                    // Completes the record this run's upload wrote.
-                    ctx.writer.send(StateChange::RefreshRemote(
-                        path,
-                        RemoteMeta {
-                            size: e.size,
-                            mtime: e.mtime,
-                        },
-                    ));
                 }
-            });
+                .in_current_span(),
+            );
         }
         if set.join_next().await.is_none() {
             break;

@@ -14,12 +14,13 @@
 //! - [`state`]: the SQLite state database and the job lock.
 //! - [`plan`]: the pure three-way planner.
 //! - [`exec`]: runs a plan on the pool and records each result.
-//! - [`sync`]: one run from connect to report.
+//! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
 //! - [`report`]: human and JSON output.
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
 //! - [`error`]: the top-level error and exit codes.
 
 pub mod daemon;
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod ftp;
@@ -30,4 +31,3 @@ pub mod plan;
 pub mod report;
 pub mod serve;
 pub mod state;
-pub mod sync;

@@ -8,7 +8,16 @@ use clap::{Parser, Subcommand};
 
 use ftpsync::error::{Error, exit};
 use ftpsync::job::Job;
-use ftpsync::{report, serve, state, sync};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use ftpsync::engine::{self, RunOptions};
+use ftpsync::exec::StopReason;
+use ftpsync::job::{PasswordSource, Secret};
+use ftpsync::{report, serve};
 
 #[derive(Parser)]
 #[command(
@@ -38,13 +47,17 @@ enum Command {
         #[arg(long)]
         force_delete: bool,
     },
-    /// Run the job: scan, plan, execute, record.
+    /// Run the job: scan, plan, execute, record. The first SIGINT/SIGTERM
+    /// stops it gracefully; a second one abandons what is in flight.
     Run {
         job: PathBuf,
         /// Allow more deletes than safety.max_delete, and deletes below
         /// directories that list as empty where files were synced, for this run only.
         #[arg(long)]
         force_delete: bool,
+        /// After a stop signal, how long transfers in flight may take to finish.
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        grace: Duration,
     },
     /// Serve a directory over FTP (the built-in libunftp server).
     Serve {
@@ -144,7 +157,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             force_delete,
         } => {
             let j = load(&job)?;
-            let prepared = sync::prepare(&j, false, force_delete).await?;
+            let prepared = engine::prepare(&j, false, force_delete).await?;
             if json {
                 println!("{}", report::plan_json(&prepared));
             } else {
@@ -153,9 +166,13 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             prepared.pool.close().await;
             Ok(exit::OK)
         }
-        Command::Run { job, force_delete } => {
+        Command::Run {
+            job,
+            force_delete,
+            grace,
+        } => {
             let j = load(&job)?;
-            let code = run_job(&j, force_delete, cli.verbose > 0).await?;
+            let code = run_job(&j, force_delete, grace, cli.verbose > 0).await?;
             Ok(code)
         }
         Command::Serve {
@@ -197,38 +214,88 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
     }
 }
 
-/// `ftpsync run`: lock, prepare, execute, report, within the job's deadline.
-async fn run_job(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Error> {
-    let lock = state::lock(&j.state_path)?;
-    let result = match j.deadline {
-        // Stopping drops the run's tasks; what finished is already queued for
-        // the state writer, which commits it as it shuts down.
-        Some(limit) => tokio::time::timeout(limit, run_locked(j, force_delete, verbose))
-            .await
-            .unwrap_or(Err(Error::Deadline(limit))),
-        None => run_locked(j, force_delete, verbose).await,
-    };
-    drop(lock);
-    result
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    ftpsync::job::parse_duration(s)
 }
 
-async fn run_locked(j: &Job, force_delete: bool, verbose: bool) -> Result<i32, Error> {
-    let prepared = sync::prepare(j, true, force_delete).await?;
-    for p in prepared.problems() {
+/// Watches SIGINT and SIGTERM for one run: the first fires `stop` and
+/// remembers the signal's number; the second fires `abort`.
+fn watch_signals(
+    stop: CancellationToken,
+    abort: CancellationToken,
+    grace: Duration,
+) -> (Arc<AtomicI32>, tokio::task::JoinHandle<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let got = Arc::new(AtomicI32::new(0));
+    let seen = Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        for n in 0.. {
+            let (name, number) = tokio::select! {
+                _ = int.recv() => ("SIGINT", 2),
+                _ = term.recv() => ("SIGTERM", 15),
+            };
+            if n == 0 {
+                seen.store(number, Ordering::Relaxed);
+                eprintln!(
+                    "ftpsync: {name}: stopping; transfers in flight get {grace:?} to finish (send it again to abort them now)"
+                );
+                stop.cancel();
+            } else {
+                eprintln!("ftpsync: {name} again: abandoning transfers in flight");
+                abort.cancel();
+                return;
+            }
+        }
+    });
+    (got, task)
+}
+
+/// `ftpsync run`: one run of the engine, with signals, and its report.
+async fn run_job(
+    j: &Job,
+    force_delete: bool,
+    grace: Duration,
+    verbose: bool,
+) -> Result<i32, Error> {
+    let stop = CancellationToken::new();
+    let opts = RunOptions {
+        force_delete,
+        grace,
+        abort: CancellationToken::new(),
+        server_limit: None,
+    };
+    let (signal, watcher) = watch_signals(stop.clone(), opts.abort.clone(), grace);
+    let result = engine::run(j, &opts, stop).await;
+    watcher.abort();
+    let report = result?;
+    for p in &report.problems {
         eprintln!("warning: {}: {}", p.path, p.message);
     }
-    let untrusted = !prepared.plan.skipped_untrusted.is_empty();
-    for u in &prepared.plan.skipped_untrusted {
+    for u in &report.skipped_untrusted {
         eprintln!("warning: skipped {u}/: its listing failed, nothing below it was changed");
     }
-    let direction = prepared.job.direction;
-    let name = prepared.job.name.clone();
-    let report = sync::run(prepared, sync::RunOptions { force_delete }).await?;
-    print!("{}", report::run_text(&name, direction, &report, verbose));
-    Ok(if report.failed().next().is_some() || untrusted {
-        exit::PARTIAL
-    } else {
-        exit::OK
+    print!(
+        "{}",
+        report::run_text(&j.name, j.direction, &report, verbose)
+    );
+    if let Some(stop) = report::stop_text(&report) {
+        eprintln!("ftpsync: {stop}");
+    }
+    Ok(match report.stopped {
+        // The shell's convention for a process ended by a signal: 128 + its number.
+        Some(StopReason::Requested) => 128 + signal.load(Ordering::Relaxed).max(2),
+        Some(StopReason::Deadline(_)) => exit::PARTIAL,
+        Some(StopReason::Unreachable(_)) => exit::CONNECT,
+        None if report.failed().next().is_some() || !report.skipped_untrusted.is_empty() => {
+            exit::PARTIAL
+        }
+        None => exit::OK,
     })
 }
 
@@ -266,18 +333,18 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     })
     .await
     .map_err(io)?;
-    // SAFETY: set before any other thread reads the environment for this variable.
-    unsafe { std::env::set_var("FTPSYNC_DEMO_PASSWORD", &password) };
     let job_path = work.path().join("demo.yaml");
     std::fs::write(
         &job_path,
         format!(
-            "name: demo\ndirection: push\ndelete: true\nlocal:\n  path: local\nremote:\n  host: 127.0.0.1\n  port: {}\n  user: demo\n  password_env: FTPSYNC_DEMO_PASSWORD\n  root: /www\nstate: demo.db\n",
+            "name: demo\ndirection: push\ndelete: true\nlocal:\n  path: local\nremote:\n  host: 127.0.0.1\n  port: {}\n  user: demo\n  root: /www\nstate: demo.db\n",
             server.addr.port()
         ),
     )
     .map_err(io)?;
-    let job = load(&job_path)?;
+    let mut job = load(&job_path)?;
+    // The password goes to the job in memory, never into a file or the environment.
+    job.remote.password = PasswordSource::Inline(Secret::new(password));
     println!(
         "== built-in FTP server on {} serving {}",
         server.addr,
@@ -291,7 +358,7 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     println!("== ftpsync plan (first run: everything is new)");
     show_plan(&job).await?;
     println!("== ftpsync run");
-    let code = run_job(&job, false, true).await?;
+    let code = run_job(&job, false, Duration::from_secs(30), true).await?;
     println!("== ftpsync plan (again: nothing to do)");
     show_plan(&job).await?;
     let edited = local.join("index.html");
@@ -302,7 +369,7 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
         println!("== edited index.html locally; ftpsync plan");
         show_plan(&job).await?;
         println!("== ftpsync run");
-        run_job(&job, false, true).await?;
+        run_job(&job, false, Duration::from_secs(30), true).await?;
     }
     let same = trees_equal(&local, &server_root.join("www")).map_err(io)?;
     println!(
@@ -322,7 +389,7 @@ async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
 }
 
 async fn show_plan(job: &Job) -> Result<(), Error> {
-    let prepared = sync::prepare(job, false, false).await?;
+    let prepared = engine::prepare(job, false, false).await?;
     print!("{}", report::plan_text(&prepared));
     prepared.pool.close().await;
     Ok(())

@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::exec::{RunReport, op_label};
+use crate::engine::Prepared;
+use crate::exec::{RunReport, StopReason, op_label};
 use crate::job::Direction;
 use crate::model::Problem;
 use crate::plan::{Op, PlanItem, Reason};
-use crate::sync::Prepared;
 
 /// `ftpsync plan --json` document.
 #[derive(Serialize)]
@@ -207,6 +207,22 @@ fn problems_text<'a>(out: &mut String, problems: impl Iterator<Item = &'a Proble
     for pr in problems {
         let _ = writeln!(out, "warning: {}: {}", pr.path, pr.message);
     }
+}
+
+/// Why a run stopped early, for stderr: `None` if it ran to its end.
+pub fn stop_text(report: &RunReport) -> Option<String> {
+    let why = match report.stopped? {
+        StopReason::Requested => "stop requested".to_string(),
+        StopReason::Deadline(d) => format!("the run's deadline of {d:?} was reached"),
+        StopReason::Unreachable(d) => {
+            format!("the server was unreachable: every connection attempt failed for {d:?}")
+        }
+    };
+    Some(format!(
+        "STOPPED: {why}; {} items not started, {} abandoned in flight. Finished items are recorded; the next run continues from there.",
+        report.not_started,
+        report.abandoned.len()
+    ))
 }
 
 /// The summary after a run; failures are listed one per line with their reply.

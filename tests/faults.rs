@@ -10,13 +10,26 @@ use crate::support::fault_proxy::{Action, FaultProxy, Rule};
 use crate::support::harness::{Env, assert_same_tree, snapshot, write};
 
 /// An environment whose jobs talk to the server through a fault proxy.
-struct Faulty {
-    env: Env,
-    proxy: FaultProxy,
+pub(crate) struct Faulty {
+    pub(crate) env: Env,
+    pub(crate) proxy: FaultProxy,
     _rt: tokio::runtime::Runtime,
 }
 
-fn faulty() -> Faulty {
+impl Faulty {
+    /// Replaces the proxy with a new one on another port, in front of the
+    /// same server: the old one's connections are cut and its port closed.
+    pub(crate) fn new_proxy(&mut self) {
+        let upstream = format!("127.0.0.1:{}", self.env.server_port())
+            .parse()
+            .unwrap();
+        let proxy = self._rt.block_on(FaultProxy::start(upstream)).unwrap();
+        self.env.via(proxy.addr().port());
+        self.proxy = proxy;
+    }
+}
+
+pub(crate) fn faulty() -> Faulty {
     faulty_in_front_of(Env::builtin())
 }
 
@@ -46,7 +59,7 @@ fn count(cmds: &[String], prefix: &str) -> usize {
     cmds.iter().filter(|c| c.starts_with(prefix)).count()
 }
 
-fn small_tree(env: &Env, n: usize) {
+pub(crate) fn small_tree(env: &Env, n: usize) {
     for i in 0..n {
         write(
             &env.local,
@@ -56,7 +69,7 @@ fn small_tree(env: &Env, n: usize) {
     }
 }
 
-fn no_temp_files(root: &std::path::Path) {
+pub(crate) fn no_temp_files(root: &std::path::Path) {
     for k in snapshot(root).keys() {
         assert!(!k.contains(".ftpsync-"), "temporary file left behind: {k}");
     }

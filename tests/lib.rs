@@ -7,3 +7,4 @@ mod cli;
 mod faults;
 mod interop;
 mod mirror;
+mod stop;

@@ -1,34 +1,64 @@
 //! A bounded pool of logged-in connections shared by the remote scan and the
-//! executor. At most `size` connections exist at once; a connection that
-//! failed in a way that may have broken it is dropped rather than reused, and
-//! a "too many connections" reply shrinks the pool for the rest of the run.
+//! executor. At most `size` connections exist at once (idle ones included);
+//! a connection goes back to the pool only after an operation on it finished
+//! with the connection in step, so one abandoned mid-command (a cancelled
+//! task, a timeout) is closed rather than reused. A "too many connections"
+//! reply shrinks the pool for the rest of the run, also when every
+//! connection is checked out at that moment. When every connection attempt
+//! has failed for `give_up_after`, the pool gives up: it answers
+//! [`FtpFailure::Unreachable`] at once and [`Pool::halted`] fires, so a run
+//! facing a dead server stops instead of waiting out each item's backoff.
 //! [`with_retry!`](crate::with_retry) runs one operation on the pool under the
 //! job's retry policy.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use super::conn::{ConnectOptions, FtpConn};
 use super::reply::FtpFailure;
 use crate::job::RetryPolicy;
 
+/// An open connection and, in the daemon, its share of the server's
+/// connection limit (held for as long as the connection is open).
+struct Slot {
+    conn: FtpConn,
+    _server_permit: Option<OwnedSemaphorePermit>,
+}
+
 /// The shared pool.
 pub struct Pool {
     opts: ConnectOptions,
-    idle: Mutex<Vec<FtpConn>>,
+    idle: Mutex<Vec<Slot>>,
     permits: Arc<Semaphore>,
     size: AtomicUsize,
+    /// Permits a shrink could not take because none was free: the next
+    /// ones returned are retired instead.
+    debt: AtomicUsize,
+    /// Connections checked out right now.
+    checked_out: AtomicUsize,
+    /// A limit shared with other pools to the same server (the daemon's
+    /// `remote.max_connections`).
+    server_limit: Option<Arc<Semaphore>>,
+    give_up_after: Duration,
+    /// When the current run of failed connection attempts began.
+    failing_since: Mutex<Option<Instant>>,
+    /// Fired when the pool gives up on the server or the run stops.
+    halt: CancellationToken,
+    gave_up: std::sync::atomic::AtomicBool,
 }
 
-/// A connection checked out of the pool; goes back on drop unless marked broken.
+/// A connection checked out of the pool. It goes back on drop only after
+/// [`PooledConn::release`]; otherwise it is closed.
 pub struct PooledConn<'a> {
     pool: &'a Pool,
-    conn: Option<FtpConn>,
-    _permit: OwnedSemaphorePermit,
+    slot: Option<Slot>,
+    permit: Option<OwnedSemaphorePermit>,
+    in_step: bool,
 }
 
 impl Pool {
@@ -38,17 +68,45 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(size)),
             size: AtomicUsize::new(size),
+            debt: AtomicUsize::new(0),
+            checked_out: AtomicUsize::new(0),
+            server_limit: None,
+            give_up_after: Duration::from_secs(60),
+            failing_since: Mutex::new(None),
+            halt: CancellationToken::new(),
+            gave_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Starts the pool with one already-open connection (the one used to probe the server).
-    pub fn put_idle(&self, conn: FtpConn) {
-        self.idle_list().push(conn);
+    /// How long connection attempts may fail in a row before the pool gives up.
+    pub fn with_give_up_after(mut self, d: Duration) -> Pool {
+        self.give_up_after = d;
+        self
+    }
+
+    /// Shares a connection limit with other pools to the same server.
+    pub fn with_server_limit(mut self, limit: Option<Arc<Semaphore>>) -> Pool {
+        self.server_limit = limit;
+        self
+    }
+
+    /// Starts the pool with one already-open connection (the one used to probe
+    /// the server). `permit` is its share of the server limit, if any.
+    pub fn put_idle(&self, conn: FtpConn, permit: Option<OwnedSemaphorePermit>) {
+        self.idle_list().push(Slot {
+            conn,
+            _server_permit: permit,
+        });
     }
 
     /// The idle connections (a plain mutex: it is never held across an await).
-    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<FtpConn>> {
+    fn idle_list(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Open connections waiting in the pool.
+    pub fn idle_count(&self) -> usize {
+        self.idle_list().len()
     }
 
     /// The current number of connections allowed.
@@ -57,7 +115,10 @@ impl Pool {
     }
 
     /// Lowers the pool size by one (never below one), after the server said
-    /// it has too many connections. Returns the new size.
+    /// it has too many connections. Returns the new size. A free permit is
+    /// retired at once; if every connection is checked out, the next one
+    /// returned is closed and its permit retired. Idle connections beyond the
+    /// new size are closed.
     pub fn shrink(&self) -> usize {
         let mut cur = self.size.load(Ordering::Relaxed);
         while cur > 1 {
@@ -66,8 +127,10 @@ impl Pool {
                 .compare_exchange(cur, cur - 1, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.permits.forget_permits(1);
-                    // If no permit was free right now, the next returned one is forgotten.
+                    if self.permits.forget_permits(1) == 0 {
+                        self.debt.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.trim_idle();
                     return cur - 1;
                 }
                 Err(now) => cur = now,
@@ -76,50 +139,161 @@ impl Pool {
         cur
     }
 
+    /// Closes idle connections so that idle + checked out fits the size.
+    fn trim_idle(&self) {
+        let allowed = self
+            .size()
+            .saturating_sub(self.checked_out.load(Ordering::Relaxed));
+        let mut idle = self.idle_list();
+        while idle.len() > allowed {
+            idle.pop();
+        }
+    }
+
+    /// Retires one owed permit, if a shrink left any debt.
+    fn pay_debt(&self) -> bool {
+        self.debt
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| d.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Fires when the pool has given up on the server, or [`Pool::halt`] was called.
+    pub fn halted(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.halt.cancelled()
+    }
+
+    /// Whether the pool has given up or was halted.
+    pub fn is_halted(&self) -> bool {
+        self.halt.is_cancelled()
+    }
+
+    /// Stops retries: operations waiting for a retry give up at once.
+    pub fn halt(&self) {
+        self.halt.cancel();
+    }
+
+    /// Whether the pool gave up because the server was unreachable.
+    pub fn gave_up(&self) -> bool {
+        self.gave_up.load(Ordering::Relaxed)
+    }
+
     /// Checks out a connection, opening a new one if none is idle.
     pub async fn get(&self) -> Result<PooledConn<'_>, FtpFailure> {
+        if self.gave_up() {
+            return Err(FtpFailure::Unreachable(self.give_up_after));
+        }
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
             .await
             .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
-        let idle = self.idle_list().pop();
-        let conn = match idle {
-            Some(c) => c,
-            None => FtpConn::connect(&self.opts).await?,
-        };
-        Ok(PooledConn {
+        self.checked_out.fetch_add(1, Ordering::Relaxed);
+        let mut pc = PooledConn {
             pool: self,
-            conn: Some(conn),
-            _permit: permit,
-        })
+            slot: None,
+            permit: Some(permit),
+            in_step: false,
+        };
+        let idle = self.idle_list().pop();
+        pc.slot = Some(match idle {
+            Some(s) => s,
+            None => self.open().await?,
+        });
+        Ok(pc)
+    }
+
+    /// Opens a connection, within the server limit, keeping track of how
+    /// long attempts have been failing.
+    async fn open(&self) -> Result<Slot, FtpFailure> {
+        let server_permit = match &self.server_limit {
+            Some(s) => Some(
+                Arc::clone(s)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| FtpFailure::Network("connection limit closed".into()))?,
+            ),
+            None => None,
+        };
+        match FtpConn::connect(&self.opts).await {
+            Ok(conn) => {
+                *self.failing_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(Slot {
+                    conn,
+                    _server_permit: server_permit,
+                })
+            }
+            Err(e) => Err(self.connect_failed(e)),
+        }
+    }
+
+    /// Records a failed connection attempt; gives up once attempts that
+    /// could not reach the server have failed for `give_up_after`.
+    fn connect_failed(&self, e: FtpFailure) -> FtpFailure {
+        let unreachable = matches!(e, FtpFailure::Network(_) | FtpFailure::Timeout(_))
+            || (e.code() == Some(421) && !e.too_many_connections());
+        if !unreachable {
+            return e;
+        }
+        let mut since = self.failing_since.lock().unwrap_or_else(|p| p.into_inner());
+        let started = *since.get_or_insert_with(Instant::now);
+        if started.elapsed() >= self.give_up_after {
+            if !self.gave_up.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    "every connection attempt failed for {:?} ({e}); giving up",
+                    self.give_up_after
+                );
+            }
+            self.halt.cancel();
+            return FtpFailure::Unreachable(self.give_up_after);
+        }
+        e
     }
 
     /// Closes the idle connections politely.
     pub async fn close(&self) {
-        let conns: Vec<FtpConn> = std::mem::take(&mut *self.idle_list());
-        for c in conns {
-            c.quit().await;
+        let slots: Vec<Slot> = std::mem::take(&mut *self.idle_list());
+        for s in slots {
+            s.conn.quit().await;
         }
     }
 }
 
 impl PooledConn<'_> {
     pub fn conn(&mut self) -> &mut FtpConn {
-        self.conn
+        &mut self
+            .slot
             .as_mut()
             .expect("connection present until dropped")
+            .conn
     }
 
-    /// Drops the connection instead of returning it to the pool.
+    /// Marks the connection as in step (its last operation finished), so it
+    /// goes back to the pool on drop.
+    pub fn release(mut self) {
+        self.in_step = true;
+    }
+
+    /// Closes the connection instead of returning it to the pool.
     pub fn discard(mut self) {
-        self.conn = None;
+        self.in_step = false;
     }
 }
 
 impl Drop for PooledConn<'_> {
     fn drop(&mut self) {
-        if let Some(c) = self.conn.take() {
-            self.pool.idle_list().push(c);
+        let pool = self.pool;
+        pool.checked_out.fetch_sub(1, Ordering::Relaxed);
+        let retire = pool.pay_debt();
+        if let Some(permit) = self.permit.take()
+            && retire
+        {
+            permit.forget();
+        }
+        if let Some(slot) = self.slot.take()
+            && self.in_step
+            && !retire
+        {
+            pool.idle_list().push(slot);
+            pool.trim_idle();
         }
     }
 }
@@ -163,10 +337,9 @@ macro_rules! with_retry {
                         let $c = pc.conn();
                         $body
                     };
-                    if let Err(e) = &r
-                        && e.breaks_connection()
-                    {
-                        pc.discard();
+                    match &r {
+                        Err(e) if e.breaks_connection() => pc.discard(),
+                        _ => pc.release(),
                     }
                     r
                 }
@@ -177,7 +350,11 @@ macro_rules! with_retry {
                 Err(e) => match $crate::ftp::pool::retry_after(pool, retry, &e, attempt) {
                     Some(wait) => {
                         attempt += 1;
-                        tokio::time::sleep(wait).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            // The run is stopping or the server is gone: no more attempts.
+                            _ = pool.halted() => break Err(e),
+                        }
                     }
                     None => break Err(e),
                 },

@@ -43,6 +43,10 @@ pub enum FtpFailure {
     /// A local file operation failed.
     #[error("local I/O: {0}")]
     Local(String),
+    /// Every attempt to connect has failed for at least this long: the pool
+    /// gives up and the run stops (see `retry.give_up_after`).
+    #[error("server unreachable: every connection attempt failed for {0:?}")]
+    Unreachable(std::time::Duration),
 }
 
 impl FtpFailure {
@@ -63,7 +67,8 @@ impl FtpFailure {
             FtpFailure::Tls(_)
             | FtpFailure::Protocol(_)
             | FtpFailure::BadPath
-            | FtpFailure::Local(_) => ReplyClass::Permanent,
+            | FtpFailure::Local(_)
+            | FtpFailure::Unreachable(_) => ReplyClass::Permanent,
         }
     }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::list::EntryKind;
 use super::pool::Pool;
@@ -43,11 +44,15 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
     let spawn = |tasks: &mut JoinSet<Listed>, dir: RelPath| {
         let pool = Arc::clone(&pool);
         let input = Arc::clone(&input);
-        tasks.spawn(async move {
-            let abs = dir.to_remote(&input.root);
-            let result = crate::with_retry!(&pool, &input.retry, |c| c.list_dir(&abs, now).await);
-            Listed { dir, result }
-        });
+        tasks.spawn(
+            async move {
+                let abs = dir.to_remote(&input.root);
+                let result =
+                    crate::with_retry!(&pool, &input.retry, |c| c.list_dir(&abs, now).await);
+                Listed { dir, result }
+            }
+            .in_current_span(),
+        );
     };
     spawn(&mut tasks, RelPath::root());
     while let Some(joined) = tasks.join_next().await {

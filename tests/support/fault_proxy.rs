@@ -173,6 +173,10 @@ impl FaultProxy {
             pipelined: Mutex::new(Vec::new()),
             fired: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            open_sessions: AtomicUsize::new(0),
+            peak_sessions: AtomicUsize::new(0),
+            max_sessions: AtomicUsize::new(usize::MAX),
+            rejected: AtomicUsize::new(0),
             tasks: Tasks::default(),
             pasv_ip: Mutex::new([127, 0, 0, 1]),
         });
@@ -244,6 +248,23 @@ impl FaultProxy {
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
+
+    /// Limits the sessions open at once, as servers limit connections per
+    /// IP: one more is greeted with "421 Too many connections (N) from this
+    /// IP" and closed, without reaching the server.
+    pub fn set_max_sessions(&self, n: usize) {
+        self.shared.max_sessions.store(n, Ordering::SeqCst);
+    }
+
+    /// Sessions turned away by [`FaultProxy::set_max_sessions`].
+    pub fn rejected_sessions(&self) -> usize {
+        self.shared.rejected.load(Ordering::SeqCst)
+    }
+
+    /// The most client sessions that were open at once (rejected ones not counted).
+    pub fn peak_sessions(&self) -> usize {
+        self.shared.peak_sessions.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -266,6 +287,12 @@ struct Shared {
     pipelined: Mutex<Vec<usize>>,
     fired: AtomicUsize,
     connections: AtomicUsize,
+    /// Client sessions open now, the most ever open at once, the limit
+    /// (`usize::MAX`: none) and how many were turned away by it.
+    open_sessions: AtomicUsize,
+    peak_sessions: AtomicUsize,
+    max_sessions: AtomicUsize,
+    rejected: AtomicUsize,
     tasks: Tasks,
     /// The address advertised in rewritten 227 replies (the proxy listens on 127.0.0.1 only).
     pasv_ip: Mutex<[u8; 4]>,
@@ -388,10 +415,27 @@ impl Tasks {
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
-            Ok((client, _)) => {
+            Ok((mut client, _)) => {
                 shared.connections.fetch_add(1, Ordering::SeqCst);
+                let limit = shared.max_sessions.load(Ordering::SeqCst);
+                let open = shared.open_sessions.fetch_add(1, Ordering::SeqCst) + 1;
+                if open > limit {
+                    shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                    shared.rejected.fetch_add(1, Ordering::SeqCst);
+                    let msg = format!("421 Too many connections ({limit}) from this IP\r\n");
+                    shared.tasks.spawn(async move {
+                        let _ = client.write_all(msg.as_bytes()).await;
+                        let _ = client.shutdown().await;
+                    });
+                    continue;
+                }
+                shared.peak_sessions.fetch_max(open, Ordering::SeqCst);
                 let session_shared = Arc::clone(&shared);
-                shared.tasks.spawn(run_session(session_shared, client));
+                shared.tasks.spawn(async move {
+                    let counted = Arc::clone(&session_shared);
+                    run_session(session_shared, client).await;
+                    counted.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                });
             }
             // E.g. out of file descriptors: don't spin.
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,

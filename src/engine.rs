@@ -1,12 +1,21 @@
-//! One run of a job, top to bottom: connect, scan both sides and read the
-//! state, plan, check the safety limits, execute, record. `ftpsync plan`
-//! stops after planning; `ftpsync run` goes on.
+//! One run of a job, top to bottom: lock, connect, scan both sides and read
+//! the state, plan, check the safety limits, execute, record. [`run`] is the
+//! one entry point of `ftpsync run` and of the daemon: it may be called many
+//! times at once in one process (each call has its own pool, state and
+//! secrets; nothing is process-global), and it stops cleanly when its
+//! cancellation token fires. `ftpsync plan` calls [`prepare`] and stops
+//! after planning.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
 use crate::error::Error;
-use crate::exec::{self, ExecInput, RunReport};
+use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
 use crate::ftp::conn::{ConnectOptions, FtpConn};
 use crate::ftp::pool::Pool;
 use crate::ftp::reply::ReplyClass;
@@ -18,11 +27,19 @@ use crate::model::{Kind, LocalTree, Problem, RemoteTree};
 use crate::plan::{self, Op, Plan, PlanOptions};
 use crate::state::{StateDb, StateRecord, StateWriter};
 
-/// Options of `ftpsync run`.
-#[derive(Debug, Clone, Copy, Default)]
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Allow more deletes than `safety.max_delete` for this run.
     pub force_delete: bool,
+    /// Once the run's token fires, how long items in flight may take to
+    /// finish before they are abandoned.
+    pub grace: Duration,
+    /// Fired to abandon items in flight at once (a second signal).
+    pub abort: CancellationToken,
+    /// Connections to this job's server shared with other runs (the
+    /// daemon's `remote.max_connections`).
+    pub server_limit: Option<Arc<Semaphore>>,
 }
 
 /// Everything known after scanning and planning.
@@ -71,6 +88,15 @@ fn binding(job: &Job, root: &str) -> String {
 /// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
 /// also trusts directories that list as empty where the state remembers files.
 pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Prepared, Error> {
+    prepare_limited(job, for_run, force_delete, None).await
+}
+
+async fn prepare_limited(
+    job: &Job,
+    for_run: bool,
+    force_delete: bool,
+    server_limit: Option<Arc<Semaphore>>,
+) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
         .remote
@@ -92,6 +118,10 @@ pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Pre
     let mut db = StateDb::open(&job.state_path, for_run)?;
 
     // First connection: login problems end the run here with a clear message.
+    let first_permit = match &server_limit {
+        Some(s) => Arc::clone(s).acquire_owned().await.ok(),
+        None => None,
+    };
     let mut first = connect_first(&opts, job, &server).await?;
     let root = absolute_root(&mut first, &job.remote.root)
         .await
@@ -99,8 +129,12 @@ pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Pre
             server: server.clone(),
             failure,
         })?;
-    let pool = Arc::new(Pool::new(opts, job.concurrency));
-    pool.put_idle(first);
+    let pool = Arc::new(
+        Pool::new(opts, job.concurrency)
+            .with_give_up_after(job.retry.give_up_after)
+            .with_server_limit(server_limit),
+    );
+    pool.put_idle(first, first_permit);
 
     let bind = binding(job, &root);
     let mut state_reset = false;
@@ -317,13 +351,81 @@ fn check_delete_limit(
     })
 }
 
+/// Runs `job` once: takes its lock, connects, scans, plans, executes and
+/// records. When `cancel` fires (or the job's deadline passes, or the server
+/// stays unreachable for `retry.give_up_after`), no new item starts, items
+/// in flight get `opts.grace` to finish, temporary files are removed, what
+/// finished is recorded, and the report says why it stopped.
+pub async fn run(
+    job: &Job,
+    opts: &RunOptions,
+    cancel: CancellationToken,
+) -> Result<RunReport, Error> {
+    let _lock = crate::state::lock(&job.state_path)?;
+    let signals = StopSignals {
+        stop: cancel.child_token(),
+        abort: opts.abort.child_token(),
+        grace: opts.grace,
+    };
+    // The deadline is a stop with no grace: what is in flight is abandoned.
+    let deadline_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _deadline = job.deadline.map(|limit| {
+        let signals = signals.clone();
+        let hit = Arc::clone(&deadline_hit);
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            hit.store(true, std::sync::atomic::Ordering::Relaxed);
+            signals.stop.cancel();
+            signals.abort.cancel();
+        });
+        AbortOnDrop(task)
+    });
+    let reason = |pool_gave_up: bool| {
+        if pool_gave_up {
+            StopReason::Unreachable(job.retry.give_up_after)
+        } else if deadline_hit.load(std::sync::atomic::Ordering::Relaxed) {
+            StopReason::Deadline(job.deadline.unwrap_or_default())
+        } else {
+            StopReason::Requested
+        }
+    };
+    let prepared = tokio::select! {
+        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone()) => p?,
+        _ = signals.stop.cancelled() => {
+            return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
+        }
+    };
+    let pool = Arc::clone(&prepared.pool);
+    let mut report = execute_prepared(prepared, opts.force_delete, signals.clone()).await?;
+    if signals.stop.is_cancelled() || signals.abort.is_cancelled() || pool.gave_up() {
+        report.stopped = Some(reason(pool.gave_up()));
+    }
+    Ok(report)
+}
+
+/// Aborts a helper task when the run it belongs to ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Executes a prepared plan and records the results.
-pub async fn run(mut p: Prepared, opts: RunOptions) -> Result<RunReport, Error> {
+async fn execute_prepared(
+    mut p: Prepared,
+    force_delete: bool,
+    signals: StopSignals,
+) -> Result<RunReport, Error> {
     if let Some(msg) = &p.delete_limit
-        && !opts.force_delete
+        && !force_delete
     {
+        p.pool.close().await;
         return Err(Error::Safety(msg.clone()));
     }
+    let problems: Vec<Problem> = p.problems().cloned().collect();
+    let skipped_untrusted = p.plan.skipped_untrusted.clone();
     let db =
         p.db.take()
             .ok_or_else(|| Error::Io("state database not open".into()))?;
@@ -347,8 +449,17 @@ pub async fn run(mut p: Prepared, opts: RunOptions) -> Result<RunReport, Error> 
     )
     .await;
     input.resume = resume;
-    let mut report = exec::execute(input, &p.plan, Arc::clone(&p.pool), Arc::clone(&writer)).await;
-    report.temps_removed = temps_removed;
+    let mut report = exec::execute(
+        input,
+        &p.plan,
+        Arc::clone(&p.pool),
+        Arc::clone(&writer),
+        signals,
+    )
+    .await;
+    report.temps_removed += temps_removed;
+    report.problems = problems;
+    report.skipped_untrusted = skipped_untrusted.into_iter().collect();
     p.pool.close().await;
     writer.flush()?;
     Ok(report)
