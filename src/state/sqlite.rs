@@ -1,135 +1,28 @@
-//! The state database: what the last successful sync saw on each side, per
-//! path. SQLite (WAL mode), one file per job, schema versioned with
-//! `PRAGMA user_version`, guarded by a lock file so two processes never run
-//! the same job at once.
+//! The SQLite backend: one file per job in WAL mode, schema versioned with
+//! `PRAGMA user_version`.
 //!
 //! Durability: every completed operation is committed within about 20 ms
-//! (completions that arrive together share one transaction). WAL with `synchronous=NORMAL` keeps the database consistent
-//! across a crash of ftpsync at any point; a power loss may forget the last
-//! few commits, which only means the next run re-checks those files.
+//! (completions that arrive together share one transaction, see
+//! [`super::StateWriter`]). WAL with `synchronous=NORMAL` keeps the database
+//! consistent across a crash of ftpsync at any point; a power loss may forget
+//! the last few commits, which only means the next run re-checks those files.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::thread;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::model::RelPath;
-use crate::model::RemoteTime;
-use crate::model::{Kind, LocalMeta, RemoteMeta};
+use super::{Partial, StateChange, StateError, StateRecord};
+use crate::model::{Kind, LocalMeta, RelPath, RemoteMeta, RemoteTime};
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("state database {path}: {message}")]
-    Open { path: PathBuf, message: String },
-    #[error(
-        "state database {path} was written by a newer ftpsync (schema {found}, this build knows {SCHEMA_VERSION}); nothing was changed"
-    )]
-    TooNew { path: PathBuf, found: i64 },
-    #[error(
-        "state database {path} is damaged ({message}); nothing was changed. Move it away to start over (the next run then re-adopts matching files)"
-    )]
-    Corrupt { path: PathBuf, message: String },
-    #[error(
-        "another ftpsync is running this job (lock {path} is held); try again when it has finished"
-    )]
-    Locked { path: PathBuf },
-    #[error("state database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("state database writer stopped: {0}")]
-    Writer(String),
-}
-
-/// What the last sync saw of one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateRecord {
-    pub kind: Kind,
-    pub local: Option<LocalMeta>,
-    /// For files: the remote fingerprint; `mtime` is `Unknown` while not yet
-    /// re-listed after an upload (the next listing fills it in).
-    pub remote: Option<RemoteMeta>,
-}
-
-/// A change to the state, applied by the writer.
-#[derive(Debug, Clone)]
-pub enum StateChange {
-    Put(RelPath, StateRecord),
-    Remove(RelPath),
-    /// A temporary file is about to be written (journal for cleanup and resume).
-    PendingAdd(Partial),
-    /// The temporary file (by its `temp` path) is gone (renamed or deleted).
-    PendingRemove(String),
-    /// The remote fingerprint of an existing record, as re-listed after an upload.
-    RefreshRemote(RelPath, RemoteMeta),
-}
-
-/// A temporary file being written by a transfer: journaled so that the next
-/// run can resume it (if its source is unchanged) or remove it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Partial {
-    /// The temporary file: an absolute remote path (uploads) or an absolute local path (downloads).
-    pub temp: String,
-    /// Which side the temporary file is on.
-    pub side: crate::model::Side,
-    /// The path it will become.
-    pub path: RelPath,
-    /// The source's size when the transfer started.
-    pub size: u64,
-    /// The source's time when the transfer started: local mtime in ns
-    /// (uploads) or the remote time as stored (downloads).
-    pub stamp: String,
-}
 
 /// An open state database.
 pub struct StateDb {
     conn: Connection,
     path: PathBuf,
-}
-
-/// Holds the job's lock file; released on drop (and by the OS if the process dies).
-#[derive(Debug)]
-pub struct StateLock {
-    _file: fs::File,
-}
-
-/// Takes the per-job lock beside the state database. A lock left by a killed
-/// process is released by the OS, so it is never stale.
-pub fn lock(state_path: &Path) -> Result<StateLock, StateError> {
-    let lock_path = lock_path(state_path);
-    if let Some(dir) = lock_path.parent() {
-        fs::create_dir_all(dir).map_err(|e| StateError::Open {
-            path: state_path.to_owned(),
-            message: format!("cannot create directory {}: {e}", dir.display()),
-        })?;
-    }
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StateError::Open {
-            path: lock_path.clone(),
-            message: e.to_string(),
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(StateLock { _file: file }),
-        Err(fs::TryLockError::WouldBlock) => Err(StateError::Locked { path: lock_path }),
-        Err(fs::TryLockError::Error(e)) => Err(StateError::Open {
-            path: lock_path,
-            message: format!("cannot lock: {e}"),
-        }),
-    }
-}
-
-fn lock_path(state_path: &Path) -> PathBuf {
-    let mut s = state_path.as_os_str().to_owned();
-    s.push(".lock");
-    PathBuf::from(s)
 }
 
 impl StateDb {
@@ -388,111 +281,10 @@ impl StateDb {
     }
 }
 
-/// How long the writer gathers completed items before committing them.
-const GROUP_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
-/// The most changes in one transaction.
-const GROUP_MAX: usize = 4096;
-
-enum WriterMsg {
-    Change(StateChange),
-    Flush(mpsc::Sender<Result<(), String>>),
-}
-
-/// A thread that owns the database during a run and commits changes as they
-/// arrive: what completes within 20 ms shares one transaction (group
-/// commit), so thousands of small files do not mean thousands of commits.
-pub struct StateWriter {
-    tx: mpsc::Sender<WriterMsg>,
-    handle: Option<thread::JoinHandle<StateDb>>,
-}
-
-impl StateWriter {
-    pub fn start(mut db: StateDb) -> StateWriter {
-        let (tx, rx) = mpsc::channel::<WriterMsg>();
-        let handle = thread::spawn(move || {
-            let mut failed: Option<String> = None;
-            while let Ok(first) = rx.recv() {
-                let mut batch = Vec::new();
-                let mut flushes = Vec::new();
-                // Group commit: after the first change, wait GROUP_WINDOW (unless
-                // a flush is asked for) and write everything queued by then in
-                // one transaction. Sleeping rather than waking per message
-                // keeps the senders from waking this thread thousands of times.
-                if matches!(first, WriterMsg::Change(_)) {
-                    thread::sleep(GROUP_WINDOW);
-                }
-                let mut next = Some(first);
-                while let Some(msg) = next {
-                    match msg {
-                        WriterMsg::Change(c) => batch.push(c),
-                        WriterMsg::Flush(ack) => flushes.push(ack),
-                    }
-                    next = if batch.len() >= GROUP_MAX {
-                        None
-                    } else {
-                        rx.try_recv().ok()
-                    };
-                }
-                if !batch.is_empty()
-                    && failed.is_none()
-                    && let Err(e) = db.apply(&batch)
-                {
-                    failed = Some(e.to_string());
-                }
-                for ack in flushes {
-                    let _ = ack.send(failed.clone().map_or(Ok(()), Err));
-                }
-            }
-            db
-        });
-        StateWriter {
-            tx,
-            handle: Some(handle),
-        }
-    }
-
-    /// Queues a change; it is committed within moments.
-    pub fn send(&self, change: StateChange) {
-        let _ = self.tx.send(WriterMsg::Change(change));
-    }
-
-    /// Waits until everything sent so far is committed.
-    pub fn flush(&self) -> Result<(), StateError> {
-        let (ack_tx, ack_rx) = mpsc::channel();
-        self.tx
-            .send(WriterMsg::Flush(ack_tx))
-            .map_err(|_| StateError::Writer("thread gone".into()))?;
-        ack_rx
-            .recv()
-            .map_err(|_| StateError::Writer("thread gone".into()))?
-            .map_err(StateError::Writer)
-    }
-
-    /// Flushes and hands the database back.
-    pub fn finish(mut self) -> Result<StateDb, StateError> {
-        self.flush()?;
-        let handle = self.handle.take().expect("writer joined once");
-        drop(self);
-        handle
-            .join()
-            .map_err(|_| StateError::Writer("thread panicked".into()))
-    }
-}
-
-impl Drop for StateWriter {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread after it commits what is queued.
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tx, tx));
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::StateWriter;
 
     fn rec() -> StateRecord {
         StateRecord {
@@ -575,15 +367,5 @@ mod tests {
         let db = w.finish().unwrap();
         assert_eq!(db.load().unwrap().len(), 100);
         assert_eq!(db.integrity_check().unwrap(), "ok");
-    }
-
-    #[test]
-    fn lock_is_exclusive() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("state.db");
-        let l = lock(&path).unwrap();
-        assert!(matches!(lock(&path), Err(StateError::Locked { .. })));
-        drop(l);
-        lock(&path).unwrap();
     }
 }
