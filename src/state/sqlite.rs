@@ -472,8 +472,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::MAX_RUN_ERRORS;
     use crate::state::tests::{file_record as rec, run_record};
-    use crate::state::{MAX_RUN_ERRORS, StateWriter};
 
     /// The schema of version 1 exactly as ftpsync 0.1 created it, so the
     /// migration is tested against what is on disk out there, not against
@@ -703,23 +703,5 @@ mod tests {
             fs::read(&path).unwrap(),
             b"this is not a database, just some text that is long enough"
         );
-    }
-
-    #[test]
-    fn writer_batches_and_flushes() {
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("state.db");
-        let db = StateDb::open(&path, true).unwrap().unwrap();
-        let w = StateWriter::start(db);
-        for i in 0..100 {
-            w.send(StateChange::Put(
-                RelPath::parse(&format!("f{i}")).unwrap(),
-                rec(),
-            ));
-        }
-        w.flush().unwrap();
-        let db = w.finish().unwrap();
-        assert_eq!(db.load().unwrap().len(), 100);
-        assert_eq!(db.integrity_check().unwrap(), "ok");
     }
 }
