@@ -1,5 +1,7 @@
 //! The SQLite backend: one file per job in WAL mode, schema versioned with
-//! `PRAGMA user_version`.
+//! `PRAGMA user_version` and upgraded step by step (`MIGRATIONS`). A run
+//! opens it for writing under the job's lock; `plan` and `history` open it
+//! read-only and may do so while a run writes.
 //!
 //! Durability: every completed operation is committed within about 20 ms
 //! (completions that arrive together share one transaction, see
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use chrono::{DateTime, Utc};
 
@@ -76,31 +78,75 @@ const RUN_COLUMNS: &str = "started_at, finished_at, triggered_by, outcome, exit_
 pub struct StateDb {
     conn: Connection,
     path: PathBuf,
+    /// The schema as opened: [`SCHEMA_VERSION`], except for a read-only
+    /// database, which is read as it is and never upgraded.
+    version: i64,
 }
 
 impl StateDb {
-    /// Opens (creating if needed) the database. `create = false` opens an
-    /// existing one read-only-ish for `plan` and returns `Ok(None)` if there is none.
+    /// Opens the database, creating and upgrading it if `create` is set
+    /// (for a run, under the job's lock).
+    ///
+    /// `create = false` is for `plan` and `history`, which may look while
+    /// another process holds the lock and writes: it opens an existing
+    /// database read-only (WAL readers see the last commit and never block
+    /// the writer), reads an older schema as it is, and returns `Ok(None)`
+    /// if there is none.
+    ///
+    /// A database that is damaged or newer than this build is refused before
+    /// anything could write to it: it is checked through a read-only
+    /// connection first, so not even a WAL checkpoint touches the file.
     pub fn open(path: &Path, create: bool) -> Result<Option<StateDb>, StateError> {
-        let open_err = |message: String| StateError::Open {
-            path: path.to_owned(),
-            message,
-        };
-        if !create && !path.exists() {
+        let exists = path.exists();
+        if !create && !exists {
             return Ok(None);
         }
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)
-                .map_err(|e| open_err(format!("cannot create directory: {e}")))?;
+        if exists {
+            let (conn, version) = Self::connect_checked(path, false)?;
+            if !create {
+                return Ok(Some(StateDb {
+                    conn,
+                    path: path.to_owned(),
+                    version,
+                }));
+            }
+        } else if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| StateError::Open {
+                path: path.to_owned(),
+                message: format!("cannot create directory: {e}"),
+            })?;
         }
-        let mut conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        let corrupt = |e: rusqlite::Error| StateError::Corrupt {
+        let (mut conn, version) = Self::connect_checked(path, true)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(|e| corrupt(path, e))?;
+        if version < SCHEMA_VERSION {
+            migrate(&mut conn, path)?;
+        }
+        Ok(Some(StateDb {
+            conn,
             path: path.to_owned(),
-            message: e.to_string(),
+            version: SCHEMA_VERSION,
+        }))
+    }
+
+    /// Opens a connection and refuses a database this build cannot use.
+    /// `write` opens it for writing (creating the file if needed); the
+    /// read-only opening also runs `quick_check`, so a file that exists is
+    /// checked once, before anything could write to it.
+    fn connect_checked(path: &Path, write: bool) -> Result<(Connection, i64), StateError> {
+        let flags = if write {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
         };
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| StateError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(corrupt)?;
-        let version = user_version(&conn).map_err(corrupt)?;
+            .map_err(|e| corrupt(path, e))?;
+        let version = user_version(&conn).map_err(|e| corrupt(path, e))?;
         if version < 0 {
             return Err(StateError::Corrupt {
                 path: path.to_owned(),
@@ -113,28 +159,25 @@ impl StateDb {
                 found: version,
             });
         }
-        let check: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(corrupt)?;
-        if check != "ok" {
-            return Err(StateError::Corrupt {
-                path: path.to_owned(),
-                message: check,
-            });
+        if !write {
+            let check: String = conn
+                .query_row("PRAGMA quick_check", [], |r| r.get(0))
+                .map_err(|e| corrupt(path, e))?;
+            if check != "ok" {
+                return Err(StateError::Corrupt {
+                    path: path.to_owned(),
+                    message: check,
+                });
+            }
         }
-        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-            .map_err(corrupt)?;
-        if version < SCHEMA_VERSION {
-            migrate(&mut conn, path)?;
-        }
-        Ok(Some(StateDb {
-            conn,
-            path: path.to_owned(),
-        }))
+        Ok((conn, version))
     }
 
     /// The identity of the job the state belongs to (direction, server, roots).
     pub fn binding(&self) -> Result<Option<String>, StateError> {
+        if self.version < 1 {
+            return Ok(None);
+        }
         Ok(self
             .conn
             .query_row("SELECT value FROM meta WHERE key = 'binding'", [], |r| {
@@ -163,6 +206,9 @@ impl StateDb {
 
     /// Every record, by path.
     pub fn load(&self) -> Result<BTreeMap<RelPath, StateRecord>, StateError> {
+        if self.version < 1 {
+            return Ok(BTreeMap::new());
+        }
         let mut stmt = self.conn.prepare(
             "SELECT path, kind, local_size, local_mtime_ns, local_sha256, remote_size, remote_mtime FROM entries",
         )?;
@@ -217,6 +263,9 @@ impl StateDb {
 
     /// Temporary files that were being written when a run stopped.
     pub fn pending(&self) -> Result<Vec<Partial>, StateError> {
+        if self.version < 1 {
+            return Ok(Vec::new());
+        }
         let mut stmt = self
             .conn
             .prepare("SELECT temp, side, path, size, stamp FROM pending ORDER BY temp")?;
@@ -351,6 +400,9 @@ impl StateDb {
 
     /// Up to `limit` runs, newest (last recorded) first.
     pub fn history(&self, limit: usize) -> Result<Vec<RunRecord>, StateError> {
+        if self.version < 2 {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"
         ))?;
@@ -445,6 +497,13 @@ fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+fn corrupt(path: &Path, e: rusqlite::Error) -> StateError {
+    StateError::Corrupt {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
@@ -472,8 +531,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::MAX_RUN_ERRORS;
     use crate::state::tests::{file_record as rec, run_record};
+    use crate::state::{MAX_RUN_ERRORS, StateWriter};
 
     /// The schema of version 1 exactly as ftpsync 0.1 created it, so the
     /// migration is tested against what is on disk out there, not against
@@ -703,5 +762,124 @@ mod tests {
             fs::read(&path).unwrap(),
             b"this is not a database, just some text that is long enough"
         );
+    }
+
+    fn insert_run_sql(exit_code: i32) -> String {
+        format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES ('2025-03-01T13:00:00.000Z',
+             '2025-03-01T13:00:01.000Z', 'manual', 'success', {exit_code}, 0, 0, 0, 0, 0, 0, 0, 0, '[]')"
+        )
+    }
+
+    #[test]
+    fn reader_sees_commits_while_a_run_writes() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        // The run: holds the lock and owns the database through the writer.
+        let _lock = crate::state::lock(&path).unwrap();
+        let mut db = StateDb::open(&path, true).unwrap().unwrap();
+        db.bind("push|h").unwrap();
+        db.record_run(&run_record(0)).unwrap();
+        let w = StateWriter::start(db);
+        w.send(StateChange::Put(RelPath::parse("a").unwrap(), rec()));
+        w.record_run(run_record(1));
+        w.flush().unwrap();
+
+        // `ftpsync history` meanwhile, in another process.
+        let mut reader = StateDb::open(&path, false).unwrap().unwrap();
+        assert_eq!(
+            reader.history(10).unwrap(),
+            vec![run_record(1), run_record(0)]
+        );
+        assert_eq!(reader.load().unwrap().len(), 1);
+        assert_eq!(reader.binding().unwrap().as_deref(), Some("push|h"));
+        assert!(
+            reader.record_run(&run_record(2)).is_err(),
+            "reader can write"
+        );
+
+        // A write transaction in progress: readers, old and new, see the
+        // last commit and do not wait for it.
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch(&format!(
+                "BEGIN IMMEDIATE; {}; DELETE FROM entries;",
+                insert_run_sql(7)
+            ))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let late = StateDb::open(&path, false).unwrap().unwrap();
+        for r in [&reader, &late] {
+            assert_eq!(r.last_run().unwrap(), Some(run_record(1)));
+            assert_eq!(r.load().unwrap().len(), 1);
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        other.execute_batch("COMMIT").unwrap();
+        assert_eq!(reader.last_run().unwrap().unwrap().exit_code, 7);
+        assert!(late.load().unwrap().is_empty());
+
+        // The writer goes on while the readers are open.
+        w.record_run(run_record(3));
+        w.flush().unwrap();
+        assert_eq!(late.last_run().unwrap(), Some(run_record(3)));
+        drop((reader, late, other));
+        let db = w.finish().unwrap();
+        assert_eq!(db.history(usize::MAX).unwrap().len(), 4);
+        assert_eq!(db.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn read_only_open_changes_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        // An older database is read as it is, not upgraded.
+        let path = d.path().join("v1.db");
+        v1_database(&path);
+        let before = fs::read(&path).unwrap();
+        let db = StateDb::open(&path, false).unwrap().unwrap();
+        assert_eq!(db.binding().unwrap().as_deref(), Some("push|h"));
+        assert_eq!(db.load().unwrap(), v1_expected());
+        assert_eq!(db.pending().unwrap().len(), 1);
+        assert_eq!(db.history(10).unwrap(), vec![]);
+        drop(db);
+        assert_eq!(raw_version(&path), 1);
+        assert_eq!(fs::read(&path).unwrap(), before);
+
+        // A closed database, WAL files gone: opens, reads, stays as it was.
+        let path = d.path().join("v2.db");
+        let mut db = StateDb::open(&path, true).unwrap().unwrap();
+        db.record_run(&run_record(0)).unwrap();
+        drop(db);
+        assert!(!d.path().join("v2.db-wal").exists());
+        let before = fs::read(&path).unwrap();
+        let db = StateDb::open(&path, false).unwrap().unwrap();
+        assert_eq!(db.last_run().unwrap(), Some(run_record(0)));
+        drop(db);
+        assert_eq!(fs::read(&path).unwrap(), before);
+
+        // A run killed with its last commits still in the WAL: the reader
+        // recovers them from the WAL without writing the database.
+        let live = d.path().join("live.db");
+        let mut db = StateDb::open(&live, true).unwrap().unwrap();
+        db.record_run(&run_record(0)).unwrap();
+        let killed = d.path().join("killed.db");
+        fs::copy(&live, &killed).unwrap();
+        fs::copy(d.path().join("live.db-wal"), d.path().join("killed.db-wal")).unwrap();
+        drop(db);
+        let before = fs::read(&killed).unwrap();
+        let db = StateDb::open(&killed, false).unwrap().unwrap();
+        assert_eq!(db.last_run().unwrap(), Some(run_record(0)));
+        drop(db);
+        assert_eq!(fs::read(&killed).unwrap(), before);
+
+        // An empty file (version 0) holds no state.
+        let path = d.path().join("empty.db");
+        fs::write(&path, b"").unwrap();
+        let db = StateDb::open(&path, false).unwrap().unwrap();
+        assert_eq!(db.binding().unwrap(), None);
+        assert!(db.load().unwrap().is_empty());
+        assert!(db.pending().unwrap().is_empty());
+        assert!(db.history(10).unwrap().is_empty());
+        drop(db);
+        assert_eq!(fs::read(&path).unwrap(), b"");
     }
 }
