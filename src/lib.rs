@@ -16,6 +16,7 @@
 //! - [`exec`]: runs a plan on the pool and records each result.
 //! - [`sync`]: one run from connect to report.
 //! - [`report`]: human and JSON output.
+//! - [`history`]: the recorded runs of a job as a table or JSON (`ftpsync history`).
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
 //! - [`error`]: the top-level error and exit codes.
 
@@ -23,6 +24,7 @@ pub mod daemon;
 pub mod error;
 pub mod exec;
 pub mod ftp;
+pub mod history;
 pub mod job;
 pub mod local;
 pub mod model;
