@@ -60,6 +60,8 @@ impl<S: StateStore> Committer<S> {
 }
 
 impl<S: StateStore + 'static> StateWriter<S> {
+    /// Starts the thread; it owns `store` until [`StateWriter::finish`]
+    /// hands it back (or the writer is dropped).
     pub fn start(store: S) -> StateWriter<S> {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
         let handle = thread::spawn(move || {
