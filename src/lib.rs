@@ -16,6 +16,7 @@
 //! - [`exec`]: runs a plan on the pool and records each result.
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
 //! - [`report`]: human and JSON output.
+//! - [`history`]: the recorded runs of a job as a table or JSON (`ftpsync history`).
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
 //! - [`error`]: the top-level error and exit codes.
 
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod ftp;
+pub mod history;
 pub mod job;
 pub mod local;
 pub mod model;
