@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::Error;
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, exit};
 use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
 use crate::ftp::conn::{ConnectOptions, FtpConn};
 use crate::ftp::pool::Pool;
@@ -25,7 +27,7 @@ use crate::local;
 use crate::model::RelPath;
 use crate::model::{Kind, LocalTree, Problem, RemoteTree};
 use crate::plan::{self, Op, Plan, PlanOptions};
-use crate::state::{StateDb, StateRecord, StateWriter};
+use crate::state::{RunOutcome, RunRecord, RunTrigger, StateDb, StateRecord, StateWriter};
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +42,11 @@ pub struct RunOptions {
     /// Connections to this job's server shared with other runs (the
     /// daemon's `remote.max_connections`).
     pub server_limit: Option<Arc<Semaphore>>,
+    /// What started the run, for the history.
+    pub trigger: RunTrigger,
+    /// The number of the signal that fired the run's token, if one did: a
+    /// stopped run's exit code is 128 + it (SIGTERM's when unknown).
+    pub stop_signal: Arc<std::sync::atomic::AtomicI32>,
 }
 
 /// Everything known after scanning and planning.
@@ -356,12 +363,139 @@ fn check_delete_limit(
 /// stays unreachable for `retry.give_up_after`), no new item starts, items
 /// in flight get `opts.grace` to finish, temporary files are removed, what
 /// finished is recorded, and the report says why it stopped.
-pub async fn run(
+///
+/// Every run that got the job's lock is recorded in the job's history,
+/// whatever its outcome; [`Finished::record`] is that entry.
+pub async fn run(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> Finished {
+    let started_at = Utc::now();
+    let lock = match crate::state::lock(&job.state_path) {
+        Ok(l) => l,
+        Err(e) => {
+            let report = Err(Error::from(e));
+            let record = run_record(opts, started_at, &report);
+            return Finished { record, report };
+        }
+    };
+    let report = run_locked(job, opts, cancel).await;
+    let record = run_record(opts, started_at, &report);
+    // A damaged or too-new database is left as it is.
+    if !matches!(report, Err(Error::State(_))) {
+        let path = job.state_path.clone();
+        let rec = record.clone();
+        let saved = tokio::task::spawn_blocking(move || -> Result<(), crate::state::StateError> {
+            if let Some(mut db) = StateDb::open(&path, true)? {
+                db.record_run(&rec)?;
+            }
+            Ok(())
+        })
+        .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not record the run in the history: {e}"),
+            Err(e) => tracing::warn!("could not record the run in the history: {e}"),
+        }
+    }
+    drop(lock);
+    Finished { record, report }
+}
+
+/// What [`run`] returns: the report (or the error that ended the run) and
+/// the history entry it wrote.
+#[derive(Debug)]
+pub struct Finished {
+    pub record: RunRecord,
+    pub report: Result<RunReport, Error>,
+}
+
+/// The history entry of a run: counts, outcome, exit code, first errors.
+fn run_record(
+    opts: &RunOptions,
+    started_at: DateTime<Utc>,
+    report: &Result<RunReport, Error>,
+) -> RunRecord {
+    let mut rec = RunRecord {
+        started_at,
+        finished_at: Utc::now(),
+        trigger: opts.trigger,
+        outcome: RunOutcome::Success,
+        exit_code: exit::OK,
+        uploaded: 0,
+        downloaded: 0,
+        deleted: 0,
+        mkdirs: 0,
+        rmdirs: 0,
+        adopted: 0,
+        failed: 0,
+        bytes: 0,
+        errors: Vec::new(),
+    };
+    let r = match report {
+        Ok(r) => r,
+        Err(e) => {
+            rec.outcome = match e {
+                Error::Safety(_) => RunOutcome::Refused,
+                _ => RunOutcome::Failed,
+            };
+            rec.exit_code = e.exit_code();
+            rec.errors.push(e.to_string());
+            return rec;
+        }
+    };
+    let n = |op| r.done(op) as u64;
+    rec.uploaded = n(Op::Upload);
+    rec.downloaded = n(Op::Download);
+    rec.deleted = n(Op::Delete);
+    rec.mkdirs = n(Op::Mkdir);
+    rec.rmdirs = n(Op::Rmdir);
+    rec.adopted = n(Op::Adopt);
+    rec.failed = r.failed().count() as u64;
+    rec.bytes = r.bytes;
+    for o in r.failed().take(crate::state::MAX_RUN_ERRORS) {
+        rec.errors.push(format!(
+            "FAILED {} {}: {}",
+            exec::op_label(&o.item),
+            o.item.path,
+            o.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
+        ));
+    }
+    (rec.outcome, rec.exit_code) = match r.stopped {
+        Some(StopReason::Requested) => {
+            let sig = opts.stop_signal.load(std::sync::atomic::Ordering::Relaxed);
+            // The shell's convention for a process ended by a signal: 128 + its number.
+            (RunOutcome::Stopped, 128 + if sig > 0 { sig } else { 15 })
+        }
+        Some(StopReason::Deadline(_)) => (RunOutcome::Stopped, exit::PARTIAL),
+        Some(StopReason::Unreachable(_)) => (RunOutcome::Failed, exit::CONNECT),
+        None if rec.failed > 0 || !r.skipped_untrusted.is_empty() => {
+            (RunOutcome::Partial, exit::PARTIAL)
+        }
+        None => (RunOutcome::Success, exit::OK),
+    };
+    if let Some(stop) = crate::report::stop_text(r) {
+        rec.errors.insert(0, stop);
+    }
+    rec
+}
+
+/// The job's recorded runs, newest first (empty if it never ran).
+pub async fn history(job: &Job, limit: usize) -> Result<Vec<RunRecord>, Error> {
+    let path = job.state_path.clone();
+    let runs = tokio::task::spawn_blocking(move || -> Result<Vec<RunRecord>, Error> {
+        Ok(match StateDb::open(&path, false)? {
+            Some(db) => db.history(limit)?,
+            None => Vec::new(),
+        })
+    })
+    .await
+    .map_err(|e| Error::Io(e.to_string()))??;
+    Ok(runs)
+}
+
+async fn run_locked(
     job: &Job,
     opts: &RunOptions,
     cancel: CancellationToken,
 ) -> Result<RunReport, Error> {
-    let _lock = crate::state::lock(&job.state_path)?;
     let signals = StopSignals {
         stop: cancel.child_token(),
         abort: opts.abort.child_token(),

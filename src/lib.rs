@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! job (YAML) ─▶ scan: local tree · remote tree · state ─▶ plan ─▶ execute ─▶ state + report
+//!                                                          ▲
+//!                                         daemon: the scheduler runs the engine
 //! ```
 //!
 //! - [`job`]: the job file: schema, defaults, validation, secrets.
@@ -11,13 +13,14 @@
 //! - [`local`]: the local scan, hashing, safe local paths.
 //! - [`ftp`]: connections, listing parsers, reply classes, the connection
 //!   pool and the remote scan.
-//! - [`state`]: the SQLite state database and the job lock.
+//! - [`state`]: the state store (trait and SQLite), the run history and the job lock.
 //! - [`plan`]: the pure three-way planner.
 //! - [`exec`]: runs a plan on the pool and records each result.
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
 //! - [`report`]: human and JSON output.
 //! - [`history`]: the recorded runs of a job as a table or JSON (`ftpsync history`).
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
+//! - [`daemon`]: `ftpsync daemon`: the scheduler, metrics, health, hooks, systemd.
 //! - [`error`]: the top-level error and exit codes.
 
 pub mod daemon;

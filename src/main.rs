@@ -15,7 +15,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use ftpsync::engine::{self, RunOptions};
-use ftpsync::exec::StopReason;
 use ftpsync::job::{PasswordSource, Secret};
 use ftpsync::{report, serve};
 
@@ -29,8 +28,17 @@ struct Cli {
     /// More output (-v: every item; -vv: protocol debugging).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +67,40 @@ enum Command {
         #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
         grace: Duration,
     },
+    /// Run every job that has a `schedule:`, on time, until SIGTERM/SIGINT.
+    /// SIGHUP re-reads the job files.
+    Daemon {
+        /// Job files, or directories of *.yaml job files.
+        #[arg(default_value = "jobs")]
+        paths: Vec<PathBuf>,
+        /// Runs at once (default: the number of jobs, at most 4).
+        #[arg(long)]
+        max_parallel_jobs: Option<usize>,
+        /// After SIGTERM/SIGINT, how long running jobs get to stop.
+        #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+        grace: Duration,
+        /// Serve /healthz and /metrics on this address (e.g. 127.0.0.1:9464).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Print each job's next run times, in its zone and in UTC.
+    Schedule {
+        #[arg(required = true)]
+        jobs: Vec<PathBuf>,
+        /// How many run times to print per job.
+        #[arg(short = 'n', long, default_value_t = 5)]
+        count: usize,
+    },
+    /// Print what the job's runs did, newest first.
+    History {
+        job: PathBuf,
+        /// JSON array of runs (schema in the README).
+        #[arg(long)]
+        json: bool,
+        /// How many runs to print.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        count: usize,
+    },
     /// Serve a directory over FTP (the built-in libunftp server).
     Serve {
         #[arg(long)]
@@ -79,11 +121,13 @@ enum Command {
     },
 }
 
-fn init_logging(verbose: u8) {
+fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
     let default = match verbose {
+        // The daemon has no summary on stdout: its log says what each run did.
+        0 if daemon => "info,libunftp=off",
         0 => "warn,libunftp=off",
         1 => "info,libunftp=off",
         _ => "debug,libunftp=info",
@@ -94,17 +138,36 @@ fn init_logging(verbose: u8) {
     let no_wire_trace = filter_fn(|meta| {
         !(meta.target().starts_with("suppaftp") && *meta.level() == tracing::Level::TRACE)
     });
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_filter(filter)
-        .with_filter(no_wire_trace);
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            // Colour only for a person at a terminal, never in files or journals.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .boxed(),
+        // One object per line; the daemon's job span puts `job` on every one.
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed(),
+    };
+    let layer = fmt.with_filter(filter).with_filter(no_wire_trace);
     let _ = tracing_subscriber::registry().with(layer).try_init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(
+        cli.verbose,
+        cli.log_format,
+        matches!(cli.command, Command::Daemon { .. }),
+    );
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,6 +209,9 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
                 j.remote.user, j.remote.host, j.remote.port, j.remote.root, j.remote.tls
             );
             println!("  state:       {}", j.state_path.display());
+            if let Some(s) = &j.schedule {
+                println!("  schedule:    {} ({})", s.expr(), s.zone_name());
+            }
             if let Err(m) = j.remote.password() {
                 println!("  warning:     {m}");
             }
@@ -211,6 +277,53 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             Ok(exit::OK)
         }
         Command::Demo { source } => demo(source).await,
+        Command::Daemon {
+            paths,
+            max_parallel_jobs,
+            grace,
+            listen,
+        } => {
+            ftpsync::daemon::run(ftpsync::daemon::DaemonOptions {
+                paths,
+                max_parallel_jobs,
+                grace,
+                listen,
+            })
+            .await
+        }
+        Command::Schedule { jobs, count } => {
+            let mut loaded = Vec::new();
+            for path in &jobs {
+                let j = load(path)?;
+                if j.schedule.is_none() {
+                    return Err(Error::Usage(format!(
+                        "{}: job {} has no schedule",
+                        path.display(),
+                        j.name
+                    )));
+                }
+                loaded.push(j);
+            }
+            let entries: Vec<_> = loaded
+                .iter()
+                .filter_map(|j| Some((j.name.as_str(), j.schedule.as_ref()?, j.jitter)))
+                .collect();
+            print!(
+                "{}",
+                ftpsync::daemon::schedule::schedule_text(&entries, chrono::Utc::now(), count)
+            );
+            Ok(exit::OK)
+        }
+        Command::History { job, json, count } => {
+            let j = load(&job)?;
+            let runs = engine::history(&j, count).await?;
+            if json {
+                println!("{}", ftpsync::history::history_json(&runs));
+            } else {
+                print!("{}", ftpsync::history::history_text(&j.name, &runs));
+            }
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -219,16 +332,15 @@ fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 }
 
 /// Watches SIGINT and SIGTERM for one run: the first fires `stop` and
-/// remembers the signal's number; the second fires `abort`.
+/// stores the signal's number in `got`; the second fires `abort`.
 fn watch_signals(
     stop: CancellationToken,
     abort: CancellationToken,
+    got: Arc<AtomicI32>,
     grace: Duration,
-) -> (Arc<AtomicI32>, tokio::task::JoinHandle<()>) {
+) -> tokio::task::JoinHandle<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let got = Arc::new(AtomicI32::new(0));
-    let seen = Arc::clone(&got);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
@@ -241,7 +353,7 @@ fn watch_signals(
                 _ = term.recv() => ("SIGTERM", 15),
             };
             if n == 0 {
-                seen.store(number, Ordering::Relaxed);
+                got.store(number, Ordering::Relaxed);
                 eprintln!(
                     "ftpsync: {name}: stopping; transfers in flight get {grace:?} to finish (send it again to abort them now)"
                 );
@@ -252,8 +364,7 @@ fn watch_signals(
                 return;
             }
         }
-    });
-    (got, task)
+    })
 }
 
 /// `ftpsync run`: one run of the engine, with signals, and its report.
@@ -267,13 +378,17 @@ async fn run_job(
     let opts = RunOptions {
         force_delete,
         grace,
-        abort: CancellationToken::new(),
-        server_limit: None,
+        ..RunOptions::default()
     };
-    let (signal, watcher) = watch_signals(stop.clone(), opts.abort.clone(), grace);
-    let result = engine::run(j, &opts, stop).await;
+    let watcher = watch_signals(
+        stop.clone(),
+        opts.abort.clone(),
+        Arc::clone(&opts.stop_signal),
+        grace,
+    );
+    let finished = engine::run(j, &opts, stop).await;
     watcher.abort();
-    let report = result?;
+    let report = finished.report?;
     for p in &report.problems {
         eprintln!("warning: {}: {}", p.path, p.message);
     }
@@ -287,16 +402,7 @@ async fn run_job(
     if let Some(stop) = report::stop_text(&report) {
         eprintln!("ftpsync: {stop}");
     }
-    Ok(match report.stopped {
-        // The shell's convention for a process ended by a signal: 128 + its number.
-        Some(StopReason::Requested) => 128 + signal.load(Ordering::Relaxed).max(2),
-        Some(StopReason::Deadline(_)) => exit::PARTIAL,
-        Some(StopReason::Unreachable(_)) => exit::CONNECT,
-        None if report.failed().next().is_some() || !report.skipped_untrusted.is_empty() => {
-            exit::PARTIAL
-        }
-        None => exit::OK,
-    })
+    Ok(finished.record.exit_code)
 }
 
 async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {

@@ -4,6 +4,7 @@
 mod support;
 
 mod cli;
+mod daemon;
 mod faults;
 mod interop;
 mod mirror;

@@ -152,11 +152,27 @@ pub async fn run_hook(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> HookOutcome {
+    run_hook_hiding(argv, env, &[], timeout, cancel).await
+}
+
+/// [`run_hook`], with the variables named in `hide` removed from the
+/// inherited environment: the daemon hides every job's `password_env`, so
+/// a hook never sees a password.
+pub async fn run_hook_hiding(
+    argv: &[String],
+    env: &[(String, String)],
+    hide: &[String],
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> HookOutcome {
     let Some((program, args)) = argv.split_first() else {
         return HookOutcome::SpawnError("the hook command is empty".to_owned());
     };
     let deadline = Instant::now() + timeout;
     let mut command = Command::new(program);
+    for var in hide {
+        command.env_remove(var);
+    }
     command
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))

@@ -10,7 +10,6 @@
 //! Nothing here is process-global: each [`Metrics`] owns its registry, so
 //! tests and a reloaded daemon can hold several at once.
 
-use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -22,51 +21,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-/// How a run ended, as counted in `ftpsync_runs_total{outcome}` and passed to
-/// hooks as `FTPSYNC_OUTCOME`. A closed set, so dashboards can rely on the
-/// values and [`Metrics::remove_job`] can find every series it created.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Everything in the plan was done.
-    Success,
-    /// The run finished, but some items failed.
-    Partial,
-    /// The run could not do its work (connection, login, scan, state).
-    Failed,
-    /// The run was cancelled (shutdown, reload) before it finished.
-    Stopped,
-    /// The run was refused before it started: a safety limit, or the job
-    /// lock held by another process.
-    Refused,
-}
-
-impl Outcome {
-    /// Every outcome, in a fixed order: the label values created for each job.
-    pub const ALL: [Outcome; 5] = [
-        Outcome::Success,
-        Outcome::Partial,
-        Outcome::Failed,
-        Outcome::Stopped,
-        Outcome::Refused,
-    ];
-
-    /// The label value and hook environment value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Partial => "partial",
-            Outcome::Failed => "failed",
-            Outcome::Stopped => "stopped",
-            Outcome::Refused => "refused",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// How a run ended (the history's outcome, also the `outcome` label).
+pub use crate::state::RunOutcome as Outcome;
 
 /// What one finished run contributes to the metrics. The scheduler builds it
 /// from the run's report; keeping it a plain struct keeps this module free of

@@ -198,7 +198,7 @@ impl RunRecord {
 }
 
 /// What started a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunTrigger {
     /// The daemon's schedule came due.
@@ -206,11 +206,13 @@ pub enum RunTrigger {
     /// The daemon started and found a scheduled run missed while it was down.
     CatchUp,
     /// `ftpsync run`, or a run asked of the daemon by hand.
+    #[default]
     Manual,
 }
 
-/// How a run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a run ended: in the history, in `ftpsync_runs_total{outcome}` and in
+/// a hook's `FTPSYNC_OUTCOME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunOutcome {
     /// Everything done.
@@ -247,8 +249,15 @@ impl RunTrigger {
     }
 }
 
+impl std::fmt::Display for RunOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl RunOutcome {
-    const ALL: [RunOutcome; 5] = [
+    /// Every outcome, in a fixed order.
+    pub const ALL: [RunOutcome; 5] = [
         RunOutcome::Success,
         RunOutcome::Partial,
         RunOutcome::Failed,
