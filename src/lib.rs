@@ -13,7 +13,9 @@
 //!   pool and the remote scan.
 //! - [`state`]: the SQLite state database and the job lock.
 //! - [`plan`]: the pure three-way planner.
-//! - [`exec`]: runs a plan on the pool and records each result.
+//! - [`exec`]: runs a plan through the stores and records each result.
+//! - [`store`]: the two sides behind one seam: the local disk and the FTP
+//!   server (every FTP quirk the executor must not know about).
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
 //! - [`report`]: human and JSON output.
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
@@ -31,3 +33,4 @@ pub mod plan;
 pub mod report;
 pub mod serve;
 pub mod state;
+pub mod store;
