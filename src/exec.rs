@@ -1,7 +1,10 @@
-//! Runs a [`Plan`] over the connection pool: mkdirs level by level, then the
-//! transfers concurrently, then (only if nothing failed) deletes and rmdirs,
-//! then the state-only items. Every finished item is sent to the state writer
-//! at once, so an interrupted run resumes where it stopped.
+//! Runs a [`Plan`] through the two [`crate::store`]s: mkdirs level by level,
+//! then the transfers concurrently, then (only if nothing failed) deletes and
+//! rmdirs, then the state-only items. Every finished item is sent to the
+//! state writer at once, so an interrupted run resumes where it stopped. How
+//! each side does an operation (FTP replies, REST, pipelining, local I/O) is
+//! the stores' business; the transfer policy (temporary name, resume with an
+//! overlap check, verification, placing, the record) is decided here.
 //!
 //! Uploads go to a temporary name in the target directory and are renamed
 //! over the final name only after the transfer and a size check succeed;
