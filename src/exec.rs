@@ -1,7 +1,10 @@
-//! Runs a [`Plan`] over the connection pool: mkdirs level by level, then the
-//! transfers concurrently, then (only if nothing failed) deletes and rmdirs,
-//! then the state-only items. Every finished item is sent to the state writer
-//! at once, so an interrupted run resumes where it stopped.
+//! Runs a [`Plan`] through the two [`crate::store`]s: mkdirs level by level,
+//! then the transfers concurrently, then (only if nothing failed) deletes and
+//! rmdirs, then the state-only items. Every finished item is sent to the
+//! state writer at once, so an interrupted run resumes where it stopped. How
+//! each side does an operation (FTP replies, REST, pipelining, local I/O) is
+//! the stores' business; the transfer policy (temporary name, resume with an
+//! overlap check, verification, placing, the record) is decided here.
 //!
 //! Uploads go to a temporary name in the target directory and are renamed
 //! over the final name only after the transfer and a size check succeed;
@@ -26,18 +29,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use async_trait::async_trait;
+
 use crate::ftp::FtpFailure;
-use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE, Stored};
 use crate::ftp::pool::Pool;
 use crate::job::{CompareMode, Job};
-use crate::local::{mtime_ns, safe_path, temp_name};
+use crate::local::{mtime_ns, temp_name};
 use crate::model::RelPath;
 use crate::model::RemoteTime;
 use crate::model::Side;
 use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::plan::{Op, Plan, PlanItem};
 use crate::state::{Partial, StateChange, StateRecord, StateWriter};
-use crate::with_retry;
+use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, Store, Stored};
 
 /// Everything the executor reads.
 pub struct ExecInput {
@@ -114,7 +118,8 @@ impl RunReport {
 
 struct Ctx {
     input: ExecInput,
-    pool: Arc<Pool>,
+    local: LocalStore,
+    remote: FtpStore,
     writer: Arc<StateWriter>,
     bytes: AtomicU64,
     signals: StopSignals,
@@ -142,11 +147,21 @@ impl Ctx {
 
     /// Whether no new item may start.
     fn stopping(&self) -> bool {
-        self.signals.stop.is_cancelled() || self.signals.abort.is_cancelled() || self.pool.gave_up()
+        self.signals.stop.is_cancelled()
+            || self.signals.abort.is_cancelled()
+            || self.remote.gave_up()
+    }
+
+    /// The store of one side.
+    fn store(&self, side: Side) -> &dyn Store {
+        match side {
+            Side::Local => &self.local,
+            Side::Remote => &self.remote,
+        }
     }
 
     fn remote_path(&self, p: &RelPath) -> String {
-        p.to_remote(&self.input.root)
+        self.remote.path(p)
     }
     fn local_meta(&self, p: &RelPath) -> Option<LocalMeta> {
         self.input.local.entries.get(p).and_then(|e| e.meta.clone())
@@ -166,7 +181,7 @@ impl Ctx {
 /// resumed; everything else is removed (best effort: failures are logged).
 /// Returns how many were removed and the partials to resume, by path.
 pub async fn sort_out_temps(
-    pool: &Pool,
+    pool: &Arc<Pool>,
     input: &ExecInput,
     plan: &Plan,
     remote_temps: &[RelPath],
@@ -174,11 +189,11 @@ pub async fn sort_out_temps(
     local_temps: &[RelPath],
     writer: &StateWriter,
 ) -> (usize, BTreeMap<RelPath, String>) {
-    let job = &input.job;
     let root = &input.root;
+    let (remote_store, local_store) = stores(input, pool);
     let mut resume = BTreeMap::new();
     for p in journaled {
-        if resumable_partial(input, plan, p) {
+        if resumable_partial(input, &local_store, plan, p) {
             resume.insert(p.path.clone(), p.temp.clone());
         }
     }
@@ -192,12 +207,7 @@ pub async fn sort_out_temps(
             .map(|p| p.temp.clone()),
     );
     for path in remote.into_iter().filter(|t| !keep.contains(t)) {
-        let r = with_retry!(pool, &job.retry, |c| match c.delete(&path).await {
-            Ok(()) => Ok(true),
-            Err(FtpFailure::Reply { code: 550, .. }) => Ok(false),
-            Err(e) => Err(e),
-        });
-        match r {
+        match remote_store.remove_temp(&path, false).await {
             Ok(gone) => {
                 removed += usize::from(gone);
                 writer.send(StateChange::PendingRemove(path));
@@ -207,7 +217,7 @@ pub async fn sort_out_temps(
     }
     let mut local: BTreeSet<String> = local_temps
         .iter()
-        .filter_map(|rel| safe_path(&job.local_root, rel).ok())
+        .filter_map(|rel| local_store.writable(rel).ok())
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     local.extend(
@@ -217,7 +227,7 @@ pub async fn sort_out_temps(
             .map(|p| p.temp.clone()),
     );
     for path in local.into_iter().filter(|t| !keep.contains(t)) {
-        if is_our_local_temp(job, &path) && std::fs::remove_file(&path).is_ok() {
+        if let Ok(true) = local_store.remove_temp(&path, false).await {
             removed += 1;
         }
         writer.send(StateChange::PendingRemove(path));
@@ -225,19 +235,20 @@ pub async fn sort_out_temps(
     (removed, resume)
 }
 
-/// Whether a journaled path names one of our temporary files inside the local root.
-fn is_our_local_temp(job: &Job, temp: &str) -> bool {
-    let p = Path::new(temp);
-    p.starts_with(&job.local_root)
-        && p.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(crate::local::is_temp_name)
+/// The stores of a run: the remote tree under the root over the pool, and
+/// the local tree.
+fn stores(input: &ExecInput, pool: &Arc<Pool>) -> (FtpStore, LocalStore) {
+    let job = &input.job;
+    (
+        FtpStore::new(Arc::clone(pool), job.retry, job.timeout, input.root.clone()),
+        LocalStore::new(job.local_root.clone()),
+    )
 }
 
 /// Whether a journaled partial can be resumed by this run: the plan
 /// transfers its path again, in the same direction, from a source whose
 /// size and time are what they were when the partial was written.
-fn resumable_partial(input: &ExecInput, plan: &Plan, p: &Partial) -> bool {
+fn resumable_partial(input: &ExecInput, local: &LocalStore, plan: &Plan, p: &Partial) -> bool {
     let wanted = match p.side {
         Side::Remote => Op::Upload,
         Side::Local => Op::Download,
@@ -265,8 +276,8 @@ fn resumable_partial(input: &ExecInput, plan: &Plan, p: &Partial) -> bool {
                     .is_some_and(|m| m.size == p.size && m.mtime_ns.to_string() == p.stamp)
         }
         Side::Local => {
-            is_our_local_temp(&input.job, &p.temp)
-                && Path::new(&p.temp).is_file()
+            local.is_our_temp(&p.temp)
+                && local.is_file(&p.temp)
                 && input
                     .remote
                     .entries
@@ -285,9 +296,11 @@ pub async fn execute(
     writer: Arc<StateWriter>,
     signals: StopSignals,
 ) -> RunReport {
+    let (remote, local) = stores(&input, &pool);
     let ctx = Arc::new(Ctx {
         input,
-        pool,
+        local,
+        remote,
         writer,
         bytes: AtomicU64::new(0),
         signals,
@@ -371,7 +384,7 @@ pub async fn execute(
 }
 
 /// Files bigger than this are started first.
-const BIG_TRANSFER: u64 = SMALL_FILE;
+const BIG_TRANSFER: u64 = 1 << 20;
 
 /// The order transfers start in. Big files first, largest first, so that a
 /// large file started last does not make the run's tail. The rest round-robin
@@ -404,43 +417,11 @@ fn schedule(items: Vec<PlanItem>) -> Vec<PlanItem> {
 }
 
 async fn create_target_root(ctx: &Ctx) -> Result<(), FtpFailure> {
-    match ctx.input.job.direction {
-        crate::job::Direction::Pull => std::fs::create_dir_all(&ctx.input.job.local_root)
-            .map_err(|e| FtpFailure::Local(format!("{}: {e}", ctx.input.job.local_root.display()))),
-        crate::job::Direction::Push => {
-            // mkdir -p, component by component; existing ones answer 550, which is fine.
-            let root = ctx.input.root.clone();
-            let mut prefix = String::new();
-            for part in root.split('/').filter(|s| !s.is_empty()) {
-                prefix = if prefix.is_empty() && root.starts_with('/') {
-                    format!("/{part}")
-                } else if prefix.is_empty() {
-                    part.to_owned()
-                } else {
-                    format!("{prefix}/{part}")
-                };
-                let p = prefix.clone();
-                with_retry!(&ctx.pool, &ctx.input.job.retry, |c| mkdir_idempotent(c, &p)
-                    .await)?;
-            }
-            Ok(())
-        }
-    }
-}
-
-async fn mkdir_idempotent(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
-    match c.mkdir(path).await {
-        Ok(()) => Ok(()),
-        Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
-            // Already there (or created by a lost earlier attempt)?
-            if c.is_dir(path).await? {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        }
-        Err(e) => Err(e),
-    }
+    let target = match ctx.input.job.direction {
+        crate::job::Direction::Pull => Side::Local,
+        crate::job::Direction::Push => Side::Remote,
+    };
+    ctx.store(target).create_root().await
 }
 
 /// Runs items grouped by depth: ascending for mkdirs, descending for rmdirs.
@@ -488,7 +469,7 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
     let mut grace_end: Option<tokio::time::Instant> = None;
     let mut aborted = false;
     loop {
-        while !ctx.stopping() && set.len() < ctx.pool.size() * 2 {
+        while !ctx.stopping() && set.len() < ctx.remote.connections() * 2 {
             let Some(item) = queue.next() else { break };
             let task_ctx = Arc::clone(ctx);
             let task_item = item.clone();
@@ -535,7 +516,7 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
             _ = ctx.signals.stop.cancelled(), if grace_end.is_none() => {
                 grace_end = Some(tokio::time::Instant::now() + ctx.signals.grace);
                 // Items waiting to retry give up now instead of after their backoff.
-                ctx.pool.halt();
+                ctx.remote.halt();
             }
             _ = grace_over, if !aborted => {
                 aborted = true;
@@ -543,7 +524,7 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
             }
             _ = ctx.signals.abort.cancelled(), if !aborted => {
                 aborted = true;
-                ctx.pool.halt();
+                ctx.remote.halt();
                 set.abort_all();
             }
         }
@@ -559,25 +540,8 @@ async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
         std::mem::take(&mut *ctx.temps.lock().unwrap_or_else(|e| e.into_inner()))
             .into_iter()
             .collect();
-    let once = crate::job::RetryPolicy {
-        max_attempts: 1,
-        ..ctx.input.job.retry
-    };
     for (temp, side) in temps {
-        let removed = match side {
-            Side::Local => {
-                is_our_local_temp(&ctx.input.job, &temp)
-                    && matches!(std::fs::remove_file(&temp), Ok(()))
-                    || !Path::new(&temp).exists()
-            }
-            Side::Remote => {
-                let r = tokio::time::timeout(ctx.input.job.timeout, async {
-                    with_retry!(&ctx.pool, &once, |c| c.delete(&temp).await)
-                })
-                .await;
-                matches!(r, Ok(Ok(()) | Err(FtpFailure::Reply { code: 550, .. })))
-            }
-        };
+        let removed = ctx.store(side).remove_temp(&temp, true).await.is_ok();
         if removed {
             report.temps_removed += 1;
             ctx.send(StateChange::PendingRemove(temp));
@@ -602,53 +566,43 @@ pub fn op_label(item: &PlanItem) -> &'static str {
 }
 
 async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
-    let retry = ctx.input.job.retry;
-    match (item.op, item.side) {
-        (Op::Mkdir, Side::Remote) => {
-            let p = ctx.remote_path(&item.path);
-            with_retry!(&ctx.pool, &retry, |c| mkdir_idempotent(c, &p).await)?;
+    match item.op {
+        Op::Mkdir => {
+            ctx.store(item.side).mkdir(&item.path).await?;
             put_dir(ctx, &item.path);
             Ok(())
         }
-        (Op::Mkdir, Side::Local) => {
-            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
-            match std::fs::create_dir(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
-                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
-            }
-            put_dir(ctx, &item.path);
-            Ok(())
-        }
-        (Op::Upload, _) => {
-            let mut carry = UploadCarry::default();
+        Op::Upload => {
+            let mut attempt = UploadAttempt {
+                ctx,
+                path: &item.path,
+                partial: None,
+            };
             if let Some(temp) = ctx.input.resume.get(&item.path)
                 && let Some(m) = ctx.local_meta(&item.path)
             {
-                carry.partial = Some((temp.clone(), m.size, m.mtime_ns));
+                attempt.partial = Some((temp.clone(), m.size, m.mtime_ns));
             }
-            let rec = with_retry!(&ctx.pool, &retry, |c| upload(
-                ctx, c, &item.path, &mut carry
-            )
-            .await)?;
+            let rec = ctx.remote.retrying(&mut attempt).await?;
             ctx.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
-        (Op::Download, _) => {
-            let mut carry = ctx
-                .input
-                .resume
-                .get(&item.path)
-                .map(std::path::PathBuf::from);
-            let result = with_retry!(&ctx.pool, &retry, |c| download(
-                ctx, c, &item.path, &mut carry
-            )
-            .await);
+        Op::Download => {
+            let mut attempt = DownloadAttempt {
+                ctx,
+                path: &item.path,
+                partial: ctx
+                    .input
+                    .resume
+                    .get(&item.path)
+                    .map(std::path::PathBuf::from),
+            };
+            let result = ctx.remote.retrying(&mut attempt).await;
             // A large partial download stays (journaled) for the next run to resume.
-            if let Some(partial) = carry
-                && std::fs::metadata(&partial).map_or(true, |m| m.len() < RESUME_MIN)
+            if let Some(partial) = attempt.partial
+                && ctx.local.len(&partial).is_none_or(|n| n < RESUME_MIN)
             {
-                let _ = std::fs::remove_file(&partial);
+                ctx.local.discard(&partial).await;
                 ctx.send(StateChange::PendingRemove(
                     partial.to_string_lossy().into_owned(),
                 ));
@@ -657,44 +611,18 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             ctx.send(StateChange::Put(item.path.clone(), rec));
             Ok(())
         }
-        (Op::Delete, Side::Remote) => {
-            let p = ctx.remote_path(&item.path);
-            with_retry!(&ctx.pool, &retry, |c| delete_remote(c, &p).await)?;
+        Op::Delete => {
+            ctx.store(item.side).delete(&item.path).await?;
             ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
-        (Op::Rmdir, Side::Remote) => {
-            let p = ctx.remote_path(&item.path);
-            with_retry!(&ctx.pool, &retry, |c| rmdir_remote(c, &p).await)?;
+        Op::Rmdir => {
+            ctx.store(item.side).rmdir(&item.path).await?;
             ctx.send(StateChange::Remove(item.path.clone()));
             Ok(())
         }
-        (Op::Delete, Side::Local) => {
-            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
-            }
-            ctx.send(StateChange::Remove(item.path.clone()));
-            Ok(())
-        }
-        (Op::Rmdir, Side::Local) => {
-            let p = safe_path(&ctx.input.job.local_root, &item.path).map_err(local_err)?;
-            match std::fs::remove_dir(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(FtpFailure::Local(format!("{}: {e}", p.display()))),
-            }
-            ctx.send(StateChange::Remove(item.path.clone()));
-            Ok(())
-        }
-        (Op::Adopt | Op::Forget | Op::Keep, _) => Ok(()),
+        Op::Adopt | Op::Forget | Op::Keep => Ok(()),
     }
-}
-
-fn local_err(e: std::io::Error) -> FtpFailure {
-    FtpFailure::Local(e.to_string())
 }
 
 fn put_dir(ctx: &Ctx, path: &RelPath) {
@@ -723,53 +651,6 @@ fn record_only(ctx: &Ctx, item: &PlanItem) {
     }
 }
 
-async fn rmdir_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
-    match c.rmdir(path).await {
-        Ok(()) => Ok(()),
-        Err(e @ FtpFailure::Reply { code: 550, .. }) => {
-            // Gone already (a lost reply to an earlier attempt)?
-            if c.is_dir(path).await? {
-                Err(e)
-            } else {
-                Ok(())
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-async fn delete_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
-    match c.delete(path).await {
-        Ok(()) => Ok(()),
-        Err(e @ FtpFailure::Reply { code: 550, .. }) => {
-            // 550 is also the answer when an earlier DELE whose reply was lost
-            // already removed it: check before calling it a failure.
-            if exists_remote(c, path).await? {
-                Err(e)
-            } else {
-                Ok(())
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether a remote file exists, by listing its parent directory.
-async fn exists_remote(c: &mut FtpConn, path: &str) -> Result<bool, FtpFailure> {
-    let (dir, name) = match path.rfind('/') {
-        Some(0) => ("/", &path[1..]),
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (".", path),
-    };
-    let listing = c.list_dir(dir, chrono::Utc::now().naive_utc()).await?;
-    Ok(listing.exists
-        && listing
-            .listing
-            .entries
-            .iter()
-            .any(|e| e.name == name.as_bytes()))
-}
-
 fn to_utc(ns: i64) -> Option<chrono::NaiveDateTime> {
     chrono::DateTime::from_timestamp(ns.div_euclid(1_000_000_000), 0).map(|t| t.naive_utc())
 }
@@ -780,200 +661,163 @@ const RESUME_MIN: u64 = 1 << 20;
 /// Bytes compared between the partial copy and the source before resuming.
 const OVERLAP: u64 = 64 * 1024;
 
-/// What a failed upload attempt leaves for the next one.
-#[derive(Debug, Default)]
-struct UploadCarry {
-    /// The temporary remote file and the local file's (size, mtime) when it was written.
+/// Uploads one file: STOR to a temporary name (resuming the previous
+/// attempt's partial file where that is verified safe), check, rename into
+/// place. Each attempt runs on one connection.
+struct UploadAttempt<'a> {
+    ctx: &'a Ctx,
+    path: &'a RelPath,
+    /// What a failed attempt leaves for the next one: the temporary remote
+    /// file and the local file's (size, mtime) when it was written.
     partial: Option<(String, u64, i64)>,
 }
 
+#[async_trait]
+impl Attempt for UploadAttempt<'_> {
+    type Output = StateRecord;
+
+    async fn run(&mut self, s: &mut dyn RemoteSession) -> Result<StateRecord, FtpFailure> {
+        let (ctx, path) = (self.ctx, self.path);
+        let job = &ctx.input.job;
+        let (local_path, before) = ctx.local.source_file(path)?;
+        let final_path = ctx.remote_path(path);
+        let mtime = mtime_ns(&before);
+        // The time is set before the rename, which keeps it.
+        let utc = to_utc(mtime);
+        let stored = if job.atomic {
+            let mut offset = 0;
+            let mut tmp = None;
+            if let Some((old, size, stamp)) = self.partial.take() {
+                match resumable_upload(ctx, s, &old, &local_path, &before, (size, stamp)).await? {
+                    Some(n) => {
+                        tracing::info!("resuming upload of {path} at byte {n}");
+                        offset = n;
+                        tmp = Some(old);
+                    }
+                    None => {
+                        if s.remove(&old).await.is_ok() {
+                            ctx.send(StateChange::PendingRemove(old));
+                        }
+                    }
+                }
+            }
+            let tmp = match tmp {
+                Some(t) => t,
+                None => {
+                    let parent = path.parent().unwrap_or_default();
+                    let t = parent
+                        .join(temp_name().as_bytes())
+                        .map_err(|_| FtpFailure::BadPath)?;
+                    let t = ctx.remote_path(&t);
+                    ctx.send(StateChange::PendingAdd(Partial {
+                        temp: t.clone(),
+                        side: Side::Remote,
+                        path: path.clone(),
+                        size: before.len(),
+                        stamp: mtime.to_string(),
+                    }));
+                    t
+                }
+            };
+            let stored = match s.send(&local_path, before.len(), &tmp, offset, utc).await {
+                Ok(st) => st,
+                Err(e) => {
+                    // The next attempt resumes or removes it (and the next run, if none).
+                    self.partial = Some((tmp, before.len(), mtime));
+                    return Err(e);
+                }
+            };
+            let placed = match check_upload(ctx, &stored, &local_path, &before) {
+                Ok(()) => s.place(&tmp, &final_path).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = placed {
+                if !e.breaks_connection() && s.remove(&tmp).await.is_ok() {
+                    ctx.send(StateChange::PendingRemove(tmp));
+                } else {
+                    self.partial = Some((tmp, before.len(), mtime));
+                }
+                return Err(e);
+            }
+            ctx.send(StateChange::PendingRemove(tmp));
+            stored
+        } else {
+            // Without a temporary name the time is set only on a checked file.
+            let mut stored = s
+                .send(&local_path, before.len(), &final_path, 0, None)
+                .await?;
+            check_upload(ctx, &stored, &local_path, &before)?;
+            if let Some(t) = utc {
+                stored.mtime = s.set_mtime(&final_path, t).await?;
+            }
+            stored
+        };
+        let bytes = stored.sent;
+        ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let remote_time = stored.mtime.unwrap_or(RemoteTime::Unknown);
+        let sha = if job.compare == CompareMode::Hash {
+            ctx.local.sha256(&local_path).await
+        } else {
+            None
+        };
+        Ok(StateRecord {
+            kind: Kind::File,
+            local: Some(LocalMeta {
+                size: bytes,
+                mtime_ns: mtime,
+                sha256: sha,
+            }),
+            remote: Some(RemoteMeta {
+                size: Some(bytes),
+                mtime: remote_time,
+            }),
+        })
+    }
+}
+
 /// Decides whether a partial temporary upload can be resumed: the local file
-/// is unchanged, the server has a prefix of it (SIZE), and the last
-/// [`OVERLAP`] bytes on the server equal the local bytes at that position.
+/// is unchanged, the server has a prefix of it, and the last [`OVERLAP`]
+/// bytes on the server equal the local bytes at that position.
 /// Returns the offset to resume from.
 async fn resumable_upload(
-    c: &mut FtpConn,
+    ctx: &Ctx,
+    s: &mut dyn RemoteSession,
     tmp: &str,
     local: &Path,
     before: &std::fs::Metadata,
     recorded: (u64, i64),
 ) -> Result<Option<u64>, FtpFailure> {
-    if !c.features.rest || before.len() < RESUME_MIN || recorded != (before.len(), mtime_ns(before))
+    if !s.capabilities().resume
+        || before.len() < RESUME_MIN
+        || recorded != (before.len(), mtime_ns(before))
     {
         return Ok(None);
     }
-    let Some(n) = c.size(tmp).await? else {
+    let Some(n) = s.size(tmp).await? else {
         return Ok(None);
     };
     if n < OVERLAP || n >= before.len() {
         return Ok(None);
     }
-    let remote_tail = match c.read_from(tmp, n - OVERLAP, OVERLAP as usize).await {
-        Ok(d) => d,
-        Err(FtpFailure::Reply { .. } | FtpFailure::Verify(_)) => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(remote_tail) = s.read_at(tmp, n - OVERLAP, OVERLAP as usize).await? else {
+        return Ok(None);
     };
-    let mut local_tail = vec![0u8; OVERLAP as usize];
-    {
-        use std::io::{Read, Seek};
-        let mut f = std::fs::File::open(local).map_err(local_err)?;
-        f.seek(std::io::SeekFrom::Start(n - OVERLAP))
-            .map_err(local_err)?;
-        f.read_exact(&mut local_tail).map_err(local_err)?;
-    }
+    let local_tail = ctx
+        .local
+        .read_at(local, n - OVERLAP, OVERLAP as usize)
+        .await?;
     Ok((remote_tail == local_tail).then_some(n))
 }
 
-/// One upload attempt: STOR to a temporary name (resuming the previous
-/// attempt's partial file where that is verified safe), check, rename into place.
-async fn upload(
-    ctx: &Ctx,
-    c: &mut FtpConn,
-    path: &RelPath,
-    carry: &mut UploadCarry,
-) -> Result<StateRecord, FtpFailure> {
-    let job = &ctx.input.job;
-    let local_path = path.to_local(&job.local_root);
-    let before = std::fs::symlink_metadata(&local_path)
-        .map_err(|e| FtpFailure::Local(format!("{}: {e}", local_path.display())))?;
-    if !before.is_file() {
-        return Err(FtpFailure::Local(format!(
-            "{} is no longer a regular file",
-            local_path.display()
-        )));
-    }
-    let final_path = ctx.remote_path(path);
-    let mtime = mtime_ns(&before);
-    // The time is set before the rename, which keeps it.
-    let utc = to_utc(mtime);
-    let stored = if job.atomic {
-        let mut offset = 0;
-        let mut tmp = None;
-        if let Some((old, size, stamp)) = carry.partial.take() {
-            match resumable_upload(c, &old, &local_path, &before, (size, stamp)).await? {
-                Some(n) => {
-                    tracing::info!("resuming upload of {path} at byte {n}");
-                    offset = n;
-                    tmp = Some(old);
-                }
-                None => {
-                    if c.delete(&old).await.is_ok() {
-                        ctx.send(StateChange::PendingRemove(old));
-                    }
-                }
-            }
-        }
-        let tmp = match tmp {
-            Some(t) => t,
-            None => {
-                let parent = path.parent().unwrap_or_default();
-                let t = parent
-                    .join(temp_name().as_bytes())
-                    .map_err(|_| FtpFailure::BadPath)?;
-                let t = ctx.remote_path(&t);
-                ctx.send(StateChange::PendingAdd(Partial {
-                    temp: t.clone(),
-                    side: Side::Remote,
-                    path: path.clone(),
-                    size: before.len(),
-                    stamp: mtime.to_string(),
-                }));
-                t
-            }
-        };
-        let stored = match send_file(c, &local_path, &before, &tmp, offset, utc).await {
-            Ok(s) => s,
-            Err(e) => {
-                // The next attempt resumes or removes it (and the next run, if none).
-                carry.partial = Some((tmp, before.len(), mtime));
-                return Err(e);
-            }
-        };
-        let placed = match check_upload(&stored, &local_path, &before) {
-            Ok(()) => place_upload(c, &tmp, &final_path).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = placed {
-            if !e.breaks_connection() && c.delete(&tmp).await.is_ok() {
-                ctx.send(StateChange::PendingRemove(tmp));
-            } else {
-                carry.partial = Some((tmp, before.len(), mtime));
-            }
-            return Err(e);
-        }
-        ctx.send(StateChange::PendingRemove(tmp));
-        stored
-    } else {
-        // Without a temporary name the time is set only on a checked file.
-        let mut stored = send_file(c, &local_path, &before, &final_path, 0, None).await?;
-        check_upload(&stored, &local_path, &before)?;
-        if let Some(t) = utc {
-            stored.mtime = c.set_mtime(&final_path, t).await?;
-        }
-        stored
-    };
-    let bytes = stored.sent;
-    ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
-    let remote_time = stored.mtime.unwrap_or(RemoteTime::Unknown);
-    let sha = if job.compare == CompareMode::Hash {
-        crate::local::sha256_file(&local_path).ok()
-    } else {
-        None
-    };
-    Ok(StateRecord {
-        kind: Kind::File,
-        local: Some(LocalMeta {
-            size: bytes,
-            mtime_ns: mtime,
-            sha256: sha,
-        }),
-        remote: Some(RemoteMeta {
-            size: Some(bytes),
-            mtime: remote_time,
-        }),
-    })
-}
-
-/// Sends the file (from `offset`: a verified partial upload), sets its
-/// time and asks its size. Small files go in one read and pipelined commands.
-async fn send_file(
-    c: &mut FtpConn,
-    local: &Path,
-    before: &std::fs::Metadata,
-    remote: &str,
-    offset: u64,
-    utc: Option<chrono::NaiveDateTime>,
-) -> Result<Stored, FtpFailure> {
-    if offset == 0 && before.len() <= SMALL_FILE {
-        let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
-        // One byte more than expected is enough to tell that the file grew.
-        let file = std::fs::File::open(local).map_err(local_err)?;
-        let mut data = Vec::with_capacity(before.len() as usize + 1);
-        std::io::Read::read_to_end(&mut std::io::Read::take(file, before.len() + 1), &mut data)
-            .map_err(local_err)?;
-        return c.store_small(remote, &data, utc).await;
-    }
-    let sent = c.upload(local, before.len(), remote, offset).await?;
-    let mtime = match utc {
-        Some(t) => c.set_mtime(remote, t).await?,
-        None => None,
-    };
-    let size = c.size(remote).await?;
-    Ok(Stored { sent, size, mtime })
-}
-
-/// After STOR: the bytes sent must be the file as it was before, and still
-/// is (else it changed while uploading), and the server's SIZE must agree.
+/// After the transfer: the bytes sent must be the file as it was before, and
+/// still is (else it changed while uploading), and the server's size must agree.
 fn check_upload(
+    ctx: &Ctx,
     stored: &Stored,
     local: &Path,
     before: &std::fs::Metadata,
 ) -> Result<(), FtpFailure> {
-    let changed = match std::fs::symlink_metadata(local) {
-        Ok(now) => now.len() != before.len() || mtime_ns(&now) != mtime_ns(before),
-        Err(_) => true,
-    };
-    if changed {
+    if ctx.local.changed_since(local, before) {
         return Err(FtpFailure::Verify(
             "local file changed during upload".to_string(),
         ));
@@ -996,159 +840,122 @@ fn check_upload(
     Ok(())
 }
 
-/// Renames a checked temporary file over the final name.
-async fn place_upload(c: &mut FtpConn, tmp: &str, final_path: &str) -> Result<(), FtpFailure> {
-    match c.rename(tmp, final_path).await {
-        Ok(()) => Ok(()),
-        Err(RenameError::To(e @ FtpFailure::Reply { code, .. })) if code >= 500 => {
-            // Some servers (IIS, FileZilla) refuse to rename over an existing
-            // file: then delete the old one and rename. Only when RNFR was
-            // accepted: a refused RNFR says nothing about the target. A crash
-            // in between leaves the new content under the journaled temporary
-            // name and the path absent, so the next run uploads it again.
-            if !exists_remote(c, final_path).await? {
-                return Err(e);
-            }
-            delete_remote(c, final_path).await?;
-            c.rename(tmp, final_path)
-                .await
-                .map_err(RenameError::failure)
-        }
-        Err(e) => Err(e.failure()),
-    }
+/// Downloads one file: RETR into a temporary file beside the target
+/// (resuming the previous attempt's partial file after checking an
+/// overlap), check the size, then rename into place.
+struct DownloadAttempt<'a> {
+    ctx: &'a Ctx,
+    path: &'a RelPath,
+    /// The partial temporary file a failed attempt left.
+    partial: Option<std::path::PathBuf>,
 }
 
-/// One download attempt: RETR into a temporary file beside the target
-/// (resuming the previous attempt's partial file after checking an overlap),
-/// check the size, then rename into place.
-async fn download(
-    ctx: &Ctx,
-    c: &mut FtpConn,
-    path: &RelPath,
-    carry: &mut Option<std::path::PathBuf>,
-) -> Result<StateRecord, FtpFailure> {
-    let job = &ctx.input.job;
-    let remote_meta = ctx.remote_meta(path);
-    let expected = remote_meta.as_ref().and_then(|m| m.size);
-    let final_local = safe_path(&job.local_root, path).map_err(local_err)?;
-    let dir = final_local.parent().unwrap_or(Path::new("."));
-    let remote = ctx.remote_path(path);
-    let mut resume = None;
-    let tmp = match carry.take() {
-        Some(old) => {
-            let have = std::fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
-            if c.features.rest
-                && have >= RESUME_MIN.max(OVERLAP)
-                && expected.is_some_and(|e| have < e)
-            {
-                use std::io::{Read, Seek};
-                let mut tail = vec![0u8; OVERLAP as usize];
-                let ok = std::fs::File::open(&old)
-                    .and_then(|mut f| {
-                        f.seek(std::io::SeekFrom::Start(have - OVERLAP))?;
-                        f.read_exact(&mut tail)
-                    })
-                    .is_ok();
-                if ok {
+#[async_trait]
+impl Attempt for DownloadAttempt<'_> {
+    type Output = StateRecord;
+
+    async fn run(&mut self, s: &mut dyn RemoteSession) -> Result<StateRecord, FtpFailure> {
+        let (ctx, path) = (self.ctx, self.path);
+        let job = &ctx.input.job;
+        let remote_meta = ctx.remote_meta(path);
+        let expected = remote_meta.as_ref().and_then(|m| m.size);
+        let final_local = ctx.local.writable(path)?;
+        let remote = ctx.remote_path(path);
+        let mut resume = None;
+        let tmp = match self.partial.take() {
+            Some(old) => {
+                let have = ctx.local.len(&old).unwrap_or(0);
+                if s.capabilities().resume
+                    && have >= RESUME_MIN.max(OVERLAP)
+                    && expected.is_some_and(|e| have < e)
+                    && let Ok(tail) = ctx
+                        .local
+                        .read_at(&old, have - OVERLAP, OVERLAP as usize)
+                        .await
+                {
                     tracing::info!("resuming download of {path} at byte {have}");
-                    resume = Some(crate::ftp::conn::Resume {
+                    resume = Some(Resume {
                         keep: have,
                         overlap: tail,
                     });
                 }
+                if resume.is_none() {
+                    ctx.local.discard(&old).await;
+                    ctx.send(StateChange::PendingRemove(
+                        old.to_string_lossy().into_owned(),
+                    ));
+                    None
+                } else {
+                    Some(old)
+                }
             }
-            if resume.is_none() {
-                let _ = std::fs::remove_file(&old);
-                ctx.send(StateChange::PendingRemove(
-                    old.to_string_lossy().into_owned(),
-                ));
-                None
-            } else {
-                Some(old)
+            None => None,
+        };
+        let tmp = match tmp {
+            Some(t) => t,
+            None => {
+                let t = ctx.local.temp_beside(&final_local);
+                ctx.send(StateChange::PendingAdd(Partial {
+                    temp: t.to_string_lossy().into_owned(),
+                    side: Side::Local,
+                    path: path.clone(),
+                    size: expected.unwrap_or(0),
+                    stamp: remote_meta
+                        .as_ref()
+                        .map(|m| m.mtime.to_stored())
+                        .unwrap_or_default(),
+                }));
+                t
             }
-        }
-        None => None,
-    };
-    let tmp = match tmp {
-        Some(t) => t,
-        None => {
-            let t = dir.join(temp_name());
-            ctx.send(StateChange::PendingAdd(Partial {
-                temp: t.to_string_lossy().into_owned(),
-                side: Side::Local,
-                path: path.clone(),
-                size: expected.unwrap_or(0),
-                stamp: remote_meta
-                    .as_ref()
-                    .map(|m| m.mtime.to_stored())
-                    .unwrap_or_default(),
-            }));
-            t
-        }
-    };
-    let tmp_key = tmp.to_string_lossy().into_owned();
-    let bytes = match c.download(&remote, &tmp, resume).await {
-        Ok(b) => b,
-        Err(e) => {
-            if matches!(e, FtpFailure::Verify(_)) {
-                let _ = std::fs::remove_file(&tmp);
-                ctx.send(StateChange::PendingRemove(tmp_key));
-            } else {
-                *carry = Some(tmp);
+        };
+        let tmp_key = tmp.to_string_lossy().into_owned();
+        let bytes = match s.fetch(&remote, &tmp, resume).await {
+            Ok(b) => b,
+            Err(e) => {
+                if matches!(e, FtpFailure::Verify(_)) {
+                    ctx.local.discard(&tmp).await;
+                    ctx.send(StateChange::PendingRemove(tmp_key));
+                } else {
+                    self.partial = Some(tmp);
+                }
+                return Err(e);
             }
-            return Err(e);
+        };
+        if let Some(expected) = expected
+            && expected != bytes
+        {
+            ctx.local.discard(&tmp).await;
+            return Err(FtpFailure::Verify(format!(
+                "received {bytes} bytes, the listing said {expected}"
+            )));
         }
-    };
-    if let Some(expected) = expected
-        && expected != bytes
-    {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(FtpFailure::Verify(format!(
-            "received {bytes} bytes, the listing said {expected}"
-        )));
+        // Keep the server's time on the local copy, as a mirror should.
+        let mtime = remote_meta.as_ref().and_then(|m| match m.mtime {
+            RemoteTime::Exact(t) | RemoteTime::Minute(t) => Some(
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(t.and_utc().timestamp().max(0) as u64),
+            ),
+            _ => None,
+        });
+        ctx.local.place(&tmp, &final_local, mtime).await?;
+        ctx.send(StateChange::PendingRemove(tmp_key));
+        let md = ctx.local.stat(&final_local)?;
+        ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sha = if job.compare == CompareMode::Hash {
+            ctx.local.sha256(&final_local).await
+        } else {
+            None
+        };
+        Ok(StateRecord {
+            kind: Kind::File,
+            local: Some(LocalMeta {
+                size: md.len(),
+                mtime_ns: mtime_ns(&md),
+                sha256: sha,
+            }),
+            remote: remote_meta,
+        })
     }
-    // Keep the server's time on the local copy, as a mirror should.
-    let mtime = remote_meta.as_ref().and_then(|m| match m.mtime {
-        RemoteTime::Exact(t) | RemoteTime::Minute(t) => Some(t),
-        _ => None,
-    });
-    if let Some(t) = mtime
-        && let Ok(f) = std::fs::File::options().write(true).open(&tmp)
-    {
-        let st = std::time::UNIX_EPOCH
-            + std::time::Duration::from_secs(t.and_utc().timestamp().max(0) as u64);
-        let _ = f.set_modified(st);
-    }
-    if let Ok(md) = std::fs::symlink_metadata(&final_local)
-        && md.is_dir()
-    {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(FtpFailure::Local(format!(
-            "{} is a directory",
-            final_local.display()
-        )));
-    }
-    std::fs::rename(&tmp, &final_local).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        FtpFailure::Local(format!("{}: {e}", final_local.display()))
-    })?;
-    ctx.send(StateChange::PendingRemove(tmp_key));
-    let md = std::fs::symlink_metadata(&final_local).map_err(local_err)?;
-    ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
-    let sha = if job.compare == CompareMode::Hash {
-        crate::local::sha256_file(&final_local).ok()
-    } else {
-        None
-    };
-    Ok(StateRecord {
-        kind: Kind::File,
-        local: Some(LocalMeta {
-            size: md.len(),
-            mtime_ns: mtime_ns(&md),
-            sha256: sha,
-        }),
-        remote: remote_meta,
-    })
 }
 
 /// Re-lists the directories that received uploads and records the remote
@@ -1166,21 +973,18 @@ async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
     let mut set = JoinSet::new();
     let mut dirs = by_dir.into_iter();
     loop {
-        while set.len() < ctx.pool.size() {
+        while set.len() < ctx.remote.connections() {
             let Some((dir, files)) = dirs.next() else {
                 break;
             };
             let ctx = Arc::clone(ctx);
             set.spawn(
                 async move {
-                    let abs = ctx.remote_path(&dir);
-                    let now = chrono::Utc::now().naive_utc();
-                    let listing = with_retry!(&ctx.pool, &ctx.input.job.retry, |c| c
-                        .list_dir(&abs, now)
-                        .await);
-                    let Ok(listing) = listing else { return };
+                    let Ok(entries) = ctx.remote.list_dir(&dir).await else {
+                        return;
+                    };
                     let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
-                    for e in listing.listing.entries {
+                    for e in entries {
                         let Ok(name) = std::str::from_utf8(&e.name) else {
                             continue;
                         };

@@ -15,7 +15,9 @@
 //!   pool and the remote scan.
 //! - [`state`]: the state store (trait and SQLite), the run history and the job lock.
 //! - [`plan`]: the pure three-way planner.
-//! - [`exec`]: runs a plan on the pool and records each result.
+//! - [`exec`]: runs a plan through the stores and records each result.
+//! - [`store`]: the two sides behind one seam: the local disk and the FTP
+//!   server (every FTP quirk the executor must not know about).
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
 //! - [`report`]: human and JSON output.
 //! - [`history`]: the recorded runs of a job as a table or JSON (`ftpsync history`).
@@ -36,3 +38,4 @@ pub mod plan;
 pub mod report;
 pub mod serve;
 pub mod state;
+pub mod store;
