@@ -500,9 +500,10 @@ async fn run_locked(
         stop: cancel.child_token(),
         abort: opts.abort.child_token(),
         grace: opts.grace,
+        deadline: Arc::default(),
     };
     // The deadline is a stop with no grace: what is in flight is abandoned.
-    let deadline_hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deadline_hit = Arc::clone(&signals.deadline);
     let _deadline = job.deadline.map(|limit| {
         let signals = signals.clone();
         let hit = Arc::clone(&deadline_hit);
@@ -510,7 +511,6 @@ async fn run_locked(
             tokio::time::sleep(limit).await;
             hit.store(true, std::sync::atomic::Ordering::Relaxed);
             signals.stop.cancel();
-            signals.abort.cancel();
         });
         AbortOnDrop(task)
     });
@@ -531,7 +531,11 @@ async fn run_locked(
     };
     let pool = Arc::clone(&prepared.pool);
     let mut report = execute_prepared(prepared, opts.force_delete, signals.clone()).await?;
-    if signals.stop.is_cancelled() || signals.abort.is_cancelled() || pool.gave_up() {
+    // A stop that came when everything was already done changed nothing.
+    let cut_short =
+        report.not_started > 0 || !report.abandoned.is_empty() || report.failed().next().is_some();
+    let asked = signals.stop.is_cancelled() || signals.abort.is_cancelled();
+    if pool.gave_up() || (asked && cut_short) {
         report.stopped = Some(reason(pool.gave_up()));
     }
     Ok(report)

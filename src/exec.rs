@@ -71,6 +71,9 @@ pub struct StopSignals {
     /// Fired to abandon the items in flight at once.
     pub abort: CancellationToken,
     pub grace: Duration,
+    /// Set when the stop is the run's deadline: no grace, and partial
+    /// transfers large enough to resume stay journaled for the next run.
+    pub deadline: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a run did.
@@ -124,7 +127,7 @@ struct Ctx {
     bytes: AtomicU64,
     signals: StopSignals,
     /// Temporary files written and not yet placed or removed, with their side.
-    temps: Mutex<BTreeMap<String, Side>>,
+    temps: Mutex<BTreeMap<String, (Side, u64)>>,
 }
 
 impl Ctx {
@@ -134,7 +137,7 @@ impl Ctx {
             let mut temps = self.temps.lock().unwrap_or_else(|e| e.into_inner());
             match &change {
                 StateChange::PendingAdd(p) => {
-                    temps.insert(p.temp.clone(), p.side);
+                    temps.insert(p.temp.clone(), (p.side, p.size));
                 }
                 StateChange::PendingRemove(t) => {
                     temps.remove(t);
@@ -507,14 +510,26 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
                     let item = running.remove(&e.id());
                     if e.is_cancelled() {
                         report.abandoned.extend(item);
-                    } else {
+                    } else if let Some(item) = item {
+                        // A bug, not a server's doing: the item failed, and
+                        // with it the run's right to delete.
                         tracing::error!("worker task failed: {e}");
+                        report.outcomes.push(Outcome {
+                            item,
+                            error: Some(FtpFailure::Local(format!("internal error: {e}"))),
+                        });
                     }
                 }
                 None => break,
             },
             _ = ctx.signals.stop.cancelled(), if grace_end.is_none() => {
-                grace_end = Some(tokio::time::Instant::now() + ctx.signals.grace);
+                // The deadline is a hard limit: no grace.
+                let grace = if ctx.signals.deadline.load(Ordering::Relaxed) {
+                    Duration::ZERO
+                } else {
+                    ctx.signals.grace
+                };
+                grace_end = Some(tokio::time::Instant::now() + grace);
                 // Items waiting to retry give up now instead of after their backoff.
                 ctx.remote.halt();
             }
@@ -536,12 +551,41 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
 /// finish, on both sides, one attempt each (the journal keeps the ones that
 /// could not be removed, for the next run).
 async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
-    let temps: Vec<(String, Side)> =
+    let temps: Vec<(String, (Side, u64))> =
         std::mem::take(&mut *ctx.temps.lock().unwrap_or_else(|e| e.into_inner()))
             .into_iter()
             .collect();
-    for (temp, side) in temps {
-        let removed = ctx.store(side).remove_temp(&temp, true).await.is_ok();
+    let deadline = ctx.signals.deadline.load(Ordering::Relaxed);
+    let aborted = ctx.signals.abort.is_cancelled();
+    // Each removal gets a short time of its own, and they run at once: a
+    // hung server cannot hold the stop for minutes.
+    let limit = ctx.input.job.timeout.min(Duration::from_secs(5));
+    let mut set = JoinSet::new();
+    for (temp, (side, size)) in temps {
+        if deadline && size >= RESUME_MIN {
+            // The next run resumes it (it stays journaled).
+            tracing::info!("keeping {temp} for the next run to resume");
+            continue;
+        }
+        if aborted && side == Side::Remote {
+            tracing::warn!("left {temp} for the next run to remove (aborted)");
+            continue;
+        }
+        let ctx = Arc::clone(ctx);
+        set.spawn(
+            async move {
+                let removed = tokio::time::timeout(limit, ctx.store(side).remove_temp(&temp, true))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+                (temp, removed)
+            }
+            .in_current_span(),
+        );
+    }
+    while let Some(joined) = set.join_next().await {
+        let Ok((temp, removed)) = joined else {
+            continue;
+        };
         if removed {
             report.temps_removed += 1;
             ctx.send(StateChange::PendingRemove(temp));

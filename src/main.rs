@@ -185,6 +185,9 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     };
+    // A blocking task of a stopped run (a local scan, hashing) must not
+    // keep the process alive after the work is over.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code as u8)
 }
 

@@ -166,6 +166,9 @@ fn history(env: &Env, job: &Path) -> Vec<serde_json::Value> {
 }
 
 fn same_tree(a: &Path, b: &Path) -> bool {
+    if !b.is_dir() {
+        return false;
+    }
     let strip = |m: std::collections::BTreeMap<String, Option<Vec<u8>>>| {
         m.into_iter()
             .filter(|(k, _)| !k.starts_with(".ftpsync"))
@@ -566,4 +569,51 @@ fn schedule_prints_next_runs_in_zone_and_utc() {
     let out = env.ftpsync(&["schedule", plain.to_str().unwrap()]);
     assert_eq!(out.code, 2, "{}", out.all());
     assert!(out.stderr.contains("has no schedule"), "{}", out.all());
+}
+
+#[test]
+fn jobs_on_one_server_share_its_connection_limit() {
+    let f = faulty();
+    for i in 0..40 {
+        write(
+            &f.env.local,
+            &format!("d{}/f{i:02}.txt", i % 4),
+            format!("{i}\n"),
+        );
+    }
+    // Slow renames keep every connection busy for a while.
+    f.proxy
+        .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_millis(30))));
+    let jobs = f.env.dir.path().join("jobs");
+    fs::create_dir_all(&jobs).unwrap();
+    // Two jobs, each asking for 4 connections, on a server limited to 2 in all.
+    let extra = "schedule: \"* * * * * *\"\nconcurrency: 4\n";
+    job_file(&f.env, &jobs, "one", extra);
+    let two = job_file(&f.env, &jobs, "two", extra);
+    let text = fs::read_to_string(&two).unwrap();
+    let text = text.replace(
+        &format!("  root: {}\n", f.env.remote_root),
+        &format!("  root: {}/two\n  max_connections: 2\n", f.env.remote_root),
+    );
+    fs::write(&two, text).unwrap();
+    let one = jobs.join("one.yaml");
+    let text = fs::read_to_string(&one).unwrap();
+    let text = text.replace(
+        &format!("  root: {}\n", f.env.remote_root),
+        &format!("  root: {}/one\n  max_connections: 2\n", f.env.remote_root),
+    );
+    fs::write(&one, text).unwrap();
+    let mut d = Daemon::start(&f.env, &[jobs.to_str().unwrap()], &[]);
+    d.wait(Duration::from_secs(30), "both jobs to converge", || {
+        same_tree(&f.env.local, &f.env.remote_disk.join("one"))
+            && same_tree(&f.env.local, &f.env.remote_disk.join("two"))
+    });
+    d.signal("TERM");
+    assert_eq!(d.exit(Duration::from_secs(20)).0, 0, "{}", d.log());
+    assert!(
+        f.proxy.peak_sessions() <= 2,
+        "{} connections at once",
+        f.proxy.peak_sessions()
+    );
+    assert!(f.proxy.connections() >= 2);
 }

@@ -224,6 +224,12 @@ impl Metrics {
         self.running.get_or_create(&job_labels(job)).set(1);
     }
 
+    /// A run of the job did not happen after all (another process held
+    /// the job): it is no longer running, and no outcome is counted.
+    pub fn run_not_started(&self, job: &str) {
+        self.running.get_or_create(&job_labels(job)).set(0);
+    }
+
     /// A run of the job finished, however it ended.
     pub fn run_finished(&self, job: &str, run: &RunMetrics) {
         let labels = job_labels(job);

@@ -77,6 +77,17 @@ struct Done {
     file: PathBuf,
 }
 
+/// Sends [`Done`] when dropped.
+struct DoneGuard(mpsc::UnboundedSender<Done>, Option<PathBuf>);
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        if let Some(file) = self.1.take() {
+            let _ = self.0.send(Done { file });
+        }
+    }
+}
+
 /// The job files named by `paths`: files as given, directories' `*.yaml`
 /// and `*.yml` files in name order.
 pub fn job_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Error> {
@@ -403,7 +414,6 @@ impl Daemon {
             slot.running = true;
             slot.skip_logged = false;
         }
-        self.metrics.run_started(&job.name);
         let server_limit = self
             .servers
             .get(&server_key(&job))
@@ -425,6 +435,8 @@ impl Daemon {
         let span = tracing::info_span!("job", job = %job.name);
         self.tracker.spawn(
             async move {
+                // Sent when this task ends, even by a panic, so the job is never stuck "running".
+                let _done = DoneGuard(done_tx, Some(file));
                 let permit = tokio::select! {
                     p = parallel.acquire_owned() => p.ok(),
                     _ = stop.cancelled() => None,
@@ -432,8 +444,6 @@ impl Daemon {
                 if permit.is_some() {
                     run_once(&job, &opts, stop, &metrics, &secrets).await;
                 }
-                drop(permit);
-                let _ = done_tx.send(Done { file });
             }
             .instrument(span),
         );
@@ -479,7 +489,14 @@ impl Daemon {
                     continue;
                 }
             };
-            if self.slots.get(file).is_some_and(|s| s.text == text) {
+            if let Some(slot) = self.slots.get_mut(file)
+                && slot.text == text
+            {
+                // Unchanged; back if it had been removed by an earlier reload.
+                if slot.removed {
+                    slot.removed = false;
+                    slot.next = next_fire(&slot.job, now);
+                }
                 continue;
             }
             let job = match Job::from_str(&text, file) {
@@ -626,8 +643,16 @@ async fn run_once(
     metrics: &metrics::Metrics,
     secrets: &[String],
 ) {
+    metrics.run_started(&job.name);
     let started = std::time::Instant::now();
     let finished = engine::run(job, opts, stop.clone()).await;
+    if let Err(Error::State(crate::state::StateError::Locked { .. })) = &finished.report {
+        // `ftpsync run` by hand (or another daemon) has the job: not a failure.
+        tracing::warn!("skipped: another ftpsync is running this job");
+        metrics.run_not_started(&job.name);
+        metrics.run_skipped(&job.name);
+        return;
+    }
     let record = finished.record;
     match &finished.report {
         Ok(report) => {

@@ -50,6 +50,8 @@ pub struct Pool {
     /// Fired when the pool gives up on the server or the run stops.
     halt: CancellationToken,
     gave_up: std::sync::atomic::AtomicBool,
+    /// Signalled when a connection goes back to the idle list.
+    returned: tokio::sync::Notify,
 }
 
 /// A connection checked out of the pool. It goes back on drop only after
@@ -74,6 +76,7 @@ impl Pool {
             give_up_after: Duration::from_secs(60),
             failing_since: Mutex::new(None),
             halt: CancellationToken::new(),
+            returned: tokio::sync::Notify::new(),
             gave_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -205,12 +208,22 @@ impl Pool {
     /// long attempts have been failing.
     async fn open(&self) -> Result<Slot, FtpFailure> {
         let server_permit = match &self.server_limit {
-            Some(s) => Some(
-                Arc::clone(s)
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| FtpFailure::Network("connection limit closed".into()))?,
-            ),
+            Some(s) => loop {
+                // While the server's limit is taken (by this pool or others),
+                // a connection this pool returns is as good as a new one: take
+                // it, or tasks waiting here would hold every pool permit and
+                // the returned connection would wait for a permit forever.
+                tokio::select! {
+                    permit = Arc::clone(s).acquire_owned() => break Some(
+                        permit.map_err(|_| FtpFailure::Network("connection limit closed".into()))?,
+                    ),
+                    _ = self.returned.notified() => {
+                        if let Some(slot) = self.idle_list().pop() {
+                            return Ok(slot);
+                        }
+                    }
+                }
+            },
             None => None,
         };
         match FtpConn::connect(&self.opts).await {
@@ -270,6 +283,12 @@ impl PooledConn<'_> {
     /// goes back to the pool on drop.
     pub fn release(mut self) {
         self.in_step = true;
+        // The server answered: whatever failed to connect before, it is reachable.
+        *self
+            .pool
+            .failing_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Closes the connection instead of returning it to the pool.
@@ -283,17 +302,22 @@ impl Drop for PooledConn<'_> {
         let pool = self.pool;
         pool.checked_out.fetch_sub(1, Ordering::Relaxed);
         let retire = pool.pay_debt();
-        if let Some(permit) = self.permit.take()
-            && retire
-        {
-            permit.forget();
-        }
+        // The connection goes back before its permit, so that the task the
+        // permit wakes finds it instead of opening another one.
         if let Some(slot) = self.slot.take()
             && self.in_step
             && !retire
         {
             pool.idle_list().push(slot);
+            pool.returned.notify_one();
             pool.trim_idle();
+        }
+        if let Some(permit) = self.permit.take() {
+            if retire {
+                permit.forget();
+            } else {
+                drop(permit);
+            }
         }
     }
 }
