@@ -122,7 +122,8 @@ async fn prepare_limited(
     };
 
     // The state first: a damaged or too-new database stops us before any traffic.
-    let mut db = StateDb::open(&job.state_path, for_run)?;
+    let path = job.state_path.clone();
+    let db = blocking(move || Ok(StateDb::open(&path, for_run)?)).await?;
 
     // First connection: login problems end the run here with a clear message.
     let first_permit = match &server_limit {
@@ -144,26 +145,8 @@ async fn prepare_limited(
     pool.put_idle(first, first_permit);
 
     let bind = binding(job, &root);
-    let mut state_reset = false;
-    let state = match db.as_mut() {
-        Some(db) if for_run => {
-            state_reset = db.bind(&bind)?;
-            db.load()?
-        }
-        Some(db) => {
-            if db.binding()?.is_some_and(|b| b != bind) {
-                state_reset = true;
-                BTreeMap::new()
-            } else {
-                db.load()?
-            }
-        }
-        None => BTreeMap::new(),
-    };
-    let pending = match &db {
-        Some(db) => db.pending()?,
-        None => Vec::new(),
-    };
+    let (db, state, pending, state_reset) =
+        blocking(move || load_state(db, &bind, for_run)).await?;
 
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool.
@@ -248,6 +231,55 @@ async fn prepare_limited(
         state_reset,
         delete_limit,
     })
+}
+
+/// Runs SQLite (or other blocking) work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(format!("state task failed: {e}")))?
+}
+
+/// What the state says before a run: its records and journaled partials,
+/// bound to this job's server, root and direction. For a run, a state bound
+/// elsewhere is reset; for a plan, it is only read and treated as empty.
+#[allow(clippy::type_complexity)]
+fn load_state(
+    mut db: Option<StateDb>,
+    bind: &str,
+    for_run: bool,
+) -> Result<
+    (
+        Option<StateDb>,
+        BTreeMap<RelPath, StateRecord>,
+        Vec<crate::state::Partial>,
+        bool,
+    ),
+    Error,
+> {
+    let mut state_reset = false;
+    let state = match db.as_mut() {
+        Some(db) if for_run => {
+            state_reset = db.bind(bind)?;
+            db.load()?
+        }
+        Some(db) => {
+            if db.binding()?.is_some_and(|b| b != bind) {
+                state_reset = true;
+                BTreeMap::new()
+            } else {
+                db.load()?
+            }
+        }
+        None => BTreeMap::new(),
+    };
+    let pending = match &db {
+        Some(db) => db.pending()?,
+        None => Vec::new(),
+    };
+    Ok((db, state, pending, state_reset))
 }
 
 async fn connect_first(opts: &ConnectOptions, job: &Job, server: &str) -> Result<FtpConn, Error> {
@@ -599,6 +631,6 @@ async fn execute_prepared(
     report.problems = problems;
     report.skipped_untrusted = skipped_untrusted.into_iter().collect();
     p.pool.close().await;
-    writer.flush()?;
+    blocking(move || Ok(writer.flush()?)).await?;
     Ok(report)
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::report::human_bytes;
 use crate::state::RunRecord;
 
 /// The runs as a table, one line per run, newest first as given; the first
@@ -89,22 +90,6 @@ fn duration_text(d: std::time::Duration) -> String {
         0..60 => format!("{s}.{}s", d.subsec_millis() / 100),
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
-/// Bytes in binary units, as the run summary prints them (`report.rs`).
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
     }
 }
 

@@ -99,7 +99,8 @@ pub fn plan_json(p: &Prepared) -> String {
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-fn human_bytes(n: u64) -> String {
+/// Bytes in binary units (`1.5 MiB`), as summaries and the history print them.
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

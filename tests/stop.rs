@@ -68,6 +68,18 @@ fn wait_for_files(root: &std::path::Path, n: usize, limit: Duration) {
     }
 }
 
+/// Waits until an upload's temporary file is on the server.
+fn wait_for_temps(root: &std::path::Path) {
+    let start = Instant::now();
+    while !snapshot(root).keys().any(|k| k.contains(".ftpsync-")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no upload started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn integrity_ok(env: &Env) {
     let db = rusqlite::Connection::open(env.state_path()).unwrap();
     let check: String = db
@@ -123,18 +135,7 @@ fn sigterm_with_no_grace_abandons_and_removes_temporaries() {
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_secs(8))));
     let job = f.env.job("push", true, "concurrency: 3\n");
     let child = spawn(&f.env, &["run", "--grace", "0s", job.to_str().unwrap()]);
-    // Wait until temporary files exist on the server.
-    let start = Instant::now();
-    while !snapshot(&f.env.remote_disk)
-        .keys()
-        .any(|k| k.contains(".ftpsync-"))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no upload started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_temps(&f.env.remote_disk);
     signal(&child, "TERM");
     let (code, out, took) = finish(child, Duration::from_secs(20));
     assert_eq!(code, 143, "{out}");
@@ -158,17 +159,7 @@ fn second_signal_aborts_at_once() {
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_secs(8))));
     let job = f.env.job("push", false, "concurrency: 2\n");
     let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
-    let start = Instant::now();
-    while !snapshot(&f.env.remote_disk)
-        .keys()
-        .any(|k| k.contains(".ftpsync-"))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no upload started"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_temps(&f.env.remote_disk);
     signal(&child, "INT");
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "INT");
