@@ -217,12 +217,21 @@ fn two_jobs_on_schedule_metrics_hooks_and_history() {
     let mut d = Daemon::start(
         &a,
         &[jobs.to_str().unwrap(), "--listen", "127.0.0.1:0"],
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
     );
     let mut said = Vec::new();
     while !said.iter().any(|m: &String| m.contains("READY=1")) {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("no READY=1 from the daemon");
+        said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // The watchdog is pinged from the scheduler loop (every 200 ms here).
+    while !said.iter().any(|m: &String| m.contains("WATCHDOG=1")) {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("no WATCHDOG=1 from the daemon");
         said.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     d.wait(Duration::from_secs(15), "both jobs to converge", || {
