@@ -355,6 +355,16 @@ impl Daemon {
             .map(|(f, _)| f.clone())
             .collect();
         for file in due {
+            // A job renamed to another file while its run goes on is still
+            // the same job: its runs never overlap either.
+            let name_busy = self.slots.iter().any(|(f, s)| {
+                *f != file
+                    && s.running
+                    && self
+                        .slots
+                        .get(&file)
+                        .is_some_and(|me| me.job.name == s.job.name)
+            });
             let Some(slot) = self.slots.get_mut(&file) else {
                 continue;
             };
@@ -376,7 +386,7 @@ impl Daemon {
             } else {
                 Trigger::Schedule
             };
-            if slot.running {
+            if slot.running || name_busy {
                 self.metrics.run_skipped(&slot.job.name);
                 match slot.job.overlap {
                     Overlap::Queue => slot.queued = true,
@@ -456,8 +466,12 @@ impl Daemon {
         };
         slot.running = false;
         if slot.removed {
-            self.metrics.remove_job(&slot.job.name);
+            let name = slot.job.name.clone();
             self.slots.remove(&done.file);
+            // The job may live on in another file (it was renamed).
+            if !self.slots.values().any(|s| s.job.name == name) {
+                self.metrics.remove_job(&name);
+            }
             self.publish();
             return;
         }
@@ -577,7 +591,11 @@ impl Daemon {
     /// One connection limit per server, the smallest any of its jobs asks for.
     fn refresh_servers(&mut self) {
         let mut wanted: HashMap<String, usize> = HashMap::new();
-        for s in self.slots.values() {
+        for s in self
+            .slots
+            .values()
+            .filter(|s| s.job.schedule.is_some() && !s.removed)
+        {
             if let Some(n) = s.job.remote.max_connections {
                 let e = wanted.entry(server_key(&s.job)).or_insert(n);
                 *e = (*e).min(n);
