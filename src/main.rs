@@ -1,21 +1,15 @@
 //! The `ftpsync` command line: parses arguments, calls the library, renders
 //! errors and sets the exit code. Nothing else lives here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use ftpsync::error::{Error, exit};
-use ftpsync::job::Job;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use ftpsync::engine::{self, RunOptions};
-use ftpsync::job::{PasswordSource, Secret};
+use ftpsync::engine::{self};
 use ftpsync::{report, serve};
 
 #[derive(Parser)]
@@ -33,12 +27,6 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -121,45 +109,12 @@ enum Command {
     },
 }
 
-fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
-    let default = match verbose {
-        // The daemon has no summary on stdout: its log says what each run did.
-        0 if daemon => "info,libunftp=off",
-        0 => "warn,libunftp=off",
-        1 => "info,libunftp=off",
-        _ => "debug,libunftp=info",
-    };
-    let filter = EnvFilter::try_from_env("FTPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // suppaftp traces every command it sends, PASS included: never let that
-    // through, whatever FTPSYNC_LOG asks for (a cap, not a level of its own).
-    let no_wire_trace = filter_fn(|meta| {
-        !(meta.target().starts_with("suppaftp") && *meta.level() == tracing::Level::TRACE)
-    });
-    let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            // Colour only for a person at a terminal, never in files or journals.
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none(),
-            )
-            .boxed(),
-        // One object per line; the daemon's job span puts `job` on every one.
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .boxed(),
-    };
-    let layer = fmt.with_filter(filter).with_filter(no_wire_trace);
-    let _ = tracing_subscriber::registry().with(layer).try_init();
-}
+mod cli;
+
+use cli::demo::demo;
+use cli::logging::init_logging;
+use cli::run::run_job;
+use cli::{LogFormat, load};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -189,14 +144,6 @@ fn main() -> ExitCode {
     // keep the process alive after the work is over.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code as u8)
-}
-
-fn load(path: &Path) -> Result<Job, Error> {
-    let job = Job::load(path)?;
-    for w in &job.warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(job)
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, Error> {
@@ -332,207 +279,4 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     ftpsync::job::parse_duration(s)
-}
-
-/// Watches SIGINT and SIGTERM for one run: the first fires `stop` and
-/// stores the signal's number in `got`; the second fires `abort`.
-fn watch_signals(
-    stop: CancellationToken,
-    abort: CancellationToken,
-    got: Arc<AtomicI32>,
-    grace: Duration,
-) -> tokio::task::JoinHandle<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    tokio::spawn(async move {
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return;
-        };
-        for n in 0.. {
-            let (name, number) = tokio::select! {
-                _ = int.recv() => ("SIGINT", 2),
-                _ = term.recv() => ("SIGTERM", 15),
-            };
-            if n == 0 {
-                got.store(number, Ordering::Relaxed);
-                eprintln!(
-                    "ftpsync: {name}: stopping; transfers in flight get {grace:?} to finish (send it again to abort them now)"
-                );
-                stop.cancel();
-            } else {
-                eprintln!("ftpsync: {name} again: abandoning transfers in flight");
-                abort.cancel();
-                return;
-            }
-        }
-    })
-}
-
-/// `ftpsync run`: one run of the engine, with signals, and its report.
-async fn run_job(
-    j: &Job,
-    force_delete: bool,
-    grace: Duration,
-    verbose: bool,
-) -> Result<i32, Error> {
-    let stop = CancellationToken::new();
-    let opts = RunOptions {
-        force_delete,
-        grace,
-        ..RunOptions::default()
-    };
-    let watcher = watch_signals(
-        stop.clone(),
-        opts.abort.clone(),
-        Arc::clone(&opts.stop_signal),
-        grace,
-    );
-    let finished = engine::run(j, &opts, stop).await;
-    watcher.abort();
-    let report = finished.report?;
-    for p in &report.problems {
-        eprintln!("warning: {}: {}", p.path, p.message);
-    }
-    for u in &report.skipped_untrusted {
-        eprintln!("warning: skipped {u}/: its listing failed, nothing below it was changed");
-    }
-    print!(
-        "{}",
-        report::run_text(&j.name, j.direction, &report, verbose)
-    );
-    if let Some(stop) = report::stop_text(&report) {
-        eprintln!("ftpsync: {stop}");
-    }
-    Ok(finished.record.exit_code)
-}
-
-async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
-    let io = |e: std::io::Error| Error::Io(e.to_string());
-    let work = tempfile::Builder::new()
-        .prefix("ftpsync-demo-")
-        .tempdir()
-        .map_err(io)?;
-    let server_root = work.path().join("server");
-    std::fs::create_dir_all(server_root.join("www")).map_err(io)?;
-    let site = match source {
-        Some(s) => s,
-        None if Path::new("examples/site").is_dir() => PathBuf::from("examples/site"),
-        None => {
-            let s = work.path().join("site");
-            std::fs::create_dir_all(s.join("css")).map_err(io)?;
-            std::fs::write(s.join("index.html"), "<h1>Hello from ftpsync</h1>\n").map_err(io)?;
-            std::fs::write(s.join("css/site.css"), "body { font-family: sans-serif }\n")
-                .map_err(io)?;
-            s
-        }
-    };
-    let site = std::path::absolute(&site).map_err(io)?;
-    // The demo copies the site so it can edit a file between runs without touching yours.
-    let local = work.path().join("local");
-    copy_tree(&site, &local).map_err(io)?;
-    let password = format!("demo-{:08x}", rand::random::<u32>());
-    let server = serve::spawn_loopback(serve::ServeConfig {
-        root: server_root.clone(),
-        user: "demo".into(),
-        password: password.clone(),
-        passive_ports: None,
-        tls: None,
-    })
-    .await
-    .map_err(io)?;
-    let job_path = work.path().join("demo.yaml");
-    std::fs::write(
-        &job_path,
-        format!(
-            "name: demo\ndirection: push\ndelete: true\nlocal:\n  path: local\nremote:\n  host: 127.0.0.1\n  port: {}\n  user: demo\n  root: /www\nstate: demo.db\n",
-            server.addr.port()
-        ),
-    )
-    .map_err(io)?;
-    let mut job = load(&job_path)?;
-    // The password goes to the job in memory, never into a file or the environment.
-    job.remote.password = PasswordSource::Inline(Secret::new(password));
-    println!(
-        "== built-in FTP server on {} serving {}",
-        server.addr,
-        server_root.display()
-    );
-    println!(
-        "== job file {}:\n{}",
-        job_path.display(),
-        std::fs::read_to_string(&job_path).map_err(io)?
-    );
-    println!("== ftpsync plan (first run: everything is new)");
-    show_plan(&job).await?;
-    println!("== ftpsync run");
-    let code = run_job(&job, false, Duration::from_secs(30), true).await?;
-    println!("== ftpsync plan (again: nothing to do)");
-    show_plan(&job).await?;
-    let edited = local.join("index.html");
-    if edited.exists() {
-        let mut text = std::fs::read_to_string(&edited).map_err(io)?;
-        text.push_str("<p>edited by the demo</p>\n");
-        std::fs::write(&edited, text).map_err(io)?;
-        println!("== edited index.html locally; ftpsync plan");
-        show_plan(&job).await?;
-        println!("== ftpsync run");
-        run_job(&job, false, Duration::from_secs(30), true).await?;
-    }
-    let same = trees_equal(&local, &server_root.join("www")).map_err(io)?;
-    println!(
-        "== server copy {} the local tree",
-        if same {
-            "is byte-identical to"
-        } else {
-            "DIFFERS from"
-        }
-    );
-    server.stop().await;
-    Ok(if same && code == exit::OK {
-        exit::OK
-    } else {
-        exit::PARTIAL
-    })
-}
-
-async fn show_plan(job: &Job) -> Result<(), Error> {
-    let prepared = engine::prepare(job, false, false).await?;
-    print!("{}", report::plan_text(&prepared));
-    prepared.pool.close().await;
-    Ok(())
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let dest = to.join(entry.file_name());
-        if ft.is_dir() {
-            copy_tree(&entry.path(), &dest)?;
-        } else if ft.is_file() {
-            std::fs::copy(entry.path(), dest)?;
-        }
-    }
-    Ok(())
-}
-
-fn trees_equal(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let list = |p: &Path| -> std::io::Result<Vec<(PathBuf, Option<Vec<u8>>)>> {
-        let mut out = Vec::new();
-        for e in walkdir::WalkDir::new(p).sort_by_file_name().min_depth(1) {
-            let e = e.map_err(std::io::Error::other)?;
-            let rel = e.path().strip_prefix(p).unwrap_or(e.path()).to_path_buf();
-            let content = if e.file_type().is_file() {
-                Some(std::fs::read(e.path())?)
-            } else {
-                None
-            };
-            out.push((rel, content));
-        }
-        Ok(out)
-    };
-    Ok(list(a)? == list(b)?)
 }
