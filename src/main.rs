@@ -22,6 +22,12 @@ struct Cli {
     /// More output (-v: every item; -vv: protocol debugging).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Only errors (a run with nothing to do prints nothing).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Colours on stderr: auto (a terminal without NO_COLOR), always, never.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    color: ColorChoice,
     /// Log lines as text or as one JSON object per line.
     #[arg(long, value_enum, default_value = "text", global = true)]
     log_format: LogFormat,
@@ -54,6 +60,12 @@ enum Command {
         /// After a stop signal, how long transfers in flight may take to finish.
         #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
         grace: Duration,
+        /// One JSON object per line on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+        /// Also write the final summary as JSON to FILE, on failure too.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Run every job that has a `schedule:`, on time, until SIGTERM/SIGINT.
     /// SIGHUP re-reads the job files.
@@ -114,12 +126,17 @@ mod cli;
 use cli::demo::demo;
 use cli::logging::init_logging;
 use cli::run::run_job;
-use cli::{LogFormat, load};
+use cli::{ColorChoice, LogFormat, RunArgs, Ui, load};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let ui = Ui {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        color: cli.color,
+    };
     init_logging(
-        cli.verbose,
+        &ui,
         cli.log_format,
         matches!(cli.command, Command::Daemon { .. }),
     );
@@ -147,6 +164,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, Error> {
+    let ui = Ui {
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+        color: cli.color,
+    };
     match cli.command {
         Command::Validate { job } => {
             let j = load(&job)?;
@@ -186,9 +208,17 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             job,
             force_delete,
             grace,
+            json,
+            report,
         } => {
             let j = load(&job)?;
-            let code = run_job(&j, force_delete, grace, cli.verbose > 0).await?;
+            let args = RunArgs {
+                force_delete,
+                grace,
+                json,
+                report,
+            };
+            let code = run_job(&j, &args, &ui).await?;
             Ok(code)
         }
         Command::Serve {

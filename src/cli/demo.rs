@@ -9,8 +9,8 @@ use ftpsync::error::{Error, exit};
 use ftpsync::job::{Job, PasswordSource, Secret};
 use ftpsync::{report, serve};
 
-use super::load;
 use super::run::run_job;
+use super::{ColorChoice, RunArgs, Ui, load};
 
 pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     let io = |e: std::io::Error| Error::Io(e.to_string());
@@ -71,7 +71,18 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     println!("== ftpsync plan (first run: everything is new)");
     show_plan(&job).await?;
     println!("== ftpsync run");
-    let code = run_job(&job, false, Duration::from_secs(30), true).await?;
+    let args = RunArgs {
+        force_delete: false,
+        grace: Duration::from_secs(30),
+        json: false,
+        report: None,
+    };
+    let ui = Ui {
+        verbose: 1,
+        quiet: false,
+        color: ColorChoice::Auto,
+    };
+    let code = run_job(&job, &args, &ui).await?;
     println!("== ftpsync plan (again: nothing to do)");
     show_plan(&job).await?;
     let edited = local.join("index.html");
@@ -82,7 +93,7 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
         println!("== edited index.html locally; ftpsync plan");
         show_plan(&job).await?;
         println!("== ftpsync run");
-        run_job(&job, false, Duration::from_secs(30), true).await?;
+        run_job(&job, &args, &ui).await?;
     }
     let same = trees_equal(&local, &server_root.join("www")).map_err(io)?;
     println!(

@@ -1,13 +1,15 @@
 //! Where log lines go: stderr, as text (colour only on a terminal) or JSON,
 //! with suppaftp's wire trace (which includes PASS) always filtered out.
 
-use super::LogFormat;
+use super::{LogFormat, Ui};
 
-pub fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
+pub fn init_logging(ui: &Ui, format: LogFormat, daemon: bool) {
+    let verbose = ui.verbose;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
     let default = match verbose {
+        _ if ui.quiet => "error,libunftp=off",
         // The daemon has no summary on stdout: its log says what each run did.
         0 if daemon => "info,libunftp=off",
         0 => "warn,libunftp=off",
@@ -25,10 +27,7 @@ pub fn init_logging(verbose: u8, format: LogFormat, daemon: bool) {
             .with_writer(std::io::stderr)
             .with_target(false)
             // Colour only for a person at a terminal, never in files or journals.
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none(),
-            )
+            .with_ansi(ui.ansi_stderr())
             .boxed(),
         // One object per line; the daemon's job span puts `job` on every one.
         LogFormat::Json => tracing_subscriber::fmt::layer()

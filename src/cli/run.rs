@@ -12,6 +12,8 @@ use ftpsync::error::Error;
 use ftpsync::job::Job;
 use ftpsync::report;
 
+use super::{RunArgs, Ui};
+
 /// Watches SIGINT and SIGTERM for one run: the first fires `stop` and
 /// stores the signal's number in `got`; the second fires `abort`.
 fn watch_signals(
@@ -49,12 +51,13 @@ fn watch_signals(
 }
 
 /// `ftpsync run`: one run of the engine, with signals, and its report.
-pub async fn run_job(
-    j: &Job,
-    force_delete: bool,
-    grace: Duration,
-    verbose: bool,
-) -> Result<i32, Error> {
+pub async fn run_job(j: &Job, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
+    if args.json || args.report.is_some() {
+        return Err(Error::Usage(
+            "--json and --report are not implemented yet".into(),
+        ));
+    }
+    let (force_delete, grace, verbose) = (args.force_delete, args.grace, ui.verbose > 0);
     let stop = CancellationToken::new();
     let opts = RunOptions {
         force_delete,
