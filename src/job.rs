@@ -84,6 +84,55 @@ pub enum TlsMode {
     Explicit,
 }
 
+/// Whether file and directory modes are carried over (see [`ModePolicy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Permissions {
+    /// The source's permission bits go to the target (the default).
+    #[default]
+    Preserve,
+    /// Modes are left as the target makes them.
+    None,
+}
+
+/// The modes a transfer or a mkdir gives the target: `permissions`,
+/// `file_mode` and `dir_mode`. Only the permission bits (0o777) are ever
+/// carried: setuid, setgid and sticky bits never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModePolicy {
+    pub permissions: Permissions,
+    /// Every file gets this mode, whatever the source's.
+    pub file: Option<u32>,
+    /// Every directory gets this mode, whatever the source's.
+    pub dir: Option<u32>,
+}
+
+impl ModePolicy {
+    /// The mode to give a target file whose source has `source` (if known),
+    /// or `None` to leave it as the target makes it.
+    pub fn file_mode(&self, source: Option<u32>) -> Option<u32> {
+        self.pick(self.file, source)
+    }
+
+    /// The same for a directory.
+    pub fn dir_mode(&self, source: Option<u32>) -> Option<u32> {
+        self.pick(self.dir, source)
+    }
+
+    /// Whether an explicit mode (not the source's) is used for files.
+    pub fn explicit_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    fn pick(&self, explicit: Option<u32>, source: Option<u32>) -> Option<u32> {
+        match (explicit, self.permissions) {
+            (Some(m), _) => Some(m),
+            (None, Permissions::Preserve) => source.map(|m| m & 0o777),
+            (None, Permissions::None) => None,
+        }
+    }
+}
+
 /// What the daemon does when a job's next run is due while it is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -164,6 +213,10 @@ struct RawJob {
     on_success: Option<Vec<String>>,
     on_failure: Option<Vec<String>>,
     hook_timeout: Option<String>,
+    permissions: Option<Permissions>,
+    file_mode: Option<serde_yaml::Value>,
+    dir_mode: Option<serde_yaml::Value>,
+    bwlimit: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +458,10 @@ pub struct Job {
     pub on_failure: Option<Vec<String>>,
     /// Limit for each hook command.
     pub hook_timeout: Duration,
+    /// Modes given to transferred files and created directories.
+    pub modes: ModePolicy,
+    /// The most bytes per second a run transfers, over all its connections.
+    pub bwlimit: Option<u64>,
     /// Non-fatal remarks about the job file (e.g. an inline password).
     pub warnings: Vec<String>,
 }
@@ -568,6 +625,27 @@ impl Job {
             return Err(invalid("hook_timeout", "must be more than 0".into()));
         }
 
+        let mode = |key: &str, v: &Option<serde_yaml::Value>| -> Result<Option<u32>, JobError> {
+            v.as_ref()
+                .map(|v| parse_mode(v).map_err(|m| invalid(key, m)))
+                .transpose()
+        };
+        let modes = ModePolicy {
+            permissions: raw.permissions.unwrap_or_default(),
+            file: mode("file_mode", &raw.file_mode)?,
+            dir: mode("dir_mode", &raw.dir_mode)?,
+        };
+        if modes.permissions == Permissions::None && (modes.file.is_some() || modes.dir.is_some()) {
+            return Err(invalid(
+                "permissions",
+                "`none` leaves modes alone: remove it, or remove file_mode and dir_mode".into(),
+            ));
+        }
+        let bwlimit = match &raw.bwlimit {
+            None => None,
+            Some(v) => Some(parse_rate_value(v).map_err(|m| invalid("bwlimit", m))?),
+        };
+
         Ok(Job {
             name,
             file: file.to_owned(),
@@ -605,6 +683,8 @@ impl Job {
             on_success,
             on_failure,
             hook_timeout,
+            modes,
+            bwlimit,
             warnings,
         })
     }
@@ -871,6 +951,63 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}` is out of range"))
+}
+
+/// A mode as `chmod` takes it: octal digits, as a YAML number (`0644`,
+/// `644`) or string (`"0644"`, `"0o644"`). Only permission bits (at most
+/// 0o777): setuid, setgid and sticky are refused.
+fn parse_mode(v: &serde_yaml::Value) -> Result<u32, String> {
+    let text = match v {
+        serde_yaml::Value::Number(n) if n.is_u64() => n.to_string(),
+        serde_yaml::Value::String(s) => s.trim().to_string(),
+        _ => return Err("must be an octal mode like 0644".into()),
+    };
+    let digits = text.strip_prefix("0o").unwrap_or(&text);
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| format!("`{text}` is not an octal mode like 0644"))?;
+    if digits.is_empty() || mode > 0o777 {
+        return Err(format!(
+            "`{text}`: only permission bits (0000 to 0777) can be set; setuid, setgid and sticky bits are never carried"
+        ));
+    }
+    Ok(mode)
+}
+
+fn parse_rate_value(v: &serde_yaml::Value) -> Result<u64, String> {
+    match v {
+        serde_yaml::Value::Number(n) => parse_rate(&n.to_string()),
+        serde_yaml::Value::String(s) => parse_rate(s),
+        _ => Err("must be a rate like 2MiB/s".into()),
+    }
+}
+
+/// Parses a byte rate: `500KiB/s`, `2MiB/s`, `1.5MB/s`, `800k` (the `/s` is
+/// optional; `k`/`m`/`g` alone are binary like `KiB`, `KB`/`MB`/`GB` decimal;
+/// a bare number is bytes per second). Must be at least 1 byte per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let body = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let split = body
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(body.len());
+    let (num, unit) = (&body[..split], body[split..].trim());
+    let bad = || format!("`{t}` is not a rate (e.g. 500KiB/s, 2MiB/s, 10MB/s)");
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let factor: f64 = match unit {
+        "" | "B" => 1.0,
+        "k" | "K" | "KiB" => 1024.0,
+        "KB" | "kB" => 1e3,
+        "m" | "M" | "MiB" => 1024.0 * 1024.0,
+        "MB" => 1e6,
+        "g" | "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "GB" => 1e9,
+        _ => return Err(format!("`{t}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    let rate = (n * factor).floor();
+    if !(1.0..=1e15).contains(&rate) {
+        return Err(format!("`{t}`: must be between 1 byte per second and 1 PB/s"));
+    }
+    Ok(rate as u64)
 }
 
 fn parse_delete_limit(v: &serde_yaml::Value) -> Result<DeleteLimit, String> {
@@ -1185,6 +1322,58 @@ filters:
         assert_eq!(p.backoff(2), Duration::from_secs(1));
         assert_eq!(p.backoff(3), Duration::from_secs(2));
         assert_eq!(p.backoff(5), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn permission_keys() {
+        let job = load(MINIMAL).unwrap();
+        assert_eq!(job.modes, ModePolicy::default());
+        assert_eq!(job.modes.file_mode(Some(0o104755)), Some(0o755));
+        assert_eq!(job.modes.dir_mode(None), None);
+        assert_eq!(job.bwlimit, None);
+        let job = load(&format!(
+            "{MINIMAL}file_mode: 0644\ndir_mode: \"0o750\"\nbwlimit: 2MiB/s\n"
+        ))
+        .unwrap();
+        assert_eq!(job.modes.file, Some(0o644));
+        assert_eq!(job.modes.dir, Some(0o750));
+        assert_eq!(job.modes.file_mode(Some(0o600)), Some(0o644));
+        assert_eq!(job.bwlimit, Some(2 << 20));
+        let job = load(&format!("{MINIMAL}permissions: none\n")).unwrap();
+        assert_eq!(job.modes.file_mode(Some(0o644)), None);
+        for (text, key, at, wanted) in [
+            ("file_mode: 0844\n", "file_mode", "6:12", "not an octal mode"),
+            ("dir_mode: 4755\n", "dir_mode", "6:11", "only permission bits"),
+            ("file_mode: [1]\n", "file_mode", "6:12", "octal mode"),
+            ("permissions: none\nfile_mode: 0644\n", "permissions", "6:14", "`none`"),
+            ("bwlimit: 2 parsecs\n", "bwlimit", "6:10", "unknown unit `parsecs`"),
+            ("bwlimit: 0\n", "bwlimit", "6:10", "between 1 byte"),
+            ("bwlimit: fast\n", "bwlimit", "6:10", "not a rate"),
+        ] {
+            let e = load(&format!("{MINIMAL}{text}")).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("/jobs/site.yaml:{at}: {key}: ")) && e.contains(wanted),
+                "{text:?}: {e}"
+            );
+        }
+        let e = load(&format!("{MINIMAL}permissions: keep\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/jobs/site.yaml:6:14: ") && e.contains("preserve"), "{e}");
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("2MiB/s"), Ok(2 * 1024 * 1024));
+        assert_eq!(parse_rate("1.5MB/s"), Ok(1_500_000));
+        assert_eq!(parse_rate("800k"), Ok(800 * 1024));
+        assert_eq!(parse_rate("100KB/s"), Ok(100_000));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        assert!(parse_rate("").is_err());
+        assert!(parse_rate("/s").is_err());
+        assert!(parse_rate("-1M").is_err());
+        assert!(parse_rate("0.1").is_err());
     }
 
     #[test]
