@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Error, exit};
 use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
-use crate::ftp::conn::{ConnectOptions, FtpConn};
+use crate::ftp::conn::{ConnectOptions, FtpConn, RateLimit};
 use crate::ftp::pool::Pool;
 use crate::ftp::reply::ReplyClass;
 use crate::ftp::scan::{self, ScanInput};
@@ -47,6 +47,9 @@ pub struct RunOptions {
     /// The number of the signal that fired the run's token, if one did: a
     /// stopped run's exit code is 128 + it (SIGTERM's when unknown).
     pub stop_signal: Arc<std::sync::atomic::AtomicI32>,
+    /// Bytes per second for the run's transfers, over all its connections
+    /// (`--bwlimit`); overrides the job's `bwlimit`.
+    pub bwlimit: Option<u64>,
 }
 
 /// Everything known after scanning and planning.
@@ -95,7 +98,7 @@ fn binding(job: &Job, root: &str) -> String {
 /// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
 /// also trusts directories that list as empty where the state remembers files.
 pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Prepared, Error> {
-    prepare_limited(job, for_run, force_delete, None).await
+    prepare_limited(job, for_run, force_delete, None, None).await
 }
 
 async fn prepare_limited(
@@ -103,6 +106,7 @@ async fn prepare_limited(
     for_run: bool,
     force_delete: bool,
     server_limit: Option<Arc<Semaphore>>,
+    bwlimit: Option<u64>,
 ) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
@@ -119,6 +123,10 @@ async fn prepare_limited(
         passive: job.remote.passive,
         timeout: job.timeout,
         pipelining: Default::default(),
+        chmod: Default::default(),
+        list_modes: job.direction == Direction::Pull
+            && job.modes.permissions == crate::job::Permissions::Preserve,
+        rate: RateLimit::new(bwlimit.or(job.bwlimit)),
     };
 
     // The state first: a damaged or too-new database stops us before any traffic.
@@ -556,7 +564,7 @@ async fn run_locked(
         }
     };
     let prepared = tokio::select! {
-        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone()) => p?,
+        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit) => p?,
         _ = signals.stop.cancelled() => {
             return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
         }

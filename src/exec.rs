@@ -41,7 +41,7 @@ use crate::model::Side;
 use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::plan::{Op, Plan, PlanItem};
 use crate::state::{Partial, StateChange, StateRecord, StateWriter};
-use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, Store, Stored};
+use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, SetMeta, Store, Stored};
 
 /// Everything the executor reads.
 pub struct ExecInput {
@@ -612,7 +612,9 @@ pub fn op_label(item: &PlanItem) -> &'static str {
 async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
     match item.op {
         Op::Mkdir => {
-            ctx.store(item.side).mkdir(&item.path).await?;
+            ctx.store(item.side)
+                .mkdir(&item.path, dir_mode(ctx, item))
+                .await?;
             put_dir(ctx, &item.path);
             Ok(())
         }
@@ -666,6 +668,19 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             Ok(())
         }
         Op::Adopt | Op::Forget | Op::Keep => Ok(()),
+    }
+}
+
+/// The mode a directory created on `item.side` gets: the source side's
+/// (a server's masked by the local umask), or the job's `dir_mode`.
+fn dir_mode(ctx: &Ctx, item: &PlanItem) -> Option<u32> {
+    let modes = &ctx.input.job.modes;
+    match item.side {
+        Side::Remote => modes.dir_mode(ctx.input.local.modes.get(&item.path).copied(), 0),
+        Side::Local => modes.dir_mode(
+            ctx.input.remote.modes.get(&item.path).copied(),
+            crate::local::umask(),
+        ),
     }
 }
 
@@ -726,8 +741,15 @@ impl Attempt for UploadAttempt<'_> {
         let (local_path, before) = ctx.local.source_file(path)?;
         let final_path = ctx.remote_path(path);
         let mtime = mtime_ns(&before);
-        // The time is set before the rename, which keeps it.
+        // The mode and the time are set before the rename, which keeps
+        // them: the file never shows under its name without them.
         let utc = to_utc(mtime);
+        let mode = job.modes.file_mode(
+            Some(std::os::unix::fs::PermissionsExt::mode(
+                &before.permissions(),
+            )),
+            0,
+        );
         let stored = if job.atomic {
             let mut offset = 0;
             let mut tmp = None;
@@ -763,7 +785,8 @@ impl Attempt for UploadAttempt<'_> {
                     t
                 }
             };
-            let stored = match s.send(&local_path, before.len(), &tmp, offset, utc).await {
+            let set = SetMeta { mtime: utc, mode };
+            let stored = match s.send(&local_path, before.len(), &tmp, offset, set).await {
                 Ok(st) => st,
                 Err(e) => {
                     // The next attempt resumes or removes it (and the next run, if none).
@@ -787,8 +810,9 @@ impl Attempt for UploadAttempt<'_> {
             stored
         } else {
             // Without a temporary name the time is set only on a checked file.
+            let set = SetMeta { mtime: None, mode };
             let mut stored = s
-                .send(&local_path, before.len(), &final_path, 0, None)
+                .send(&local_path, before.len(), &final_path, 0, set)
                 .await?;
             check_upload(ctx, &stored, &local_path, &before)?;
             if let Some(t) = utc {
@@ -973,15 +997,16 @@ impl Attempt for DownloadAttempt<'_> {
                 "received {bytes} bytes, the listing said {expected}"
             )));
         }
-        // Keep the server's time on the local copy, as a mirror should.
-        let mtime = remote_meta.as_ref().and_then(|m| match m.mtime {
-            RemoteTime::Exact(t) | RemoteTime::Minute(t) => Some(
-                std::time::UNIX_EPOCH
-                    + std::time::Duration::from_secs(t.and_utc().timestamp().max(0) as u64),
-            ),
-            _ => None,
-        });
-        ctx.local.place(&tmp, &final_local, mtime).await?;
+        // The server's time and mode on the local copy, as a mirror should.
+        let listed = remote_meta
+            .as_ref()
+            .map_or(RemoteTime::Unknown, |m| m.mtime);
+        let mtime = server_time(s, &remote, listed).await?;
+        let mode = job.modes.file_mode(
+            ctx.input.remote.modes.get(path).copied(),
+            crate::local::umask(),
+        );
+        ctx.local.place(&tmp, &final_local, mtime, mode).await?;
         ctx.send(StateChange::PendingRemove(tmp_key));
         let md = ctx.local.stat(&final_local)?;
         ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -1000,6 +1025,36 @@ impl Attempt for DownloadAttempt<'_> {
             remote: remote_meta,
         })
     }
+}
+
+/// The modification time to give a downloaded file: the listing's when it
+/// has seconds (MLSD), else MDTM's (one command, on the connection that
+/// downloaded it), else what the listing shows (a minute, or the start of
+/// a day), read as UTC.
+async fn server_time(
+    s: &mut dyn RemoteSession,
+    remote: &str,
+    listed: RemoteTime,
+) -> Result<Option<std::time::SystemTime>, FtpFailure> {
+    let utc = match listed {
+        RemoteTime::Exact(t) => Some(t),
+        coarse => match s.mtime(remote).await? {
+            Some(t) => Some(t),
+            None => match coarse {
+                RemoteTime::Minute(t) => Some(t),
+                RemoteTime::Day(d) => Some(d.and_time(chrono::NaiveTime::MIN)),
+                _ => None,
+            },
+        },
+    };
+    Ok(utc.map(|t| {
+        let secs = t.and_utc().timestamp();
+        if secs >= 0 {
+            std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
+        } else {
+            std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+        }
+    }))
 }
 
 /// Re-lists the directories that received uploads and records the remote

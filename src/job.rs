@@ -109,25 +109,24 @@ pub struct ModePolicy {
 
 impl ModePolicy {
     /// The mode to give a target file whose source has `source` (if known),
-    /// or `None` to leave it as the target makes it.
-    pub fn file_mode(&self, source: Option<u32>) -> Option<u32> {
-        self.pick(self.file, source)
+    /// or `None` to leave it as the target makes it. A source's mode is
+    /// masked by `umask` (a pull masks the server's modes with the local
+    /// umask); an explicit `file_mode` is given as it is.
+    pub fn file_mode(&self, source: Option<u32>, umask: u32) -> Option<u32> {
+        self.pick(self.file, source, umask)
     }
 
-    /// The same for a directory.
-    pub fn dir_mode(&self, source: Option<u32>) -> Option<u32> {
-        self.pick(self.dir, source)
+    /// The same for a directory (`dir_mode`). The owner always keeps
+    /// read, write and search permission: ftpsync must be able to go on
+    /// syncing into it.
+    pub fn dir_mode(&self, source: Option<u32>, umask: u32) -> Option<u32> {
+        self.pick(self.dir, source, umask).map(|m| m | 0o700)
     }
 
-    /// Whether an explicit mode (not the source's) is used for files.
-    pub fn explicit_file(&self) -> bool {
-        self.file.is_some()
-    }
-
-    fn pick(&self, explicit: Option<u32>, source: Option<u32>) -> Option<u32> {
+    fn pick(&self, explicit: Option<u32>, source: Option<u32>, umask: u32) -> Option<u32> {
         match (explicit, self.permissions) {
             (Some(m), _) => Some(m),
-            (None, Permissions::Preserve) => source.map(|m| m & 0o777),
+            (None, Permissions::Preserve) => source.map(|m| m & 0o777 & !umask),
             (None, Permissions::None) => None,
         }
     }
@@ -1001,11 +1000,17 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         "MB" => 1e6,
         "g" | "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
         "GB" => 1e9,
-        _ => return Err(format!("`{t}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, KB, MB or GB)")),
+        _ => {
+            return Err(format!(
+                "`{t}`: unknown unit `{unit}` (use B, KiB, MiB, GiB, KB, MB or GB)"
+            ));
+        }
     };
     let rate = (n * factor).floor();
     if !(1.0..=1e15).contains(&rate) {
-        return Err(format!("`{t}`: must be between 1 byte per second and 1 PB/s"));
+        return Err(format!(
+            "`{t}`: must be between 1 byte per second and 1 PB/s"
+        ));
     }
     Ok(rate as u64)
 }
@@ -1328,8 +1333,10 @@ filters:
     fn permission_keys() {
         let job = load(MINIMAL).unwrap();
         assert_eq!(job.modes, ModePolicy::default());
-        assert_eq!(job.modes.file_mode(Some(0o104755)), Some(0o755));
-        assert_eq!(job.modes.dir_mode(None), None);
+        assert_eq!(job.modes.file_mode(Some(0o104755), 0), Some(0o755));
+        assert_eq!(job.modes.file_mode(Some(0o666), 0o022), Some(0o644));
+        assert_eq!(job.modes.dir_mode(None, 0), None);
+        assert_eq!(job.modes.dir_mode(Some(0o555), 0), Some(0o755));
         assert_eq!(job.bwlimit, None);
         let job = load(&format!(
             "{MINIMAL}file_mode: 0644\ndir_mode: \"0o750\"\nbwlimit: 2MiB/s\n"
@@ -1337,16 +1344,37 @@ filters:
         .unwrap();
         assert_eq!(job.modes.file, Some(0o644));
         assert_eq!(job.modes.dir, Some(0o750));
-        assert_eq!(job.modes.file_mode(Some(0o600)), Some(0o644));
+        assert_eq!(job.modes.file_mode(Some(0o600), 0o077), Some(0o644));
+        assert_eq!(job.modes.dir_mode(Some(0o777), 0o022), Some(0o750));
         assert_eq!(job.bwlimit, Some(2 << 20));
         let job = load(&format!("{MINIMAL}permissions: none\n")).unwrap();
-        assert_eq!(job.modes.file_mode(Some(0o644)), None);
+        assert_eq!(job.modes.file_mode(Some(0o644), 0), None);
         for (text, key, at, wanted) in [
-            ("file_mode: 0844\n", "file_mode", "6:12", "not an octal mode"),
-            ("dir_mode: 4755\n", "dir_mode", "6:11", "only permission bits"),
+            (
+                "file_mode: 0844\n",
+                "file_mode",
+                "6:12",
+                "not an octal mode",
+            ),
+            (
+                "dir_mode: 4755\n",
+                "dir_mode",
+                "6:11",
+                "only permission bits",
+            ),
             ("file_mode: [1]\n", "file_mode", "6:12", "octal mode"),
-            ("permissions: none\nfile_mode: 0644\n", "permissions", "6:14", "`none`"),
-            ("bwlimit: 2 parsecs\n", "bwlimit", "6:10", "unknown unit `parsecs`"),
+            (
+                "permissions: none\nfile_mode: 0644\n",
+                "permissions",
+                "6:14",
+                "`none`",
+            ),
+            (
+                "bwlimit: 2 parsecs\n",
+                "bwlimit",
+                "6:10",
+                "unknown unit `parsecs`",
+            ),
             ("bwlimit: 0\n", "bwlimit", "6:10", "between 1 byte"),
             ("bwlimit: fast\n", "bwlimit", "6:10", "not a rate"),
         ] {
@@ -1359,7 +1387,10 @@ filters:
         let e = load(&format!("{MINIMAL}permissions: keep\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("/jobs/site.yaml:6:14: ") && e.contains("preserve"), "{e}");
+        assert!(
+            e.starts_with("/jobs/site.yaml:6:14: ") && e.contains("preserve"),
+            "{e}"
+        );
     }
 
     #[test]

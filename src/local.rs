@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -41,6 +42,22 @@ pub fn mtime_ns(md: &fs::Metadata) -> i64 {
         },
         Err(_) => 0,
     }
+}
+
+/// The process's umask (Linux: read from /proc, which does not change it;
+/// elsewhere the common 022). Modes taken from a server are masked by it,
+/// as a file the process created itself would be.
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+                u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+            })
+            .unwrap_or(0o022)
+    })
 }
 
 /// Scans `root`. A missing root gives an empty tree with `root_exists =
@@ -134,6 +151,9 @@ fn walk(
             }
         };
         let ft = md.file_type();
+        if ft.is_dir() || ft.is_file() {
+            tree.modes.insert(rel.clone(), md.permissions().mode());
+        }
         if ft.is_dir() {
             if filters.excludes_dir(rel.as_str()) {
                 tree.holds_unsynced.insert(dir.clone());

@@ -66,6 +66,10 @@ enum Command {
         /// Also write the final summary as JSON to FILE, on failure too.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Cap the transfer rate of the whole run, over all its connections
+        /// (e.g. 2MiB/s, 500KiB/s); overrides the job's `bwlimit`.
+        #[arg(long, value_name = "RATE", value_parser = ftpsync::job::parse_rate)]
+        bwlimit: Option<u64>,
     },
     /// Run every job that has a `schedule:`, on time, until SIGTERM/SIGINT.
     /// SIGHUP re-reads the job files.
@@ -210,6 +214,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             grace,
             json,
             report,
+            bwlimit,
         } => {
             let j = load(&job)?;
             let args = RunArgs {
@@ -217,6 +222,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
                 grace,
                 json,
                 report,
+                bwlimit,
             };
             let code = run_job(&j, &args, &ui).await?;
             Ok(code)

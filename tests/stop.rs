@@ -218,6 +218,9 @@ fn pool_shrink_caps_connections_even_when_all_are_checked_out() {
             passive: true,
             timeout: Duration::from_secs(10),
             pipelining: Default::default(),
+            chmod: Default::default(),
+            list_modes: false,
+            rate: Default::default(),
         };
         let pool = Pool::new(opts, 3);
         let a = pool.get().await.unwrap();

@@ -76,6 +76,7 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
         grace: Duration::from_secs(30),
         json: false,
         report: None,
+        bwlimit: None,
     };
     let ui = Ui {
         verbose: 1,

@@ -68,4 +68,6 @@ pub struct RunArgs {
     pub json: bool,
     /// `--report FILE`: the final summary as JSON, written also on failure.
     pub report: Option<PathBuf>,
+    /// `--bwlimit`: bytes per second, overriding the job's `bwlimit`.
+    pub bwlimit: Option<u64>,
 }

@@ -62,6 +62,7 @@ pub async fn run_job(j: &Job, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
     let opts = RunOptions {
         force_delete,
         grace,
+        bwlimit: args.bwlimit,
         ..RunOptions::default()
     };
     let watcher = watch_signals(

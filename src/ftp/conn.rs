@@ -18,7 +18,7 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream};
@@ -27,7 +27,7 @@ use suppaftp::{Mode, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use super::list::{ListFormat, Listing, parse_listing};
+use super::list::{ListFormat, Listing, parse_listing, parse_mlsd_time};
 use super::reply::{FtpFailure, Reply};
 use crate::job::{Secret, TlsMode};
 use crate::model::RemoteTime;
@@ -52,6 +52,49 @@ async fn write_timed(
         Ok(Err(e)) => Err(FtpFailure::Network(format!("upload data: {e}"))),
         Err(_) => Err(FtpFailure::Timeout(t)),
     }
+}
+
+/// The run's limit on transfer bytes per second (`bwlimit`), shared by all
+/// its connections; the default is none.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimit(Option<async_speed_limit::Limiter>);
+
+impl RateLimit {
+    pub fn new(bytes_per_second: Option<u64>) -> RateLimit {
+        RateLimit(bytes_per_second.map(|r| async_speed_limit::Limiter::new(r as f64)))
+    }
+
+    /// How many bytes to move between two waits: about a tenth of a
+    /// second's worth (at least 4 KiB), at most `max`.
+    fn chunk(&self, max: usize) -> usize {
+        match &self.0 {
+            Some(l) => ((l.speed_limit() / 10.0) as usize).clamp(4096, max.max(4096)),
+            None => max,
+        }
+    }
+
+    /// Accounts for `n` bytes moved, waiting as long as the limit requires.
+    async fn take(&self, n: usize) {
+        if let Some(l) = &self.0
+            && n > 0
+        {
+            l.consume(n).await;
+        }
+    }
+}
+
+/// [`write_timed`] in pieces that keep to `rate`.
+async fn write_paced(
+    t: Duration,
+    stream: &mut (impl tokio::io::AsyncWrite + Unpin),
+    data: &[u8],
+    rate: &RateLimit,
+) -> Result<(), FtpFailure> {
+    for piece in data.chunks(rate.chunk(data.len()).max(1)) {
+        write_timed(t, stream, piece).await?;
+        rate.take(piece.len()).await;
+    }
+    Ok(())
 }
 
 async fn read_timed(
@@ -85,8 +128,8 @@ async fn send_file_range(
     t: Duration,
     sock: &mut tokio::net::TcpStream,
     file: &std::fs::File,
-    offset: u64,
-    len: u64,
+    (offset, len): (u64, u64),
+    rate: &RateLimit,
 ) -> Result<u64, FtpFailure> {
     let mut pos = offset;
     let end = offset + len;
@@ -96,13 +139,13 @@ async fn send_file_range(
             Ok(Err(e)) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
             Ok(Ok(())) => {}
         }
-        let count = (end - pos).min(1 << 30) as usize;
+        let count = rate.chunk((end - pos).min(1 << 30) as usize);
         let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
             rustix::fs::sendfile(&*sock, file, Some(&mut pos), count).map_err(std::io::Error::from)
         });
         match r {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => rate.take(n).await,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
         }
@@ -116,8 +159,8 @@ async fn send_file_range(
     t: Duration,
     sock: &mut tokio::net::TcpStream,
     file: &std::fs::File,
-    offset: u64,
-    len: u64,
+    (offset, len): (u64, u64),
+    rate: &RateLimit,
 ) -> Result<u64, FtpFailure> {
     use std::io::{Read, Seek};
     let mut file = file;
@@ -133,7 +176,7 @@ async fn send_file_range(
         if n == 0 {
             break;
         }
-        write_timed(t, sock, &buf[..n]).await?;
+        write_paced(t, sock, &buf[..n], rate).await?;
         sent += n as u64;
     }
     Ok(sent)
@@ -158,6 +201,28 @@ pub struct ConnectOptions {
     /// Whether the server handles pipelined commands, shared by a pool's
     /// connections (the first one to log in finds out).
     pub pipelining: Arc<PipelineVerdict>,
+    /// Whether the server refused SITE CHMOD, shared by a pool's connections.
+    pub chmod: Arc<ChmodVerdict>,
+    /// Ask MLSD for the `UNIX.mode` fact where the server offers it (a pull
+    /// that keeps the server's modes).
+    pub list_modes: bool,
+    /// The run's byte-rate limit, shared by all its connections.
+    pub rate: RateLimit,
+}
+
+/// Whether the server takes `SITE CHMOD`. Refused once, it is not sent
+/// again for the rest of the run, and the refusal is logged once.
+#[derive(Debug, Default)]
+pub struct ChmodVerdict(AtomicBool);
+
+impl ChmodVerdict {
+    fn refused(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Records a refusal; true for the first one.
+    fn refuse(&self) -> bool {
+        !self.0.swap(true, Ordering::Relaxed)
+    }
 }
 
 /// What is known about a server and pipelined commands.
@@ -198,6 +263,8 @@ pub struct Features {
     pub epsv: bool,
     pub utf8: bool,
     pub rest: bool,
+    /// MDTM reads a file's time (RFC 3659 §3).
+    pub mdtm: bool,
 }
 
 /// A logged-in connection.
@@ -220,6 +287,8 @@ pub struct FtpConn {
     /// for it too.
     abandoned: bool,
     verdict: Arc<PipelineVerdict>,
+    chmod: Arc<ChmodVerdict>,
+    rate: RateLimit,
     data_mode: DataMode,
     /// The control connection's peer: where data connections go.
     peer: IpAddr,
@@ -361,7 +430,20 @@ impl FtpConn {
         };
         if o.tls == TlsMode::Explicit {
             let connector = tls_connector(o)?;
-            stream = timed(t, stream.into_secure(connector, &o.host)).await?;
+            stream = match timeout(t, stream.into_secure(connector, &o.host)).await {
+                Err(_) => return Err(FtpFailure::Timeout(t)),
+                Ok(Ok(s)) => s,
+                // A reply instead of 234: the server will not do TLS (vsftpd
+                // without ssl_enable answers AUTH TLS with "530 Please login").
+                Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
+                    let r = Reply::parse(&r.body)?;
+                    return Err(FtpFailure::TlsRefused {
+                        code: r.code,
+                        text: r.text,
+                    });
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            };
         }
         // Commands are single small writes: do not let Nagle hold them back.
         let _ = stream.get_ref().await.set_nodelay(true);
@@ -369,24 +451,36 @@ impl FtpConn {
         checked(o.password.expose())?;
         timed(t, stream.login(o.user.as_str(), o.password.expose())).await?;
         timed(t, stream.transfer_type(FileType::Binary)).await?;
-        let features = match timed(t, stream.feat()).await {
+        let (features, mlst_facts) = match timed(t, stream.feat()).await {
             Ok(f) => {
                 let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
-                Features {
+                let mlst = f
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("MLST"))
+                    .and_then(|(_, v)| v.clone());
+                let features = Features {
                     mlsd: has("MLST") || has("MLSD"),
                     mfmt: has("MFMT"),
                     size: has("SIZE"),
                     epsv: has("EPSV"),
                     utf8: has("UTF8"),
                     rest: has("REST"),
-                }
+                    mdtm: has("MDTM"),
+                };
+                (features, mlst)
             }
             // FEAT is optional (RFC 2389): assume a minimal server.
-            Err(FtpFailure::Reply { .. }) => Features::default(),
+            Err(FtpFailure::Reply { .. }) => (Features::default(), None),
             Err(e) => return Err(e),
         };
         if features.utf8 {
             let _ = timed(t, stream.opts("UTF8", Some("ON"))).await;
+        }
+        if o.list_modes
+            && let Some(facts) = mlst_facts.as_deref().and_then(mlst_facts_with_mode)
+        {
+            // Best effort: without it the listing just shows no modes.
+            let _ = timed(t, stream.opts("MLST", Some(facts))).await;
         }
         let banner = stream
             .get_welcome_msg()
@@ -441,6 +535,8 @@ impl FtpConn {
             pipeline,
             abandoned: false,
             verdict: Arc::clone(&o.pipelining),
+            chmod: Arc::clone(&o.chmod),
+            rate: o.rate.clone(),
             data_mode,
             peer: addr.ip(),
         })
@@ -550,6 +646,57 @@ impl FtpConn {
         FtpFailure::Network("replies out of order".into())
     }
 
+    /// The command that sets `path`'s permission bits, unless there is no
+    /// mode to set or the server refused SITE CHMOD earlier in the run.
+    fn chmod_command(&self, path: &str, mode: Option<u32>) -> Option<String> {
+        let mode = mode?;
+        if self.chmod.refused() {
+            return None;
+        }
+        Some(format!("SITE CHMOD {:03o} {path}", mode & 0o777))
+    }
+
+    /// Reads the reply to a [`Self::chmod_command`]: whether the mode was set.
+    /// A refusal is no failure of the transfer; the first one is logged and
+    /// SITE CHMOD is not sent again in this run.
+    fn chmod_done(&self, reply: &Reply) -> bool {
+        if (200..300).contains(&reply.code) {
+            return true;
+        }
+        if self.chmod.refuse() {
+            tracing::warn!(
+                "the server refused SITE CHMOD ({} {}): files and directories keep the modes the server gives them for the rest of this run (set `permissions: none` to stop asking)",
+                reply.code,
+                reply.text
+            );
+        }
+        false
+    }
+
+    /// Sets the permission bits of a file or directory (`SITE CHMOD`, which
+    /// vsftpd, ProFTPD, Pure-FTPd and pyftpdlib take). Returns whether they
+    /// were set; a refusal is not an error (see [`Self::chmod_done`]).
+    pub async fn chmod(&mut self, path: &str, mode: u32) -> Result<bool, FtpFailure> {
+        let Some(cmd) = self.chmod_command(checked(path)?, Some(mode)) else {
+            return Ok(false);
+        };
+        let r = self.batch(&[cmd]).await?;
+        Ok(self.chmod_done(&r[0]))
+    }
+
+    /// A file's modification time as MDTM reports it (RFC 3659 §3: UTC, to
+    /// the second), `None` when the server has no MDTM or does not tell.
+    pub async fn mdtm(&mut self, path: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure> {
+        if !self.features.mdtm {
+            return Ok(None);
+        }
+        let r = self.batch(&[format!("MDTM {}", checked(path)?)]).await?;
+        if r[0].code != 213 {
+            return Ok(None);
+        }
+        Ok(parse_mlsd_time(r[0].text.trim().as_bytes()))
+    }
+
     /// The command that sets `path`'s time to `utc`, if the server can.
     fn set_mtime_command(&self, path: &str, utc: chrono::NaiveDateTime) -> Option<String> {
         let verb = if self.features.mfmt {
@@ -576,14 +723,16 @@ impl FtpConn {
     }
 
     /// Uploads `data`, a whole file, to `remote` (STOR); then sets its
-    /// modification time to `mtime` where the server can, and asks its SIZE.
-    /// Pipelined, that is four waits for replies (229; 150+226; MDTM+SIZE;
-    /// and the caller's RNFR+RNTO) where one command at a time takes seven.
+    /// permission bits to `mode` and its modification time to `mtime` where
+    /// the server can, and asks its SIZE. Pipelined, that is four waits for
+    /// replies (229; 150+226; CHMOD+MDTM+SIZE; and the caller's RNFR+RNTO)
+    /// where one command at a time takes eight.
     pub async fn store_small(
         &mut self,
         remote: &str,
         data: &[u8],
         mtime: Option<chrono::NaiveDateTime>,
+        mode: Option<u32>,
     ) -> Result<Stored, FtpFailure> {
         let remote = checked(remote)?;
         let t = self.timeout;
@@ -591,11 +740,15 @@ impl FtpConn {
             self.store_direct(remote, Payload::Bytes(data), 0).await?;
         } else {
             let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
-            write_timed(t, &mut stream, data).await?;
+            write_paced(t, &mut stream, data, &self.rate).await?;
             timed(t, stream.finish()).await?;
         }
+        let chmod = self.chmod_command(remote, mode);
         let set = mtime.and_then(|utc| Some((utc, self.set_mtime_command(remote, utc)?)));
         let mut cmds = Vec::new();
+        if let Some(cmd) = &chmod {
+            cmds.push(cmd.clone());
+        }
         if let Some((_, cmd)) = &set {
             cmds.push(cmd.clone());
         }
@@ -605,6 +758,10 @@ impl FtpConn {
         let piped = self.pipelining();
         let replies = self.batch_with(&cmds, piped).await?;
         let mut replies = replies.iter();
+        if chmod.is_some() {
+            let r = replies.next().expect("one reply per command");
+            self.chmod_done(r);
+        }
         let mtime = match set {
             Some((utc, _)) => {
                 let r = replies.next().expect("one reply per command");
@@ -689,14 +846,15 @@ impl FtpConn {
             // order: the bytes only after the 150.
             self.expect_preliminary("STOR").await?;
         }
+        let rate = self.rate.clone();
         let sent = async {
             let n = match payload {
                 Payload::Bytes(data) => {
-                    write_timed(t, &mut sock, data).await?;
+                    write_paced(t, &mut sock, data, &rate).await?;
                     data.len() as u64
                 }
                 Payload::File { file, offset, len } => {
-                    send_file_range(t, &mut sock, file, offset, len).await?
+                    send_file_range(t, &mut sock, file, (offset, len), &rate).await?
                 }
             };
             match timeout(t, sock.shutdown()).await {
@@ -1037,7 +1195,7 @@ impl FtpConn {
             if n == 0 {
                 break;
             }
-            write_timed(t, &mut stream, &buf[..n]).await?;
+            write_paced(t, &mut stream, &buf[..n], &self.rate).await?;
             total += n as u64;
         }
         timed(t, stream.finish()).await?;
@@ -1119,13 +1277,15 @@ impl FtpConn {
             ),
         };
         let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
+        let rate = self.rate.clone();
         let received = async {
-            let mut buf = vec![0u8; 256 * 1024];
+            let mut buf = vec![0u8; rate.chunk(256 * 1024)];
             loop {
                 let n = read_timed(t, &mut stream, &mut buf).await?;
                 if n == 0 {
                     break;
                 }
+                rate.take(n).await;
                 let mut chunk = &buf[..n];
                 if !overlap.is_empty() {
                     let k = overlap.len().min(chunk.len());
@@ -1162,6 +1322,38 @@ impl FtpConn {
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(2), self.stream.quit()).await;
     }
+}
+
+/// The `OPTS MLST` argument that turns on the facts ftpsync reads, with
+/// `UNIX.mode`, from FEAT's `MLST` line (`type*;size*;modify*;UNIX.mode;`:
+/// a `*` marks the facts on now, RFC 3659 §7.8). `None` when the server
+/// does not offer `UNIX.mode` or has it on already.
+fn mlst_facts_with_mode(offered: &str) -> Option<String> {
+    let facts: Vec<(&str, bool)> = offered
+        .split(';')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(|f| match f.strip_suffix('*') {
+            Some(name) => (name, true),
+            None => (f, false),
+        })
+        .collect();
+    let mode = facts
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("unix.mode"))?;
+    if mode.1 {
+        return None;
+    }
+    let wanted = ["type", "size", "sizd", "modify", "unix.mode"];
+    let mut arg = String::new();
+    for (name, _) in facts
+        .iter()
+        .filter(|(name, _)| wanted.iter().any(|w| name.eq_ignore_ascii_case(w)))
+    {
+        arg.push_str(name);
+        arg.push(';');
+    }
+    Some(arg)
 }
 
 /// The port of a passive-mode reply, or why there is none: the server's
@@ -1228,6 +1420,22 @@ mod tests {
             code,
             text: text.into(),
         }
+    }
+
+    #[test]
+    fn mlst_facts() {
+        assert_eq!(
+            mlst_facts_with_mode("type*;perm*;size*;modify*;unique;unix.mode;unix.uid;unix.gid;")
+                .as_deref(),
+            Some("type;size;modify;unix.mode;")
+        );
+        assert_eq!(
+            mlst_facts_with_mode("modify*;Size*;Type*;UNIX.mode;").as_deref(),
+            Some("modify;Size;Type;UNIX.mode;")
+        );
+        // On already, or not offered: nothing to ask.
+        assert_eq!(mlst_facts_with_mode("type*;size*;UNIX.mode*;"), None);
+        assert_eq!(mlst_facts_with_mode("type*;size*;modify*;"), None);
     }
 
     #[test]

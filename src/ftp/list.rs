@@ -63,6 +63,10 @@ pub struct ListEntry {
     pub mtime: RemoteTime,
     /// Target of a symlink (Unix "name -> target", MLSD `OS.unix=slink:target`).
     pub link_target: Option<Vec<u8>>,
+    /// Mode bits (permissions, and setuid/setgid/sticky as listed) from a
+    /// Unix mode string or the MLSD `UNIX.mode` fact; `None` when the
+    /// listing shows none (DOS/IIS, MLSD without the fact).
+    pub mode: Option<u32>,
 }
 
 /// Result of parsing one listing line; keeps "nothing here" and "could not
@@ -256,6 +260,7 @@ fn finish_entry(
     size: Option<u64>,
     mtime: RemoteTime,
     link_target: Option<Vec<u8>>,
+    mode: Option<u32>,
 ) -> Result<ParsedLine, String> {
     if name.is_empty() {
         return Err("empty name".to_string());
@@ -269,6 +274,7 @@ fn finish_entry(
         size,
         mtime,
         link_target,
+        mode,
     }))
 }
 
@@ -286,6 +292,7 @@ fn parse_mlsd(line: &[u8]) -> Result<ParsedLine, String> {
     let mut size: Option<u64> = None;
     let mut sizd: Option<u64> = None;
     let mut mtime = RemoteTime::Unknown;
+    let mut mode = None;
 
     for fact in facts.split(|&b| b == b';') {
         let eq = fact
@@ -319,6 +326,12 @@ fn parse_mlsd(line: &[u8]) -> Result<ParsedLine, String> {
                     .ok_or_else(|| format!("bad modify value {:?}", lossy(value)))?;
                 mtime = RemoteTime::Exact(t);
             }
+            b"unix.mode" => {
+                mode = Some(
+                    parse_octal_mode(value)
+                        .ok_or_else(|| format!("bad UNIX.mode value {:?}", lossy(value)))?,
+                );
+            }
             _ => {}
         }
         seen.push(key);
@@ -343,11 +356,22 @@ fn parse_mlsd(line: &[u8]) -> Result<ParsedLine, String> {
         }
         _ => (EntryKind::Other, None),
     };
-    finish_entry(name, kind, size.or(sizd), mtime, link_target)
+    finish_entry(name, kind, size.or(sizd), mtime, link_target, mode)
+}
+
+/// An octal mode of one to four digits (`0644`, `755`, `2775`), as in the
+/// `UNIX.mode` fact (proposed in draft-ietf-ftpext2-mlst-unix, used by
+/// ProFTPD, Pure-FTPd and pyftpdlib).
+fn parse_octal_mode(v: &[u8]) -> Option<u32> {
+    if v.is_empty() || v.len() > 4 || !v.iter().all(|b| (b'0'..=b'7').contains(b)) {
+        return None;
+    }
+    Some(v.iter().fold(0, |m, b| m * 8 + u32::from(b - b'0')))
 }
 
 /// `YYYYMMDDHHMMSS[.fff]` (RFC 3659 time-val, UTC); fractions are dropped.
-fn parse_mlsd_time(v: &[u8]) -> Option<NaiveDateTime> {
+/// Also the form of an MDTM reply (RFC 3659 §3).
+pub fn parse_mlsd_time(v: &[u8]) -> Option<NaiveDateTime> {
     if v.len() < 14 || !v[..14].iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -375,6 +399,35 @@ fn is_total_line(line: &[u8], toks: &[(usize, usize)]) -> bool {
         && toks[0].0 == 0
         && tok(line, toks, 0) == Some(b"total".as_slice())
         && tok(line, toks, 1).is_some_and(|t| t[0].is_ascii_digit())
+}
+
+/// The mode bits of a valid `ls -l` mode string (`-rwsr-x--T`): `s`/`S`
+/// are setuid or setgid with or without execute, `t`/`T` sticky, `l`
+/// (mandatory locking, in the group execute place) no execute.
+fn mode_bits(mode: &[u8]) -> u32 {
+    let mut bits = 0;
+    for (i, &c) in mode[1..10].iter().enumerate() {
+        let shift = 8 - i as u32;
+        let execute_place = i % 3 == 2;
+        let set = match c {
+            b'-' | b'l' | b'S' | b'T' => false,
+            b'r' => !execute_place && i % 3 == 0,
+            b'w' => !execute_place && i % 3 == 1,
+            _ => execute_place,
+        };
+        if set {
+            bits |= 1 << shift;
+        }
+        if execute_place && matches!(c, b's' | b'S' | b't' | b'T') {
+            // setuid (owner), setgid (group), sticky (other).
+            bits |= match i {
+                2 => 0o4000,
+                5 => 0o2000,
+                _ => 0o1000,
+            };
+        }
+    }
+    bits
 }
 
 fn parse_mode(mode: &[u8]) -> Option<EntryKind> {
@@ -435,7 +488,7 @@ fn parse_unix(
             Err(DateError::Shape) => continue,
             Err(DateError::Invalid(reason)) => return Err(Reject::Bad(reason)),
         };
-        return unix_name(line, date_end, kind, size, mtime).map_err(Reject::Bad);
+        return unix_name(line, date_end, kind, size, mtime, mode_bits(mode)).map_err(Reject::Bad);
     }
     Err(Reject::Bad(
         "no size and date columns after the owner/group columns".to_string(),
@@ -587,6 +640,7 @@ fn unix_name(
     kind: EntryKind,
     size: Option<u64>,
     mtime: RemoteTime,
+    mode: u32,
 ) -> Result<ParsedLine, String> {
     if date_end >= line.len() {
         return Err("missing name".to_string());
@@ -599,9 +653,16 @@ fn unix_name(
         if target.is_empty() {
             return Err("symlink with empty target".to_string());
         }
-        return finish_entry(link_name, kind, size, mtime, Some(target.to_vec()));
+        return finish_entry(
+            link_name,
+            kind,
+            size,
+            mtime,
+            Some(target.to_vec()),
+            Some(mode),
+        );
     }
-    finish_entry(name, kind, size, mtime, None)
+    finish_entry(name, kind, size, mtime, None, Some(mode))
 }
 
 // ---------------------------------------------------------------------------
@@ -650,7 +711,7 @@ fn parse_dos(line: &[u8], toks: &[(usize, usize)]) -> Result<ParsedLine, Reject>
         size_end + 1
     };
     let mtime = RemoteTime::Minute(date.and_time(time));
-    finish_entry(&line[name_start..], kind, size, mtime, None).map_err(Reject::Bad)
+    finish_entry(&line[name_start..], kind, size, mtime, None, None).map_err(Reject::Bad)
 }
 
 /// `MM-DD-YY` or `MM-DD-YYYY`; two-digit years 70–99 are 19xx, others 20xx.
@@ -747,11 +808,100 @@ mod tests {
             size,
             mtime,
             link_target: link_target.map(<[u8]>::to_vec),
+            mode: None,
         })
     }
 
+    /// A LIST line parsed at [`now`], its mode left out: the tests of
+    /// modes are [`unix_modes`] and [`mlsd_unix_mode`].
     fn list(line: &[u8]) -> ParsedLine {
-        parse_list_line(line, now())
+        list_at(line, now())
+    }
+
+    /// [`list`] at another time.
+    fn list_at(line: &[u8], now: NaiveDateTime) -> ParsedLine {
+        match parse_list_line(line, now) {
+            ParsedLine::Entry(e) => ParsedLine::Entry(ListEntry { mode: None, ..e }),
+            other => other,
+        }
+    }
+
+    fn mode_of(parsed: ParsedLine) -> Option<u32> {
+        match parsed {
+            ParsedLine::Entry(e) => e.mode,
+            other => panic!("expected an entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unix_modes() {
+        for (line, mode) in [
+            (
+                &b"-rw-r--r--    1 102      105             5 Dec 01 11:10 a"[..],
+                0o644,
+            ),
+            (
+                b"-rw-------    1 102      105             5 Dec 01 11:10 a",
+                0o600,
+            ),
+            (
+                b"drwxr-x---    2 102      105          4096 Dec 01 11:10 d",
+                0o750,
+            ),
+            (
+                b"-rwsr-xr-x    1 0        0            5 Dec 01 11:10 a",
+                0o4755,
+            ),
+            (
+                b"-rwSr--r--    1 0        0            5 Dec 01 11:10 a",
+                0o4644,
+            ),
+            (
+                b"-rwxr-sr-x    1 0        0            5 Dec 01 11:10 a",
+                0o2755,
+            ),
+            (
+                b"-rw-r-lr--    1 0        0            5 Dec 01 11:10 a",
+                0o644,
+            ),
+            (
+                b"drwxrwxrwt    2 0        0         4096 Dec 01 11:10 tmp",
+                0o1777,
+            ),
+            (
+                b"drwxrwxrwT    2 0        0         4096 Dec 01 11:10 tmp",
+                0o1776,
+            ),
+            (
+                b"-rwxrwxrwx+   1 0        0            5 Dec 01 11:10 a",
+                0o777,
+            ),
+            (b"----------    1 0        0            5 Dec 01 11:10 a", 0),
+        ] {
+            assert_eq!(
+                mode_of(parse_list_line(line, now())),
+                Some(mode),
+                "{}",
+                lossy(line)
+            );
+        }
+        // DOS listings have no modes.
+        assert_eq!(
+            mode_of(parse_list_line(b"01-02-26  10:00AM       5 a", now())),
+            None
+        );
+    }
+
+    #[test]
+    fn mlsd_unix_mode() {
+        let line = |facts: &str| parse_mlsd_line(format!("{facts} a").as_bytes());
+        assert_eq!(mode_of(line("type=file;UNIX.mode=0644;")), Some(0o644));
+        assert_eq!(mode_of(line("type=file;unix.mode=4755;")), Some(0o4755));
+        assert_eq!(mode_of(line("type=dir;UNIX.mode=755;")), Some(0o755));
+        assert_eq!(mode_of(line("type=file;size=1;")), None);
+        for bad in ["0648", "", "07777x", "12345", "-644"] {
+            assert_bad(line(&format!("type=file;UNIX.mode={bad};")));
+        }
     }
 
     fn assert_bad(parsed: ParsedLine) {
@@ -781,13 +931,14 @@ mod tests {
     fn mlsd_dir_with_sizd() {
         assert_eq!(
             parse_mlsd_line(b"type=dir;sizd=4096;modify=20200101000000;UNIX.mode=0755; sub"),
-            entry(
-                b"sub",
-                EntryKind::Dir,
-                Some(4096),
-                RemoteTime::Exact(dt(2020, 1, 1, 0, 0, 0)),
-                None
-            )
+            ParsedLine::Entry(ListEntry {
+                name: b"sub".to_vec(),
+                kind: EntryKind::Dir,
+                size: Some(4096),
+                mtime: RemoteTime::Exact(dt(2020, 1, 1, 0, 0, 0)),
+                link_target: None,
+                mode: Some(0o755),
+            })
         );
     }
 
@@ -1032,7 +1183,7 @@ mod tests {
         // Server already in the new year while UTC is still 31 December.
         let new_years_eve = dt(2026, 12, 31, 22, 0, 0);
         assert_eq!(
-            parse_list_line(b"-rw-r--r-- 1 u g 1 Jan  1 08:00 a", new_years_eve),
+            list_at(b"-rw-r--r-- 1 u g 1 Jan  1 08:00 a", new_years_eve),
             entry(
                 b"a",
                 EntryKind::File,
@@ -1042,7 +1193,7 @@ mod tests {
             )
         );
         assert_eq!(
-            parse_list_line(b"-rw-r--r-- 1 u g 1 Dec 31 21:00 a", new_years_eve),
+            list_at(b"-rw-r--r-- 1 u g 1 Dec 31 21:00 a", new_years_eve),
             entry(
                 b"a",
                 EntryKind::File,
@@ -1056,7 +1207,7 @@ mod tests {
     #[test]
     fn unix_year_guess_feb_29() {
         assert_eq!(
-            parse_list_line(
+            list_at(
                 b"-rw-r--r-- 1 u g 1 Feb 29 12:00 leap",
                 dt(2025, 1, 10, 0, 0, 0)
             ),
@@ -1068,7 +1219,7 @@ mod tests {
                 None
             )
         );
-        assert_bad(parse_list_line(
+        assert_bad(list_at(
             b"-rw-r--r-- 1 u g 1 Feb 29 12:00 leap",
             dt(2027, 3, 1, 0, 0, 0),
         ));
@@ -1655,6 +1806,7 @@ mod tests {
                     size: Some(5),
                     mtime: RemoteTime::Day(date(2020, 1, 1)),
                     link_target: None,
+                    mode: Some(0o644),
                 },
                 ListEntry {
                     name: b"dosdir".to_vec(),
@@ -1662,6 +1814,7 @@ mod tests {
                     size: None,
                     mtime: RemoteTime::Minute(dt(2002, 1, 16, 11, 14, 0)),
                     link_target: None,
+                    mode: None,
                 },
                 ListEntry {
                     name: b"b".to_vec(),
@@ -1669,6 +1822,7 @@ mod tests {
                     size: Some(9),
                     mtime: RemoteTime::Day(date(2020, 1, 1)),
                     link_target: None,
+                    mode: Some(0o644),
                 },
             ]
         );
@@ -1694,6 +1848,7 @@ mod tests {
                 size: Some(3),
                 mtime: RemoteTime::Unknown,
                 link_target: None,
+                mode: None,
             }]
         );
         assert_eq!(

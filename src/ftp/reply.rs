@@ -31,6 +31,10 @@ pub enum FtpFailure {
     /// TLS negotiation failed.
     #[error("TLS error: {0}")]
     Tls(String),
+    /// The server answered AUTH TLS (or PBSZ/PROT) with a reply other than
+    /// success: it does not offer FTPS. Nothing more was sent.
+    #[error("the server refused AUTH TLS ({code} {text})")]
+    TlsRefused { code: u32, text: String },
     /// The server said something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -65,6 +69,7 @@ impl FtpFailure {
                 ReplyClass::Transient
             }
             FtpFailure::Tls(_)
+            | FtpFailure::TlsRefused { .. }
             | FtpFailure::Protocol(_)
             | FtpFailure::BadPath
             | FtpFailure::Local(_)
@@ -87,7 +92,8 @@ impl FtpFailure {
             FtpFailure::Network(_)
             | FtpFailure::Timeout(_)
             | FtpFailure::Protocol(_)
-            | FtpFailure::Tls(_) => true,
+            | FtpFailure::Tls(_)
+            | FtpFailure::TlsRefused { .. } => true,
             _ => false,
         }
     }
@@ -204,5 +210,12 @@ mod tests {
         assert!(f.too_many_connections());
         assert!(f.breaks_connection());
         assert!(!reply_failure(b"530 Login incorrect.\r\n").too_many_connections());
+        // vsftpd without TLS answers AUTH TLS with 530: that is no login refusal.
+        let f = FtpFailure::TlsRefused {
+            code: 530,
+            text: "Please login with USER and PASS.".into(),
+        };
+        assert_eq!(f.class(), ReplyClass::Permanent);
+        assert!(!f.retryable());
     }
 }

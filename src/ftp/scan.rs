@@ -113,6 +113,11 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                 }
             };
             kept += 1;
+            if let Some(mode) = e.mode
+                && matches!(e.kind, EntryKind::Dir | EntryKind::File)
+            {
+                tree.modes.insert(rel.clone(), mode);
+            }
             match e.kind {
                 EntryKind::Dir => {
                     if input.filters.excludes_dir(rel.as_str()) {

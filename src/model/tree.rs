@@ -88,6 +88,11 @@ pub struct Tree<M> {
     /// filters, a symlink, a special file): they cannot be removed.
     pub holds_unsynced: BTreeSet<RelPath>,
     pub problems: Vec<Problem>,
+    /// The mode bits of files and directories where the scan saw them (the
+    /// local disk; a remote listing that shows modes). Only what a transfer
+    /// or mkdir gives its target: not part of a file's fingerprint, so a
+    /// change of mode alone transfers nothing.
+    pub modes: BTreeMap<RelPath, u32>,
     /// Whether the root itself exists.
     pub root_exists: bool,
 }
@@ -101,6 +106,7 @@ impl<M> Default for Tree<M> {
             suspect_empty: BTreeSet::new(),
             holds_unsynced: BTreeSet::new(),
             problems: Vec::new(),
+            modes: BTreeMap::new(),
             root_exists: true,
         }
     }

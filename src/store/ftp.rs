@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Attempt, Capabilities, RemoteSession, Resume, Store, Stored};
+use super::{Attempt, Capabilities, RemoteSession, Resume, SetMeta, Store, Stored};
 use crate::ftp::FtpFailure;
 use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE};
 use crate::ftp::list::ListEntry;
@@ -106,9 +106,12 @@ impl Store for FtpStore {
         Ok(())
     }
 
-    async fn mkdir(&self, path: &RelPath) -> Result<(), FtpFailure> {
+    /// MKD, then SITE CHMOD where a mode is given (a refused CHMOD leaves
+    /// the directory as the server made it).
+    async fn mkdir(&self, path: &RelPath, mode: Option<u32>) -> Result<(), FtpFailure> {
         let p = self.path(path);
-        with_retry!(&self.pool, &self.retry, |c| mkdir_idempotent(c, &p).await)
+        with_retry!(&self.pool, &self.retry, |c| mkdir_with_mode(c, &p, mode)
+            .await)
     }
 
     async fn rmdir(&self, path: &RelPath) -> Result<(), FtpFailure> {
@@ -150,13 +153,15 @@ impl RemoteSession for FtpSession<'_> {
 
     /// Small files go in one read and pipelined commands
     /// ([`FtpConn::store_small`]); bigger ones with sendfile where it can.
+    /// The mode is set before the time: neither changes the other, and
+    /// both stay across the rename that follows (rename(2) keeps the inode).
     async fn send(
         &mut self,
         local: &Path,
         len: u64,
         remote: &str,
         offset: u64,
-        mtime: Option<chrono::NaiveDateTime>,
+        set: SetMeta,
     ) -> Result<Stored, FtpFailure> {
         let c = &mut *self.conn;
         if offset == 0 && len <= SMALL_FILE {
@@ -169,10 +174,13 @@ impl RemoteSession for FtpSession<'_> {
             let mut data = Vec::with_capacity(len as usize + 1);
             std::io::Read::read_to_end(&mut std::io::Read::take(file, len + 1), &mut data)
                 .map_err(local_err)?;
-            return c.store_small(remote, &data, mtime).await;
+            return c.store_small(remote, &data, set.mtime, set.mode).await;
         }
         let sent = c.upload(local, len, remote, offset).await?;
-        let mtime = match mtime {
+        if let Some(mode) = set.mode {
+            c.chmod(remote, mode).await?;
+        }
+        let mtime = match set.mtime {
             Some(t) => c.set_mtime(remote, t).await?,
             None => None,
         };
@@ -190,6 +198,10 @@ impl RemoteSession for FtpSession<'_> {
 
     async fn size(&mut self, remote: &str) -> Result<Option<u64>, FtpFailure> {
         self.conn.size(remote).await
+    }
+
+    async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure> {
+        self.conn.mdtm(remote).await
     }
 
     async fn read_at(
@@ -254,6 +266,14 @@ async fn mkdir_idempotent(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure>
         }
         Err(e) => Err(e),
     }
+}
+
+async fn mkdir_with_mode(c: &mut FtpConn, path: &str, mode: Option<u32>) -> Result<(), FtpFailure> {
+    mkdir_idempotent(c, path).await?;
+    if let Some(m) = mode {
+        c.chmod(path, m).await?;
+    }
+    Ok(())
 }
 
 async fn rmdir_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {

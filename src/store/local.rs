@@ -3,7 +3,8 @@
 //! ever goes through a symbolic link. File I/O beyond a stat or a single
 //! metadata call runs on a blocking thread.
 
-use std::fs::Metadata;
+use std::fs::{Metadata, Permissions};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -127,21 +128,29 @@ impl LocalStore {
         .await;
     }
 
-    /// Gives a received temporary file its modification time (best effort)
-    /// and renames it over `target`; never over a directory. On failure the
-    /// temporary file is removed.
+    /// Gives a received temporary file its permission bits and modification
+    /// time (best effort) and renames it over `target`; never over a
+    /// directory. The mode is set before the rename, so the file never
+    /// shows under its name with other modes. On failure the temporary
+    /// file is removed.
     pub async fn place(
         &self,
         temp: &Path,
         target: &Path,
         mtime: Option<SystemTime>,
+        mode: Option<u32>,
     ) -> Result<(), FtpFailure> {
         let (temp, target) = (temp.to_path_buf(), target.to_path_buf());
         blocking(move || {
-            if let Some(t) = mtime
-                && let Ok(f) = std::fs::File::options().write(true).open(&temp)
-            {
-                let _ = f.set_modified(t);
+            if let Ok(f) = std::fs::File::options().write(true).open(&temp) {
+                if let Some(t) = mtime {
+                    let _ = f.set_modified(t);
+                }
+                if let Some(m) = mode
+                    && let Err(e) = f.set_permissions(Permissions::from_mode(m & 0o777))
+                {
+                    tracing::warn!("cannot set the mode of {}: {e}", target.display());
+                }
             }
             if let Ok(md) = std::fs::symlink_metadata(&target)
                 && md.is_dir()
@@ -173,12 +182,17 @@ impl Store for LocalStore {
         std::fs::create_dir_all(&self.root).map_err(|e| path_err(&self.root, e))
     }
 
-    async fn mkdir(&self, path: &RelPath) -> Result<(), FtpFailure> {
+    async fn mkdir(&self, path: &RelPath, mode: Option<u32>) -> Result<(), FtpFailure> {
         let p = self.writable(path)?;
         match std::fs::create_dir(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
-            Err(e) => Err(path_err(&p, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+            Err(e) => return Err(path_err(&p, e)),
+        }
+        match mode {
+            Some(m) => std::fs::set_permissions(&p, Permissions::from_mode(m & 0o777))
+                .map_err(|e| path_err(&p, e)),
+            None => Ok(()),
         }
     }
 

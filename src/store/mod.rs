@@ -29,6 +29,16 @@ use crate::model::{RelPath, RemoteTime};
 pub use ftp::FtpStore;
 pub use local::LocalStore;
 
+/// What an upload sets on the uploaded file besides its bytes, where the
+/// server can.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetMeta {
+    /// Modification time (UTC).
+    pub mtime: Option<chrono::NaiveDateTime>,
+    /// Permission bits.
+    pub mode: Option<u32>,
+}
+
 /// What one side can do, where the executor's policy depends on it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
@@ -43,9 +53,10 @@ pub struct Capabilities {
 pub trait Store: Send + Sync {
     /// Creates the root and any missing parents.
     async fn create_root(&self) -> Result<(), FtpFailure>;
-    /// Creates a directory; one that exists already is fine (it may have
+    /// Creates a directory, with the permission bits `mode` where given and
+    /// the side can set them; one that exists already is fine (it may have
     /// been created by an earlier attempt whose reply was lost).
-    async fn mkdir(&self, path: &RelPath) -> Result<(), FtpFailure>;
+    async fn mkdir(&self, path: &RelPath, mode: Option<u32>) -> Result<(), FtpFailure>;
     /// Removes an empty directory; one that is gone already is fine.
     async fn rmdir(&self, path: &RelPath) -> Result<(), FtpFailure>;
     /// Removes a file; one that is gone already (checked, not assumed) is fine.
@@ -63,15 +74,16 @@ pub trait Store: Send + Sync {
 pub trait RemoteSession: Send {
     fn capabilities(&self) -> Capabilities;
     /// Sends the local file (`len` bytes as just checked) to `remote` from
-    /// byte `offset` on (a verified partial upload), sets its modification
-    /// time to `mtime` where the server can, and asks its size.
+    /// byte `offset` on (a verified partial upload), sets its permission
+    /// bits to `mode` and its modification time to `mtime` where the server
+    /// can, and asks its size.
     async fn send(
         &mut self,
         local: &Path,
         len: u64,
         remote: &str,
         offset: u64,
-        mtime: Option<chrono::NaiveDateTime>,
+        set: SetMeta,
     ) -> Result<Stored, FtpFailure>;
     /// Sets a file's modification time; the time as the server now has
     /// it, or `None` if it cannot set times.
@@ -80,6 +92,9 @@ pub trait RemoteSession: Send {
         remote: &str,
         mtime: chrono::NaiveDateTime,
     ) -> Result<Option<RemoteTime>, FtpFailure>;
+    /// A file's modification time to the second (UTC), `None` if the
+    /// server cannot tell.
+    async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure>;
     /// A file's size, `None` if the server cannot tell or it is missing.
     async fn size(&mut self, remote: &str) -> Result<Option<u64>, FtpFailure>;
     /// At most `len` bytes of `remote` from `offset` on; `None` if the
