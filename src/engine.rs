@@ -196,7 +196,8 @@ async fn prepare_limited(
         Direction::Pull => {
             if !remote.root_exists {
                 return Err(Error::Usage(format!(
-                    "remote.root {root} does not exist on {server}; nothing was changed"
+                    "remote.root {root} does not exist on {server}; nothing was changed. Check remote.root in {} (a path without a leading / starts at the login directory)",
+                    job.file.display()
                 )));
             }
             if job.delete

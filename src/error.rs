@@ -27,9 +27,14 @@ pub enum Error {
     Job(#[from] JobError),
     #[error("{0}")]
     Usage(String),
-    #[error("cannot connect to {server}: {failure}")]
+    /// Connecting failed before or during login (or the first command
+    /// after it): says what the server or the network said, that nothing
+    /// was changed, and what to check.
+    #[error("cannot connect to {server}: {failure}. Nothing was changed. {}", connect_advice(.failure))]
     Connect { server: String, failure: FtpFailure },
-    #[error("login to {server} as {user} refused: {failure}")]
+    #[error(
+        "login to {server} as {user} refused: {failure}. Nothing was changed. Check remote.user and the password (remote.password_env, remote.password_file or remote.password)"
+    )]
     Login {
         server: String,
         user: String,
@@ -41,6 +46,29 @@ pub enum Error {
     Safety(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// What to check after a failed connection, by what went wrong.
+fn connect_advice(f: &FtpFailure) -> &'static str {
+    match f {
+        FtpFailure::TlsRefused { .. } => {
+            "No user name or password was sent. The server does not offer FTPS: enable TLS on the server, or set `remote.tls: none` to connect without encryption"
+        }
+        FtpFailure::Tls(_) => {
+            "No user name or password was sent. For a server with a certificate of its own, give its CA in remote.tls_ca_file"
+        }
+        FtpFailure::Network(_) => {
+            "Check remote.host and remote.port, and that the FTP server is running and reachable from here"
+        }
+        FtpFailure::Timeout(_) => {
+            "The server did not answer within `timeout`: check remote.host and remote.port, and any firewall on the way"
+        }
+        FtpFailure::Unreachable(_) => "Check that the server is up, then run again",
+        FtpFailure::Reply { code, .. } if (400..500).contains(code) => {
+            "The server is busy or refuses connections for now: try again later"
+        }
+        _ => "Check the remote settings in the job file",
+    }
 }
 
 impl Error {

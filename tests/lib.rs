@@ -6,6 +6,7 @@ mod support;
 mod cli;
 mod daemon;
 mod faults;
+mod files;
 mod interop;
 mod mirror;
 mod stop;

@@ -361,8 +361,9 @@ fn parse_mlsd(line: &[u8]) -> Result<ParsedLine, String> {
 
 /// An octal mode of one to four digits (`0644`, `755`, `2775`), as in the
 /// `UNIX.mode` fact (proposed in draft-ietf-ftpext2-mlst-unix, used by
-/// ProFTPD, Pure-FTPd and pyftpdlib).
+/// ProFTPD and Pure-FTPd); pyftpdlib writes it as Python does, `0o644`.
 fn parse_octal_mode(v: &[u8]) -> Option<u32> {
+    let v = v.strip_prefix(b"0o").unwrap_or(v);
     if v.is_empty() || v.len() > 4 || !v.iter().all(|b| (b'0'..=b'7').contains(b)) {
         return None;
     }
@@ -898,8 +899,9 @@ mod tests {
         assert_eq!(mode_of(line("type=file;UNIX.mode=0644;")), Some(0o644));
         assert_eq!(mode_of(line("type=file;unix.mode=4755;")), Some(0o4755));
         assert_eq!(mode_of(line("type=dir;UNIX.mode=755;")), Some(0o755));
+        assert_eq!(mode_of(line("type=file;unix.mode=0o644;")), Some(0o644));
         assert_eq!(mode_of(line("type=file;size=1;")), None);
-        for bad in ["0648", "", "07777x", "12345", "-644"] {
+        for bad in ["0648", "", "07777x", "12345", "-644", "0o", "0x644"] {
             assert_bad(line(&format!("type=file;UNIX.mode={bad};")));
         }
     }

@@ -178,14 +178,33 @@ impl std::fmt::Debug for ExternalServer {
 /// vsftpd runs with `run_as_launching_user=YES` (no chroot) and
 /// `remote_root` is the absolute directory path.
 pub fn start_vsftpd() -> Option<ExternalServer> {
-    unavailable_or(try_start_vsftpd(false), "vsftpd")
+    unavailable_or(try_start_vsftpd(Vsftpd::default()), "vsftpd")
+}
+
+/// [`start_vsftpd`] with a local (non-anonymous) login as vsftpd ships it:
+/// `local_umask=077`, so uploads land as 0600 and directories as 0700
+/// unless the client sends `SITE CHMOD` (which vsftpd never allows
+/// anonymous users). User `ftp` (or `nobody`), any password, checked by a
+/// PAM service of the test suite's own (/etc/pam.d/ftpsync-test, written
+/// here, only used by these servers); no chroot, so `remote_root` is the
+/// directory's absolute path. Needs root (PAM, setuid to the user).
+pub fn start_vsftpd_local_user() -> Option<ExternalServer> {
+    let opts = Vsftpd {
+        local_user: true,
+        ..Vsftpd::default()
+    };
+    unavailable_or(try_start_vsftpd(opts), "vsftpd (local user)")
 }
 
 /// [`start_vsftpd`] with explicit FTPS offered (the test certificate,
 /// tests/data/localhost-*.pem) and vsftpd's default `require_ssl_reuse=YES`:
 /// data connections must resume the control connection's TLS session.
 pub fn start_vsftpd_tls() -> Option<ExternalServer> {
-    unavailable_or(try_start_vsftpd(true), "vsftpd")
+    let opts = Vsftpd {
+        tls: true,
+        ..Vsftpd::default()
+    };
+    unavailable_or(try_start_vsftpd(opts), "vsftpd")
 }
 
 /// Start a private pyftpdlib server on 127.0.0.1 (user `ftpsync`, random
@@ -219,11 +238,43 @@ enum StartError {
     Fatal(String),
 }
 
-fn try_start_vsftpd(tls: bool) -> Result<ExternalServer, String> {
+/// How a vsftpd is set up.
+#[derive(Debug, Clone, Copy, Default)]
+struct Vsftpd {
+    /// Explicit FTPS with the test certificate.
+    tls: bool,
+    /// A local user's login (see [`start_vsftpd_local_user`]) instead of anonymous.
+    local_user: bool,
+}
+
+/// The PAM service of [`start_vsftpd_local_user`].
+const PAM_SERVICE: &str = "ftpsync-test";
+const PAM_CONFIG: &str = "\
+# Written by ftpsync's test suite (tests/support/servers.rs) for its private
+# vsftpd on 127.0.0.1: logs in the users ftp and nobody with any password.
+auth required pam_succeed_if.so quiet user in ftp:nobody
+auth required pam_permit.so
+account required pam_permit.so
+session required pam_permit.so
+";
+
+/// Writes [`PAM_CONFIG`] where PAM looks for the service, unless it is there.
+fn install_pam_service() -> Result<(), String> {
+    let path = Path::new("/etc/pam.d").join(PAM_SERVICE);
+    if fs::read_to_string(&path).is_ok_and(|s| s == PAM_CONFIG) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, PAM_CONFIG)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+fn try_start_vsftpd(opts: Vsftpd) -> Result<ExternalServer, String> {
     let bin = find_vsftpd()?;
     let mut last = String::new();
     for _ in 0..START_ATTEMPTS {
-        match spawn_vsftpd(&bin, tls) {
+        match spawn_vsftpd(&bin, opts) {
             Ok(server) => return Ok(server),
             Err(StartError::PortBusy(e)) => last = e,
             Err(StartError::Fatal(e)) => return Err(e),
@@ -251,8 +302,17 @@ fn find_vsftpd() -> Result<PathBuf, String> {
         .ok_or_else(|| "no vsftpd binary found (apt-get install vsftpd)".to_string())
 }
 
-fn spawn_vsftpd(bin: &Path, tls: bool) -> Result<ExternalServer, StartError> {
+fn spawn_vsftpd(bin: &Path, opts: Vsftpd) -> Result<ExternalServer, StartError> {
     let fatal = StartError::Fatal;
+    let tls = opts.tls;
+    if opts.local_user {
+        if effective_uid() != 0 {
+            return Err(fatal(
+                "a local-user login needs root (PAM and setuid to the user)".into(),
+            ));
+        }
+        install_pam_service().map_err(fatal)?;
+    }
     let dir = tempfile::Builder::new()
         .prefix("ftpsync-vsftpd-")
         .tempdir()
@@ -293,7 +353,7 @@ fn spawn_vsftpd(bin: &Path, tls: bool) -> Result<ExternalServer, StartError> {
         ftp_user
     };
 
-    let remote_root = if is_root {
+    let remote_root = if is_root && !opts.local_user {
         "/data".to_string()
     } else {
         data.to_str()
@@ -329,6 +389,19 @@ vsftpd_log_file={log}
     if !is_root {
         conf.push_str("run_as_launching_user=YES\n");
     }
+    let mut user = "anonymous".to_string();
+    let mut password = "ftpsync@example.invalid".to_string();
+    if opts.local_user {
+        conf = conf
+            .replace("anonymous_enable=YES", "anonymous_enable=NO")
+            .replace("local_enable=NO", "local_enable=YES");
+        conf.push_str(&format!(
+            "local_umask=077\nchmod_enable=YES\npam_service_name={PAM_SERVICE}\nlocal_root={}\n",
+            data.display()
+        ));
+        user = ftp_user.to_string();
+        password = format!("pw-{:016x}", random_u64());
+    }
     if tls {
         conf.push_str(&format!(
             "ssl_enable=YES\nallow_anon_ssl=YES\nrequire_ssl_reuse=YES\n\
@@ -353,8 +426,8 @@ vsftpd_log_file={log}
     let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
         kind: "vsftpd",
         port,
-        user: "anonymous".into(),
-        password: "ftpsync@example.invalid".into(),
+        user,
+        password,
         remote_root,
         disk_root: data.clone(),
         child,
