@@ -8,4 +8,5 @@ mod daemon;
 mod faults;
 mod interop;
 mod mirror;
+mod output;
 mod stop;

@@ -435,6 +435,7 @@ impl Daemon {
             server_limit,
             trigger,
             stop_signal: Arc::clone(&self.stop_signal),
+            events: Default::default(),
         };
         let stop = self.stop.clone();
         let parallel = Arc::clone(&self.parallel);

@@ -102,7 +102,7 @@ async fn send_file_range(
         });
         match r {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => crate::events::transferred(n as u64),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
         }
@@ -135,6 +135,7 @@ async fn send_file_range(
         }
         write_timed(t, sock, &buf[..n]).await?;
         sent += n as u64;
+        crate::events::transferred(n as u64);
     }
     Ok(sent)
 }
@@ -1039,6 +1040,7 @@ impl FtpConn {
             }
             write_timed(t, &mut stream, &buf[..n]).await?;
             total += n as u64;
+            crate::events::transferred(n as u64);
         }
         timed(t, stream.finish()).await?;
         Ok(total)
@@ -1140,6 +1142,7 @@ impl FtpConn {
                 }
                 file.write_all(chunk).await.map_err(local_err)?;
                 total += chunk.len() as u64;
+                crate::events::transferred(chunk.len() as u64);
             }
             if !overlap.is_empty() {
                 return Err(FtpFailure::Verify(
