@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, exit};
+use crate::events::{Event, Events};
 use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
 use crate::ftp::conn::{ConnectOptions, FtpConn, RateLimit};
 use crate::ftp::pool::Pool;
@@ -26,7 +27,7 @@ use crate::job::{CompareMode, DeleteLimit, Direction, Job};
 use crate::local;
 use crate::model::RelPath;
 use crate::model::{Kind, LocalTree, Problem, RemoteTree};
-use crate::plan::{self, Op, Plan, PlanOptions};
+use crate::plan::{self, Op, Plan, PlanItem, PlanOptions};
 use crate::state::{RunOutcome, RunRecord, RunTrigger, StateDb, StateRecord, StateWriter};
 
 /// Options of one run.
@@ -50,6 +51,9 @@ pub struct RunOptions {
     /// Bytes per second for the run's transfers, over all its connections
     /// (`--bwlimit`); overrides the job's `bwlimit`.
     pub bwlimit: Option<u64>,
+    /// Where the run reports scan progress, the plan and each item as it
+    /// happens (default: nowhere).
+    pub events: Events,
 }
 
 /// Everything known after scanning and planning.
@@ -98,7 +102,7 @@ fn binding(job: &Job, root: &str) -> String {
 /// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
 /// also trusts directories that list as empty where the state remembers files.
 pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Prepared, Error> {
-    prepare_limited(job, for_run, force_delete, None, None).await
+    prepare_limited(job, for_run, force_delete, None, None, &Events::default()).await
 }
 
 async fn prepare_limited(
@@ -107,6 +111,7 @@ async fn prepare_limited(
     force_delete: bool,
     server_limit: Option<Arc<Semaphore>>,
     bwlimit: Option<u64>,
+    events: &Events,
 ) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
@@ -167,11 +172,23 @@ async fn prepare_limited(
         filters: job.filters.clone(),
         retry: job.retry,
         remembered_dirs,
+        events: events.clone(),
     });
     let (remote, remote_temps) = scan::scan(Arc::clone(&pool), scan_input).await;
+    events.emit(Event::Scanned {
+        side: crate::model::Side::Remote,
+        entries: remote.entries.len() as u64,
+    });
     let (mut local, local_temps) = local_scan
         .await
         .map_err(|e| Error::Io(format!("local scan failed: {e}")))?;
+    events.emit(Event::Scanned {
+        side: crate::model::Side::Local,
+        entries: local.entries.len() as u64,
+    });
+    for p in local.problems.iter().chain(remote.problems.iter()) {
+        events.emit(Event::Warning(p));
+    }
 
     if job.compare == CompareMode::Hash {
         fill_hashes(job, &mut local, &state).await;
@@ -448,6 +465,14 @@ pub struct Finished {
     pub report: Result<RunReport, Error>,
 }
 
+/// A run that ended in `error` before the engine got to it (a job file that
+/// does not load): nothing was locked, touched or recorded.
+pub fn failed_before_start(started_at: DateTime<Utc>, error: Error) -> Finished {
+    let report = Err(error);
+    let record = run_record(&RunOptions::default(), started_at, &report);
+    Finished { record, report }
+}
+
 /// The history entry of a run: counts, outcome, exit code, first errors.
 fn run_record(
     opts: &RunOptions,
@@ -565,13 +590,13 @@ async fn run_locked(
         }
     };
     let prepared = tokio::select! {
-        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit) => p?,
+        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit, &opts.events) => p?,
         _ = signals.stop.cancelled() => {
             return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
         }
     };
     let pool = Arc::clone(&prepared.pool);
-    let mut report = execute_prepared(prepared, opts.force_delete, signals.clone()).await?;
+    let mut report = execute_prepared(prepared, opts, signals.clone()).await?;
     // A stop that came when everything was already done changed nothing.
     let cut_short =
         report.not_started > 0 || !report.abandoned.is_empty() || report.failed().next().is_some();
@@ -594,17 +619,25 @@ impl Drop for AbortOnDrop {
 /// Executes a prepared plan and records the results.
 async fn execute_prepared(
     mut p: Prepared,
-    force_delete: bool,
+    opts: &RunOptions,
     signals: StopSignals,
 ) -> Result<RunReport, Error> {
     if let Some(msg) = &p.delete_limit
-        && !force_delete
+        && !opts.force_delete
     {
         p.pool.close().await;
         return Err(Error::Safety(msg.clone()));
     }
+    opts.events.emit(Event::Planned(&p.plan));
     let problems: Vec<Problem> = p.problems().cloned().collect();
     let skipped_untrusted = p.plan.skipped_untrusted.clone();
+    let kept: Vec<PlanItem> = p
+        .plan
+        .items
+        .iter()
+        .filter(|i| i.op == Op::Keep)
+        .cloned()
+        .collect();
     let db =
         p.db.take()
             .ok_or_else(|| Error::Io("state database not open".into()))?;
@@ -616,6 +649,7 @@ async fn execute_prepared(
         remote: std::mem::take(&mut p.remote),
         state: std::mem::take(&mut p.state),
         resume: Default::default(),
+        events: opts.events.clone(),
     };
     let (temps_removed, resume) = exec::sort_out_temps(
         &p.pool,
@@ -639,6 +673,7 @@ async fn execute_prepared(
     report.temps_removed += temps_removed;
     report.problems = problems;
     report.skipped_untrusted = skipped_untrusted.into_iter().collect();
+    report.kept = kept;
     p.pool.close().await;
     blocking(move || Ok(writer.flush()?)).await?;
     Ok(report)

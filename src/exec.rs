@@ -53,6 +53,8 @@ pub struct ExecInput {
     pub state: BTreeMap<RelPath, StateRecord>,
     /// Partial transfers of an interrupted run to resume, by path (temporary file path).
     pub resume: BTreeMap<RelPath, String>,
+    /// Where each item's start and end are reported.
+    pub events: crate::events::Events,
 }
 
 /// How one item ended.
@@ -81,7 +83,7 @@ pub struct StopSignals {
 pub struct RunReport {
     pub outcomes: Vec<Outcome>,
     /// Deletes and rmdirs not run because something failed earlier.
-    pub skipped_deletes: usize,
+    pub skipped_deletes: Vec<PlanItem>,
     pub bytes: u64,
     pub temps_removed: usize,
     /// Why the run stopped before its end, if it did.
@@ -94,6 +96,9 @@ pub struct RunReport {
     pub problems: Vec<crate::model::Problem>,
     /// Subtrees whose listing failed; nothing below them was changed.
     pub skipped_untrusted: Vec<RelPath>,
+    /// What the plan left alone for a person to look at (conflicts,
+    /// suspect listings, directories holding unsynced files).
+    pub kept: Vec<PlanItem>,
 }
 
 /// Why a run ended before doing everything it planned.
@@ -316,6 +321,7 @@ pub async fn execute(
     {
         // Nothing can be placed under a root that does not exist.
         for item in plan.changes() {
+            ctx.input.events.outcome(item, Some(&e));
             report.outcomes.push(Outcome {
                 item: item.clone(),
                 error: Some(e.clone()),
@@ -343,11 +349,11 @@ pub async fn execute(
         .into_iter()
         .partition(|i| failed_dirs.iter().any(|d| i.path.is_within(d)));
     for item in blocked {
+        let error = FtpFailure::Verify("its directory could not be created".into());
+        ctx.input.events.outcome(&item, Some(&error));
         report.outcomes.push(Outcome {
             item,
-            error: Some(FtpFailure::Verify(
-                "its directory could not be created".into(),
-            )),
+            error: Some(error),
         });
     }
     let transfers = schedule(transfers);
@@ -361,7 +367,7 @@ pub async fn execute(
     if ctx.stopping() {
         report.not_started += deletes.len() + rmdirs.len();
     } else if any_failed && !ctx.input.job.delete_after_errors {
-        report.skipped_deletes = deletes.len() + rmdirs.len();
+        report.skipped_deletes = deletes.into_iter().chain(rmdirs).collect();
     } else {
         run_concurrent(&ctx, deletes, &mut report).await;
         run_levels(&ctx, rmdirs, true, &mut report).await;
@@ -370,6 +376,9 @@ pub async fn execute(
     // 4. State-only items.
     for item in by_op(&[Op::Adopt, Op::Forget]) {
         record_only(&ctx, &item);
+        if item.reason != crate::plan::Reason::RecordRefresh {
+            ctx.input.events.outcome(&item, None);
+        }
         report.outcomes.push(Outcome { item, error: None });
     }
 
@@ -451,11 +460,11 @@ async fn run_levels(
             .into_iter()
             .partition(|i| !deepest_first && failed.iter().any(|f| i.path.is_within(f)));
         for item in blocked {
+            let error = FtpFailure::Verify("its parent directory could not be created".into());
+            ctx.input.events.outcome(&item, Some(&error));
             report.outcomes.push(Outcome {
                 item,
-                error: Some(FtpFailure::Verify(
-                    "its parent directory could not be created".into(),
-                )),
+                error: Some(error),
             });
         }
         run_concurrent(ctx, level, report).await;
@@ -479,11 +488,14 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
             let handle = set.spawn(
                 async move {
                     let item = task_item;
-                    let error = run_item(&task_ctx, &item).await.err();
+                    let events = &task_ctx.input.events;
+                    let error = events.item(&item, run_item(&task_ctx, &item)).await.err();
+                    // The daemon's record of each item; `ftpsync run`
+                    // prints items itself and hides this target.
                     if let Some(e) = &error {
-                        tracing::warn!("{} {}: {e}", op_label(&item), item.path);
+                        tracing::warn!(target: ITEM_LOG, "{} {}: {e}", op_label(&item), item.path);
                     } else {
-                        tracing::info!("{} {}", op_label(&item), item.path);
+                        tracing::info!(target: ITEM_LOG, "{} {}", op_label(&item), item.path);
                     }
                     Outcome { item, error }
                 }
@@ -514,9 +526,11 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
                         // A bug, not a server's doing: the item failed, and
                         // with it the run's right to delete.
                         tracing::error!("worker task failed: {e}");
+                        let error = FtpFailure::Local(format!("internal error: {e}"));
+                        ctx.input.events.outcome(&item, Some(&error));
                         report.outcomes.push(Outcome {
                             item,
-                            error: Some(FtpFailure::Local(format!("internal error: {e}"))),
+                            error: Some(error),
                         });
                     }
                 }
@@ -594,6 +608,9 @@ async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
         }
     }
 }
+
+/// The log target of the executor's one line per item.
+pub const ITEM_LOG: &str = "ftpsync::item";
 
 /// A short verb for logs.
 pub fn op_label(item: &PlanItem) -> &'static str {

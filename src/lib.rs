@@ -19,6 +19,7 @@
 //! - [`store`]: the two sides behind one seam: the local disk and the FTP
 //!   server (every FTP quirk the executor must not know about).
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
+//! - [`events`]: what a run reports while it runs (events, progress counters), for renderers.
 //! - [`report`]: human and JSON output.
 //! - [`history`]: the recorded runs of a job as a table or JSON (`ftpsync history`).
 //! - [`serve`]: the built-in FTP server (libunftp) for trying ftpsync and for tests.
@@ -28,6 +29,7 @@
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod exec;
 pub mod ftp;
 pub mod history;

@@ -129,7 +129,7 @@ mod cli;
 
 use cli::demo::demo;
 use cli::logging::init_logging;
-use cli::run::run_job;
+use cli::run::run_job_file;
 use cli::{ColorChoice, LogFormat, RunArgs, Ui, load};
 
 fn main() -> ExitCode {
@@ -216,7 +216,6 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             report,
             bwlimit,
         } => {
-            let j = load(&job)?;
             let args = RunArgs {
                 force_delete,
                 grace,
@@ -224,8 +223,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
                 report,
                 bwlimit,
             };
-            let code = run_job(&j, &args, &ui).await?;
-            Ok(code)
+            run_job_file(&job, &args, &ui).await
         }
         Command::Serve {
             root,

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::engine::Prepared;
+use crate::engine::{Finished, Prepared};
 use crate::exec::{RunReport, StopReason, op_label};
 use crate::job::Direction;
 use crate::model::Problem;
 use crate::plan::{Op, PlanItem, Reason};
+use crate::state::RunRecord;
 
 /// `ftpsync plan --json` document.
 #[derive(Serialize)]
@@ -48,7 +49,8 @@ pub struct Summary {
     pub bytes: u64,
 }
 
-fn summary(items: &[PlanItem]) -> Summary {
+/// The counts of a plan's items by operation, and the bytes to transfer.
+pub fn plan_summary(items: &[PlanItem]) -> Summary {
     let mut s = Summary::default();
     for i in items {
         match i.op {
@@ -85,7 +87,7 @@ pub fn plan_json(p: &Prepared) -> String {
                 description: item.reason.describe(p.job.direction),
             })
             .collect(),
-        summary: summary(&p.plan.items),
+        summary: plan_summary(&p.plan.items),
         problems: p.problems().collect(),
         skipped_untrusted: p
             .plan
@@ -100,7 +102,7 @@ pub fn plan_json(p: &Prepared) -> String {
 }
 
 /// Bytes in binary units (`1.5 MiB`), as summaries and the history print them.
-pub(crate) fn human_bytes(n: u64) -> String {
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -185,7 +187,7 @@ pub fn plan_text(p: &Prepared) -> String {
     for i in shown {
         item_line(&mut out, i, d);
     }
-    let s = summary(&p.plan.items);
+    let s = plan_summary(&p.plan.items);
     let _ = writeln!(
         out,
         "plan: {} mkdir, {} upload, {} download, {} delete, {} rmdir, {} kept, {} adopted ({} to transfer)",
@@ -226,33 +228,156 @@ pub fn stop_text(report: &RunReport) -> Option<String> {
     ))
 }
 
-/// The summary after a run; failures are listed one per line with their reply.
-pub fn run_text(p_name: &str, direction: Direction, report: &RunReport, verbose: bool) -> String {
+/// One finished item as `-v` lists it.
+pub fn item_text(item: &PlanItem, direction: Direction) -> String {
     let mut out = String::new();
-    if verbose {
-        for o in &report.outcomes {
-            if o.error.is_none() && o.item.reason != Reason::RecordRefresh {
-                item_line(&mut out, &o.item, direction);
+    item_line(&mut out, item, direction);
+    out
+}
+
+/// Why something in a run needs a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concern {
+    /// The item failed (after its retries).
+    Failed,
+    /// A safety rule kept it from being done: a suspect or failed listing,
+    /// or a delete not run because items failed.
+    Refused,
+    /// Both sides changed, or they differ and were never synced: the target was kept.
+    Conflict,
+    /// The target had changed since the last sync and was overwritten.
+    Drift,
+    /// Left alone on purpose (`delete: false`, a directory holding unsynced files).
+    Kept,
+}
+
+impl Concern {
+    fn label(self) -> &'static str {
+        match self {
+            Concern::Failed => "FAILED",
+            Concern::Refused => "refused",
+            Concern::Conflict => "conflict",
+            Concern::Drift => "drift",
+            Concern::Kept => "kept",
+        }
+    }
+}
+
+/// One thing a run's summary lists for a person, whatever the verbosity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attention {
+    pub concern: Concern,
+    /// `upload`, `delete`…; `null` for a skipped subtree.
+    pub op: Option<&'static str>,
+    pub path: String,
+    pub reason: Option<Reason>,
+    /// The server's reply code, if a reply caused the failure.
+    pub code: Option<u32>,
+    pub message: String,
+}
+
+fn concern_of(item: &PlanItem) -> Option<Concern> {
+    use Reason::*;
+    match (item.op, item.reason) {
+        (Op::Keep, TargetChanged | BothChanged | Differs | TypeConflict) => Some(Concern::Conflict),
+        (Op::Keep, SuspectListing) => Some(Concern::Refused),
+        (Op::Keep, _) | (Op::Forget, DeleteDisabled) => Some(Concern::Kept),
+        (Op::Upload | Op::Download, TargetChanged | BothChanged | Differs) => Some(Concern::Drift),
+        _ => None,
+    }
+}
+
+/// What in a run needs a person: failures, refusals, conflicts kept, drift
+/// overwritten, things left alone; most pressing first, then by path.
+pub fn attention(report: &RunReport, direction: Direction) -> Vec<Attention> {
+    let of_item = |concern, item: &PlanItem, message: String| Attention {
+        concern,
+        op: Some(op_label(item)),
+        path: display_path(item),
+        reason: Some(item.reason),
+        code: None,
+        message,
+    };
+    let mut out = Vec::new();
+    for o in &report.outcomes {
+        match &o.error {
+            Some(e) => out.push(Attention {
+                code: e.code(),
+                ..of_item(Concern::Failed, &o.item, e.to_string())
+            }),
+            None => {
+                if let Some(c) = concern_of(&o.item) {
+                    out.push(of_item(
+                        c,
+                        &o.item,
+                        o.item.reason.describe(direction).into(),
+                    ));
+                }
             }
         }
     }
-    let failed: Vec<_> = report.failed().collect();
-    for o in &failed {
-        let _ = writeln!(
-            out,
-            "FAILED {} {}: {}",
-            op_label(&o.item),
-            o.item.path,
-            o.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
-        );
+    for item in &report.kept {
+        if let Some(c) = concern_of(item) {
+            out.push(of_item(c, item, item.reason.describe(direction).into()));
+        }
     }
-    if report.skipped_deletes > 0 {
+    for dir in &report.skipped_untrusted {
+        out.push(Attention {
+            concern: Concern::Refused,
+            op: None,
+            path: format!("{dir}/"),
+            reason: None,
+            code: None,
+            message: "its listing failed; nothing below it was changed".into(),
+        });
+    }
+    for item in &report.skipped_deletes {
+        out.push(of_item(
+            Concern::Refused,
+            item,
+            "not run because items failed (deletes run only after a clean pass)".into(),
+        ));
+    }
+    out.sort_by(|a, b| (a.concern, &a.path).cmp(&(b.concern, &b.path)));
+    out
+}
+
+fn display_path(item: &PlanItem) -> String {
+    if item.kind == crate::model::Kind::Dir {
+        format!("{}/", item.path)
+    } else {
+        item.path.to_string()
+    }
+}
+
+/// An attention line as the summary prints it. Failures keep the form
+/// `FAILED <op> <path>: <reply>` that scripts grep for.
+pub fn attention_line(a: &Attention) -> String {
+    match (a.concern, a.op) {
+        (Concern::Failed, Some(op)) => format!("FAILED {op} {}: {}", a.path, a.message),
+        (Concern::Refused, Some(op)) if op == "delete" || op == "rmdir" => {
+            format!("{:<9} {op} {} — {}", a.concern.label(), a.path, a.message)
+        }
+        _ => format!("{:<9} {} — {}", a.concern.label(), a.path, a.message),
+    }
+}
+
+/// The summary after a run: what needs a person (always, one line each),
+/// then the counts.
+pub fn run_text(p_name: &str, direction: Direction, report: &RunReport) -> String {
+    let mut out = String::new();
+    for a in attention(report, direction) {
+        let _ = writeln!(out, "{}", attention_line(&a));
+    }
+    if !report.skipped_deletes.is_empty() {
         let _ = writeln!(
             out,
             "skipped {} deletes because items failed (deletes run only after a clean pass; set safety.delete_after_errors to change this)",
-            report.skipped_deletes
+            report.skipped_deletes.len()
         );
     }
+    let failed = report.failed().count();
     let _ = writeln!(
         out,
         "{p_name}: {} uploaded, {} downloaded, {} deleted, {} dirs created, {} dirs removed, {} adopted, {} transferred{}{}",
@@ -271,11 +396,83 @@ pub fn run_text(p_name: &str, direction: Direction, report: &RunReport, verbose:
         } else {
             String::new()
         },
-        if failed.is_empty() {
+        if failed == 0 {
             String::new()
         } else {
-            format!(", {} FAILED", failed.len())
+            format!(", {failed} FAILED")
         },
     );
     out
+}
+
+/// The JSON schema version of `run --json` lines and `run --report`.
+pub const RUN_SCHEMA: u32 = 1;
+
+/// The final summary of `ftpsync run` as `--json` prints it and `--report`
+/// writes it: the history entry of the run plus what needs a person.
+#[derive(Serialize)]
+pub struct RunSummary<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub schema: u32,
+    /// `null` when the job file could not be loaded.
+    pub job: Option<&'a str>,
+    pub direction: Option<Direction>,
+    #[serde(flatten)]
+    pub record: &'a RunRecord,
+    pub duration_seconds: f64,
+    /// The error that ended the run before or instead of executing it.
+    pub error: Option<String>,
+    pub temps_removed: usize,
+    pub stopped: Option<StoppedJson>,
+    pub attention: Vec<Attention>,
+    pub warnings: Vec<&'a Problem>,
+}
+
+/// Why and where a run stopped early.
+#[derive(Serialize)]
+pub struct StoppedJson {
+    /// `requested`, `deadline` or `unreachable`.
+    pub reason: &'static str,
+    pub not_started: usize,
+    pub abandoned: Vec<String>,
+}
+
+/// Builds the summary of a finished run (or of a job that did not load:
+/// `job` is `None`).
+pub fn run_summary<'a>(
+    job: Option<(&'a str, Direction)>,
+    finished: &'a Finished,
+) -> RunSummary<'a> {
+    let direction = job.map(|(_, d)| d);
+    let report = finished.report.as_ref().ok();
+    RunSummary {
+        kind: "summary",
+        schema: RUN_SCHEMA,
+        job: job.map(|(n, _)| n),
+        direction,
+        record: &finished.record,
+        duration_seconds: finished.record.duration().as_millis() as f64 / 1000.0,
+        error: finished.report.as_ref().err().map(|e| e.to_string()),
+        temps_removed: report.map_or(0, |r| r.temps_removed),
+        stopped: report.and_then(|r| {
+            let reason = match r.stopped? {
+                StopReason::Requested => "requested",
+                StopReason::Deadline(_) => "deadline",
+                StopReason::Unreachable(_) => "unreachable",
+            };
+            Some(StoppedJson {
+                reason,
+                not_started: r.not_started,
+                abandoned: r.abandoned.iter().map(display_path).collect(),
+            })
+        }),
+        attention: match (report, direction) {
+            (Some(r), Some(d)) => attention(r, d),
+            _ => Vec::new(),
+        },
+        warnings: report
+            .map(|r| r.problems.iter().collect())
+            .unwrap_or_default(),
+    }
 }

@@ -9,4 +9,5 @@ mod faults;
 mod files;
 mod interop;
 mod mirror;
+mod output;
 mod stop;

@@ -1,10 +1,16 @@
 //! Where log lines go: stderr, as text (colour only on a terminal) or JSON,
-//! with suppaftp's wire trace (which includes PASS) always filtered out.
+//! with suppaftp's wire trace (which includes PASS) always filtered out. On
+//! a terminal the lines go through tracing-indicatif, which draws `run`'s
+//! progress bars (see [`super::progress`]) and keeps lines from tearing them.
 
+use super::progress::bars_possible;
 use super::{LogFormat, Ui};
 
 pub fn init_logging(ui: &Ui, format: LogFormat, daemon: bool) {
     let verbose = ui.verbose;
+    use tracing_indicatif::IndicatifLayer;
+    use tracing_indicatif::filter::{IndicatifFilter, hide_indicatif_span_fields};
+    use tracing_subscriber::fmt::format::DefaultFields;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
@@ -19,12 +25,27 @@ pub fn init_logging(ui: &Ui, format: LogFormat, daemon: bool) {
     let filter = EnvFilter::try_from_env("FTPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // suppaftp traces every command it sends, PASS included: never let that
     // through, whatever FTPSYNC_LOG asks for (a cap, not a level of its own).
-    let no_wire_trace = filter_fn(|meta| {
+    // The executor's line per item is the daemon's record; `run` prints its
+    // items itself (each once, on stdout).
+    let no_wire_trace = filter_fn(move |meta| {
         !(meta.target().starts_with("suppaftp") && *meta.level() == tracing::Level::TRACE)
+            && (daemon || meta.target() != ftpsync::exec::ITEM_LOG)
     });
+    // Bars only for a person at a terminal, never for the daemon.
+    let indicatif = (!daemon && bars_possible()).then(|| {
+        IndicatifLayer::new()
+            .with_span_field_formatter(hide_indicatif_span_fields(DefaultFields::new()))
+    });
+    let writer = indicatif.as_ref().map(|l| l.get_stderr_writer());
+    let stderr = move || -> Box<dyn std::io::Write> {
+        match &writer {
+            Some(w) => Box::new(w.clone()),
+            None => Box::new(std::io::stderr()),
+        }
+    };
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .with_target(false)
             // Colour only for a person at a terminal, never in files or journals.
             .with_ansi(ui.ansi_stderr())
@@ -34,10 +55,14 @@ pub fn init_logging(ui: &Ui, format: LogFormat, daemon: bool) {
             .json()
             .with_current_span(true)
             .with_span_list(false)
-            .with_writer(std::io::stderr)
+            .with_writer(stderr)
             .with_target(false)
             .boxed(),
     };
     let layer = fmt.with_filter(filter).with_filter(no_wire_trace);
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+    let bars = indicatif.map(|l| l.with_filter(IndicatifFilter::new(false)));
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(bars)
+        .try_init();
 }

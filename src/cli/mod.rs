@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod logging;
+pub mod progress;
 pub mod run;
 
 use std::path::{Path, PathBuf};

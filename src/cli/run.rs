@@ -1,17 +1,28 @@
 //! `ftpsync run` for one job: signals, the engine, and what is printed
-//! about the run.
+//! about the run. Each thing is printed once: with `-v` the items on stdout
+//! as they finish; warnings and errors on stderr; the summary (what needs a
+//! person, then the counts) on stdout at the end. `--json` replaces all of
+//! stdout with one JSON object per line; `--report FILE` also writes the
+//! summary object to FILE, whatever the outcome. `-q` leaves only errors.
 
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use ftpsync::engine::{self, RunOptions};
-use ftpsync::error::Error;
-use ftpsync::job::Job;
-use ftpsync::report;
+use ftpsync::engine::{self, Finished, RunOptions};
+use ftpsync::error::{Error, exit};
+use ftpsync::events::{Event, Events, Observer};
+use ftpsync::job::{Direction, Job};
+use ftpsync::plan::Reason;
+use ftpsync::report::{self, Concern};
 
+use super::progress::{self, Mode};
 use super::{RunArgs, Ui};
 
 /// Watches SIGINT and SIGTERM for one run: the first fires `stop` and
@@ -37,12 +48,14 @@ fn watch_signals(
             };
             if n == 0 {
                 got.store(number, Ordering::Relaxed);
-                eprintln!(
+                progress::eprintln(&format!(
                     "ftpsync: {name}: stopping; transfers in flight get {grace:?} to finish (send it again to abort them now)"
-                );
+                ));
                 stop.cancel();
             } else {
-                eprintln!("ftpsync: {name} again: abandoning transfers in flight");
+                progress::eprintln(&format!(
+                    "ftpsync: {name} again: abandoning transfers in flight"
+                ));
                 abort.cancel();
                 return;
             }
@@ -50,42 +63,202 @@ fn watch_signals(
     })
 }
 
-/// `ftpsync run`: one run of the engine, with signals, and its report.
-pub async fn run_job(j: &Job, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
-    if args.json || args.report.is_some() {
-        return Err(Error::Usage(
-            "--json and --report are not implemented yet".into(),
-        ));
+/// `ftpsync run JOB`: loads the job file and runs it. A job that does not
+/// load still gets its `--json` summary and `--report`.
+pub async fn run_job_file(path: &Path, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
+    let started_at = chrono::Utc::now();
+    match super::load(path) {
+        Ok(j) => run_job(&j, args, ui).await,
+        Err(e) => finish(None, engine::failed_before_start(started_at, e), args, ui),
     }
-    let (force_delete, grace, verbose) = (args.force_delete, args.grace, ui.verbose > 0);
-    let stop = CancellationToken::new();
+}
+
+/// One run of `j` with signals, and what is printed (and written) about it.
+pub async fn run_job(j: &Job, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
+    if args.json {
+        print_json(&start_line(j));
+    }
+    let events = Events::new(Arc::new(Printer {
+        json: args.json,
+        verbose: ui.verbose > 0 && !ui.quiet,
+        quiet: ui.quiet,
+        direction: j.direction,
+    }));
     let opts = RunOptions {
-        force_delete,
-        grace,
+        force_delete: args.force_delete,
+        grace: args.grace,
         bwlimit: args.bwlimit,
+        events: events.clone(),
         ..RunOptions::default()
     };
+    let mode = if ui.quiet {
+        Mode::Off
+    } else if args.json {
+        Mode::Json
+    } else if progress::bars_possible() {
+        Mode::Bars
+    } else {
+        Mode::Lines
+    };
+    let ticker = progress::start(mode, events);
+    let stop = CancellationToken::new();
     let watcher = watch_signals(
         stop.clone(),
         opts.abort.clone(),
         Arc::clone(&opts.stop_signal),
-        grace,
+        args.grace,
     );
     let finished = engine::run(j, &opts, stop).await;
     watcher.abort();
+    ticker.finish().await;
+    finish(Some((&j.name, j.direction)), finished, args, ui)
+}
+
+/// Prints the summary and writes the report; returns the exit code (or the
+/// error that ended the run, for `main` to print).
+fn finish(
+    job: Option<(&str, Direction)>,
+    finished: Finished,
+    args: &RunArgs,
+    ui: &Ui,
+) -> Result<i32, Error> {
+    let summary = report::run_summary(job, &finished);
+    let mut code = finished.record.exit_code;
+    if let Some(file) = &args.report
+        && let Err(e) = write_report(file, &summary)
+    {
+        eprintln!("ftpsync: cannot write the report {}: {e}", file.display());
+        if code == exit::OK {
+            code = exit::USAGE;
+        }
+    }
+    if args.json {
+        print_json(&summary);
+    }
     let report = finished.report?;
-    for p in &report.problems {
-        eprintln!("warning: {}: {}", p.path, p.message);
+    if args.json {
+        return Ok(code);
     }
-    for u in &report.skipped_untrusted {
-        eprintln!("warning: skipped {u}/: its listing failed, nothing below it was changed");
+    let direction = job.map_or(Direction::Push, |(_, d)| d);
+    if ui.quiet {
+        for a in report::attention(&report, direction) {
+            if a.concern == Concern::Failed {
+                eprintln!("{}", report::attention_line(&a));
+            }
+        }
+    } else {
+        print!(
+            "{}",
+            report::run_text(job.map_or("", |(n, _)| n), direction, &report)
+        );
     }
-    print!(
-        "{}",
-        report::run_text(&j.name, j.direction, &report, verbose)
-    );
     if let Some(stop) = report::stop_text(&report) {
         eprintln!("ftpsync: {stop}");
     }
-    Ok(finished.record.exit_code)
+    Ok(code)
+}
+
+/// Writes the report next to its final name and renames it over, so a
+/// reader never sees half a file.
+fn write_report(file: &Path, summary: &report::RunSummary<'_>) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(summary).map_err(std::io::Error::other)?;
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.write_all(b"\n")?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// The first `--json` line: which job, from where to where. Never the password.
+fn start_line(j: &Job) -> serde_json::Value {
+    json!({
+        "type": "start",
+        "schema": report::RUN_SCHEMA,
+        "job": j.name,
+        "direction": j.direction,
+        "delete": j.delete,
+        "local_root": j.local_root.display().to_string(),
+        "remote": {
+            "host": j.remote.host,
+            "port": j.remote.port,
+            "user": j.remote.user,
+            "root": j.remote.root,
+        },
+    })
+}
+
+/// One JSON object on one line of stdout.
+pub(super) fn print_json(value: &impl Serialize) {
+    if let Ok(line) = serde_json::to_string(value) {
+        progress::println(&line);
+    }
+}
+
+/// Renders the run's events as they happen: JSON lines, or the `-v` item
+/// lines and the scans' warnings.
+struct Printer {
+    json: bool,
+    verbose: bool,
+    quiet: bool,
+    direction: Direction,
+}
+
+impl Observer for Printer {
+    fn event(&self, event: &Event<'_>) {
+        if self.json {
+            print_json(&event_json(event));
+            return;
+        }
+        match event {
+            Event::Warning(p) if !self.quiet => {
+                progress::eprintln(&format!("warning: {}: {}", p.path, p.message));
+            }
+            Event::ItemFinished(item) if self.verbose && item.reason != Reason::RecordRefresh => {
+                let line = report::item_text(item, self.direction);
+                progress::println(line.trim_end());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// An event as its `--json` line (schema in the README).
+fn event_json(event: &Event<'_>) -> serde_json::Value {
+    let item = |kind: &str, item: &ftpsync::plan::PlanItem| {
+        let mut v = json!({ "type": kind });
+        if let (Some(obj), Ok(serde_json::Value::Object(fields))) =
+            (v.as_object_mut(), serde_json::to_value(item))
+        {
+            obj.extend(fields);
+        }
+        v
+    };
+    match event {
+        Event::Scanned { side, entries } => {
+            json!({ "type": "scanned", "side": side, "entries": entries })
+        }
+        Event::Warning(p) => json!({ "type": "warning", "path": p.path, "message": p.message }),
+        Event::Planned(plan) => {
+            let mut v = json!({ "type": "planned" });
+            if let (Some(obj), Ok(serde_json::Value::Object(fields))) = (
+                v.as_object_mut(),
+                serde_json::to_value(report::plan_summary(&plan.items)),
+            ) {
+                obj.extend(fields);
+            }
+            v
+        }
+        Event::ItemStarted(i) => item("item_started", i),
+        Event::ItemFinished(i) => item("item_finished", i),
+        Event::ItemFailed(i, e) => {
+            let mut v = item("item_failed", i);
+            v["code"] = json!(e.code());
+            v["error"] = json!(e.to_string());
+            v
+        }
+    }
 }

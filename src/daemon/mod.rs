@@ -436,6 +436,7 @@ impl Daemon {
             trigger,
             stop_signal: Arc::clone(&self.stop_signal),
             bwlimit: None,
+            events: Default::default(),
         };
         let stop = self.stop.clone();
         let parallel = Arc::clone(&self.parallel);

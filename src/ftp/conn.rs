@@ -145,7 +145,10 @@ async fn send_file_range(
         });
         match r {
             Ok(0) => break,
-            Ok(n) => rate.take(n).await,
+            Ok(n) => {
+                rate.take(n).await;
+                crate::events::transferred(n as u64);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
         }
@@ -178,6 +181,7 @@ async fn send_file_range(
         }
         write_paced(t, sock, &buf[..n], rate).await?;
         sent += n as u64;
+        crate::events::transferred(n as u64);
     }
     Ok(sent)
 }
@@ -1197,6 +1201,7 @@ impl FtpConn {
             }
             write_paced(t, &mut stream, &buf[..n], &self.rate).await?;
             total += n as u64;
+            crate::events::transferred(n as u64);
         }
         timed(t, stream.finish()).await?;
         Ok(total)
@@ -1300,6 +1305,7 @@ impl FtpConn {
                 }
                 file.write_all(chunk).await.map_err(local_err)?;
                 total += chunk.len() as u64;
+                crate::events::transferred(chunk.len() as u64);
             }
             if !overlap.is_empty() {
                 return Err(FtpFailure::Verify(

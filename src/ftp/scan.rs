@@ -26,6 +26,8 @@ pub struct ScanInput {
     /// Directories under which the state remembers entries: an empty
     /// listing for one of them is suspicious.
     pub remembered_dirs: BTreeSet<RelPath>,
+    /// Counts the entries found, for progress.
+    pub events: crate::events::Events,
 }
 
 /// Result of listing one directory.
@@ -95,6 +97,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
             tree.incomplete.insert(dir.clone());
         }
         let mut kept = 0usize;
+        let known = tree.entries.len();
         for e in listing.listing.entries {
             let rel = match dir.join(&e.name) {
                 Ok(r) => r,
@@ -155,6 +158,9 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                 }
             }
         }
+        input
+            .events
+            .remote_entries((tree.entries.len() - known) as u64);
         if kept == 0 && input.remembered_dirs.contains(&dir) {
             tree.suspect_empty.insert(dir.clone());
             tree.problems.push(Problem {
