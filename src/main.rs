@@ -83,6 +83,9 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Record an existing deployment in the state without transferring
+    /// anything; files that differ are listed and left for the next run.
+    Adopt { job: PathBuf },
     /// Print each job's next run times, in its zone and in UTC.
     Schedule {
         #[arg(required = true)]
@@ -221,6 +224,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             let code = run_job(&j, &args, &ui).await?;
             Ok(code)
         }
+        Command::Adopt { job } => cli::adopt::adopt_job(&load(&job)?).await,
         Command::Serve {
             root,
             listen,
