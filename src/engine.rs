@@ -19,16 +19,18 @@ use chrono::{DateTime, Utc};
 use crate::error::{Error, exit};
 use crate::events::{Event, Events};
 use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
-use crate::ftp::conn::{ConnectOptions, FtpConn, RateLimit};
+use crate::ftp::conn::{ConnectOptions, FtpConn, HashCommand, RateLimit};
 use crate::ftp::pool::Pool;
 use crate::ftp::reply::ReplyClass;
 use crate::ftp::scan::{self, ScanInput};
-use crate::job::{CompareMode, DeleteLimit, Direction, Job};
+use crate::job::{CompareMode, DeleteLimit, Direction, Job, StateLocation};
 use crate::local;
 use crate::model::RelPath;
 use crate::model::{Kind, LocalTree, Problem, RemoteTree};
 use crate::plan::{self, Op, Plan, PlanItem, PlanOptions};
+use crate::state::remote::{self, Fetched, RemoteState};
 use crate::state::{RunOutcome, RunRecord, RunTrigger, StateDb, StateRecord, StateWriter};
+use crate::store::FtpStore;
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -73,6 +75,12 @@ pub struct Prepared {
     pub state_reset: bool,
     /// A delete-limit problem, if the plan exceeds it.
     pub delete_limit: Option<String>,
+    /// The server's hash command, if it offers one: files the state does
+    /// not know are compared with it (see [`adopt_by_server_hash`]).
+    pub hash_command: Option<HashCommand>,
+    /// With `state: remote`: where the state lives on the server, for the
+    /// saves during the run.
+    pub remote_state: Option<RemoteState>,
 }
 
 impl Prepared {
@@ -86,6 +94,11 @@ impl Prepared {
 }
 
 fn binding(job: &Job, root: &str) -> String {
+    if job.state_location == StateLocation::Remote {
+        // The state lives under the root it describes, and each runner checks
+        // the repository out somewhere else: the local path is not part of it.
+        return format!("{:?}|remote-state|{root}", job.direction);
+    }
     format!(
         "{:?}|{}:{}|{}|{}|{}",
         job.direction,
@@ -101,8 +114,36 @@ fn binding(job: &Job, root: &str) -> String {
 /// database under the job's lock; otherwise it is only read if present.
 /// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
 /// also trusts directories that list as empty where the state remembers files.
+///
+/// With `state: remote`, `for_run` takes the job's lock on the server and
+/// replaces the working copy with the server's state; a plan reads the
+/// server's state from a temporary copy.
 pub async fn prepare(job: &Job, for_run: bool, force_delete: bool) -> Result<Prepared, Error> {
-    prepare_limited(job, for_run, force_delete, None, None, &Events::default()).await
+    let mut remote = None;
+    let prepared = prepare_limited(
+        job,
+        for_run,
+        force_delete,
+        None,
+        None,
+        &Events::default(),
+        &mut remote,
+    )
+    .await;
+    if let Some(r) = remote {
+        // A caller that plans for a run ([`adopt`]) goes through the engine's
+        // own paths; here nothing is kept on the server.
+        r.state.unlock().await;
+    }
+    prepared
+}
+
+/// What a run holds of the state on the server (`state: remote`).
+struct RemoteRun {
+    state: RemoteState,
+    /// The working copy holds the server's state (or the server has none),
+    /// so it may be written back.
+    loaded: bool,
 }
 
 async fn prepare_limited(
@@ -112,6 +153,7 @@ async fn prepare_limited(
     server_limit: Option<Arc<Semaphore>>,
     bwlimit: Option<u64>,
     events: &Events,
+    remote_run: &mut Option<RemoteRun>,
 ) -> Result<Prepared, Error> {
     let server = format!("{}:{}", job.remote.host, job.remote.port);
     let password = job
@@ -134,9 +176,15 @@ async fn prepare_limited(
         rate: RateLimit::new(bwlimit.or(job.bwlimit)),
     };
 
-    // The state first: a damaged or too-new database stops us before any traffic.
+    // The state first: a damaged or too-new database stops us before any
+    // traffic. The state on the server is read once connected.
+    let remote_mode = job.state_location == StateLocation::Remote;
     let path = job.state_path.clone();
-    let db = blocking(move || Ok(StateDb::open(&path, for_run)?)).await?;
+    let db = if remote_mode {
+        None
+    } else {
+        blocking(move || Ok(StateDb::open(&path, for_run)?)).await?
+    };
 
     // First connection: login problems end the run here with a clear message.
     let first_permit = match &server_limit {
@@ -155,11 +203,52 @@ async fn prepare_limited(
             .with_give_up_after(job.retry.give_up_after)
             .with_server_limit(server_limit),
     );
+    let hash_command = first.features.hash;
     pool.put_idle(first, first_permit);
+
+    let remote_state = remote_mode.then(|| {
+        let store = FtpStore::new(Arc::clone(&pool), job.retry, job.timeout, root.clone());
+        RemoteState::new(store, &job.name, job.state_path.clone())
+    });
+    // A plan reads the server's state from a copy of its own, removed after.
+    let plan_copy = match &remote_state {
+        Some(rs) if for_run => {
+            rs.lock().await?;
+            let slot = remote_run.insert(RemoteRun {
+                state: rs.clone(),
+                loaded: false,
+            });
+            slot.state.load_working_copy().await?;
+            slot.loaded = true;
+            None
+        }
+        Some(_) => Some(tempfile::tempdir().map_err(|e| Error::Io(e.to_string()))?),
+        None => None,
+    };
+    let db = match (&remote_state, &plan_copy) {
+        (Some(rs), Some(dir)) => {
+            let copy = dir.path().join("state.db");
+            match rs.fetch(&copy).await? {
+                Fetched::Found => blocking(move || Ok(StateDb::open(&copy, false)?)).await?,
+                Fetched::Absent => None,
+            }
+        }
+        (Some(rs), None) => {
+            let path = rs.working().to_owned();
+            blocking(move || Ok(StateDb::open(&path, true)?)).await?
+        }
+        (None, _) => db,
+    };
 
     let bind = binding(job, &root);
     let (db, state, pending, state_reset) =
         blocking(move || load_state(db, &bind, for_run)).await?;
+    let db = if plan_copy.is_some() { None } else { db };
+    drop(plan_copy);
+    let job = &Job {
+        compare: effective_compare(job, &state),
+        ..job.clone()
+    };
 
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool.
@@ -193,6 +282,12 @@ async fn prepare_limited(
     if job.compare == CompareMode::Hash {
         fill_hashes(job, &mut local, &state).await;
     }
+    let verified = match hash_command {
+        Some(cmd) => {
+            adopt_by_server_hash(&pool, job, &root, cmd, &mut local, &remote, &state).await
+        }
+        None => BTreeSet::new(),
+    };
 
     // Refuse the dangerous cases before planning anything.
     match job.direction {
@@ -230,7 +325,7 @@ async fn prepare_limited(
         }
     }
 
-    let plan = plan::plan(
+    let plan = plan::plan_verified(
         &local,
         &remote,
         &state,
@@ -240,6 +335,7 @@ async fn prepare_limited(
             compare: job.compare,
             trust_empty_listings: force_delete,
         },
+        &verified,
     );
     let delete_limit = check_delete_limit(job, &plan, &state, &local, &remote);
     Ok(Prepared {
@@ -256,7 +352,80 @@ async fn prepare_limited(
         db,
         state_reset,
         delete_limit,
+        hash_command,
+        remote_state: if for_run { remote_state } else { None },
     })
+}
+
+/// What `compare: auto` means for this run: `hash` when the state is kept
+/// on the server (the runners that use it check files out afresh, so times
+/// say nothing) or when the state recorded hashes (it was written that
+/// way); `mtime` otherwise. The other modes are what they say.
+fn effective_compare(job: &Job, state: &BTreeMap<RelPath, StateRecord>) -> CompareMode {
+    if job.compare != CompareMode::Auto {
+        return job.compare;
+    }
+    let hashed = state
+        .values()
+        .any(|r| r.local.as_ref().is_some_and(|l| l.sha256.is_some()));
+    if job.state_location == StateLocation::Remote || hashed {
+        CompareMode::Hash
+    } else {
+        CompareMode::Mtime
+    }
+}
+
+/// With a server hash command, the files on both sides that the state does
+/// not know and that are the same size but not the same time: hashed on
+/// both sides, and those whose digests match are returned, to be adopted
+/// without a transfer. Their local SHA-256 is filled in for the record. A
+/// file the server will not hash is simply not in the set (it is
+/// transferred, or reported as differing).
+async fn adopt_by_server_hash(
+    pool: &Arc<Pool>,
+    job: &Job,
+    root: &str,
+    cmd: HashCommand,
+    local: &mut LocalTree,
+    remote: &RemoteTree,
+    state: &BTreeMap<RelPath, StateRecord>,
+) -> BTreeSet<RelPath> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, e) in &local.entries {
+        let (Some(lm), Some(rm)) = (
+            e.meta.as_ref(),
+            remote.entries.get(p).and_then(|r| r.meta.as_ref()),
+        ) else {
+            continue;
+        };
+        if state.get(p).is_some_and(|r| r.kind == Kind::File)
+            || rm.size != Some(lm.size)
+            || plan::same_content(lm, rm, job.compare)
+        {
+            continue;
+        }
+        let (pool, retry) = (Arc::clone(pool), job.retry);
+        let (rel, file, abs) = (p.clone(), p.to_local(&job.local_root), p.to_remote(root));
+        tasks.spawn(async move {
+            let algo = cmd.algo();
+            let ours = tokio::task::spawn_blocking(move || local::digests_file(&file, algo));
+            let theirs = crate::with_retry!(&pool, &retry, |c| c.hash(&abs).await);
+            let (Ok(Ok((digest, sha256))), Ok(Some((_, server)))) = (ours.await, theirs) else {
+                return None;
+            };
+            (digest == server).then_some((rel, sha256))
+        });
+    }
+    let mut same = BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Some((p, sha256))) = done {
+            if let Some(m) = local.entries.get_mut(&p).and_then(|e| e.meta.as_mut()) {
+                m.sha256 = Some(sha256);
+            }
+            same.insert(p);
+        }
+    }
+    same
 }
 
 /// Runs SQLite (or other blocking) work off the async threads.
@@ -425,17 +594,44 @@ fn check_delete_limit(
 /// Every run that got the job's lock is recorded in the job's history,
 /// whatever its outcome; [`Finished::record`] is that entry.
 pub async fn run(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> Finished {
+    run_as(job, opts, cancel, Mode::Sync).await
+}
+
+/// `ftpsync adopt`: a run that records in the state what is already the
+/// same on both sides (by size and time, or by the server's hash command)
+/// and changes nothing else: no transfer, no delete, no mkdir. What a run
+/// would still do is in [`Finished::left`].
+pub async fn adopt(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> Finished {
+    run_as(job, opts, cancel, Mode::Adopt).await
+}
+
+/// What a run does with its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Everything.
+    Sync,
+    /// Only the state-only items (see [`adopt`]).
+    Adopt,
+}
+
+async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: Mode) -> Finished {
     let started_at = Utc::now();
     let lock = match crate::state::lock(&job.state_path) {
         Ok(l) => l,
         Err(e) => {
             let report = Err(Error::from(e));
             let record = run_record(opts, started_at, &report);
-            return Finished { record, report };
+            return Finished {
+                record,
+                report,
+                left: Vec::new(),
+            };
         }
     };
-    let report = run_locked(job, opts, cancel).await;
-    let record = run_record(opts, started_at, &report);
+    let mut remote = None;
+    let mut left = Vec::new();
+    let mut report = run_locked(job, opts, cancel, mode, &mut remote, &mut left).await;
+    let mut record = run_record(opts, started_at, &report);
     // A damaged or too-new database is left as it is.
     if !matches!(report, Err(Error::State(_))) {
         let path = job.state_path.clone();
@@ -453,8 +649,94 @@ pub async fn run(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> Fin
             Err(e) => tracing::warn!("could not record the run in the history: {e}"),
         }
     }
+    if let Some(r) = remote {
+        if r.loaded
+            && let Err(e) = save_remote(&r.state, None).await
+        {
+            // What the run did is done; the next one re-checks it.
+            tracing::error!("{e}");
+            record.errors.insert(0, e.to_string());
+            if record.exit_code == exit::OK {
+                record.outcome = RunOutcome::Partial;
+                record.exit_code = exit::PARTIAL;
+            }
+            if let Ok(rep) = &mut report {
+                rep.problems.push(Problem {
+                    path: r.state.remote_file(),
+                    message: format!(
+                        "{e}; what this run did is done, and the next run checks it again"
+                    ),
+                });
+            }
+        }
+        r.state.unlock().await;
+    }
     drop(lock);
-    Finished { record, report }
+    Finished {
+        record,
+        report,
+        left,
+    }
+}
+
+/// Writes the working copy back to the server: a snapshot taken through
+/// the run's writer while it runs, or of the closed working copy after.
+async fn save_remote(rs: &RemoteState, writer: Option<&Arc<StateWriter>>) -> Result<(), Error> {
+    let snapshot = remote::sibling(rs.working(), ".snapshot");
+    remote::remove_db_files(&snapshot);
+    let to = snapshot.clone();
+    let written = match writer {
+        Some(w) => {
+            let w = Arc::clone(w);
+            blocking(move || Ok(w.snapshot(to)?)).await
+        }
+        None => {
+            let working = rs.working().to_owned();
+            blocking(move || {
+                let db = StateDb::open(&working, true)?.ok_or_else(|| {
+                    Error::Io(format!("the working copy {} is gone", working.display()))
+                })?;
+                Ok(db.snapshot(&to)?)
+            })
+            .await
+        }
+    };
+    let saved = match written {
+        Ok(()) => rs.save(&snapshot).await.map_err(Error::from),
+        Err(e) => Err(e),
+    };
+    remote::remove_db_files(&snapshot);
+    saved
+}
+
+/// Saves the state to the server every `every` while a run executes, when
+/// something changed since the last save, so that a run killed midway keeps
+/// what it did. A failed save is logged; the next one (or the final one)
+/// tries again.
+async fn save_periodically(
+    rs: RemoteState,
+    writer: Arc<StateWriter>,
+    every: Duration,
+    done: CancellationToken,
+) {
+    let mut saved = writer.sent();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = done.cancelled() => return,
+        }
+        let sent = writer.sent();
+        if sent == saved {
+            continue;
+        }
+        match save_remote(&rs, Some(&writer)).await {
+            Ok(()) => {
+                tracing::debug!("state saved on the server ({})", rs.remote_file());
+                saved = sent;
+            }
+            Err(e) => tracing::warn!("{e}; trying again later"),
+        }
+    }
 }
 
 /// What [`run`] returns: the report (or the error that ended the run) and
@@ -463,6 +745,9 @@ pub async fn run(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> Fin
 pub struct Finished {
     pub record: RunRecord,
     pub report: Result<RunReport, Error>,
+    /// What [`adopt`] left for the next run (transfers, deletes, conflicts),
+    /// in plan order; empty for a normal run.
+    pub left: Vec<crate::plan::PlanItem>,
 }
 
 /// A run that ended in `error` before the engine got to it (a job file that
@@ -470,7 +755,11 @@ pub struct Finished {
 pub fn failed_before_start(started_at: DateTime<Utc>, error: Error) -> Finished {
     let report = Err(error);
     let record = run_record(&RunOptions::default(), started_at, &report);
-    Finished { record, report }
+    Finished {
+        record,
+        report,
+        left: Vec::new(),
+    }
 }
 
 /// The history entry of a run: counts, outcome, exit code, first errors.
@@ -561,6 +850,9 @@ async fn run_locked(
     job: &Job,
     opts: &RunOptions,
     cancel: CancellationToken,
+    mode: Mode,
+    remote: &mut Option<RemoteRun>,
+    left: &mut Vec<crate::plan::PlanItem>,
 ) -> Result<RunReport, Error> {
     let signals = StopSignals {
         stop: cancel.child_token(),
@@ -589,12 +881,24 @@ async fn run_locked(
             StopReason::Requested
         }
     };
-    let prepared = tokio::select! {
-        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit, &opts.events) => p?,
+    let mut prepared = tokio::select! {
+        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit, &opts.events, remote) => p?,
         _ = signals.stop.cancelled() => {
             return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
         }
     };
+    if mode == Mode::Adopt {
+        let (kept, rest) = std::mem::take(&mut prepared.plan.items)
+            .into_iter()
+            .partition(|i| matches!(i.op, Op::Adopt | Op::Forget));
+        prepared.plan.items = kept;
+        prepared.plan.create_target_root = false;
+        prepared.delete_limit = None;
+        // Nothing on either side is touched, not even leftover temporary files.
+        prepared.remote_temps.clear();
+        prepared.local_temps.clear();
+        *left = rest;
+    }
     let pool = Arc::clone(&prepared.pool);
     let mut report = execute_prepared(prepared, opts, signals.clone()).await?;
     // A stop that came when everything was already done changed nothing.
@@ -662,6 +966,15 @@ async fn execute_prepared(
     )
     .await;
     input.resume = resume;
+    let saving = CancellationToken::new();
+    let saver = p.remote_state.clone().map(|rs| {
+        tokio::spawn(save_periodically(
+            rs,
+            Arc::clone(&writer),
+            p.job.state_save_interval,
+            saving.clone(),
+        ))
+    });
     let mut report = exec::execute(
         input,
         &p.plan,
@@ -670,6 +983,10 @@ async fn execute_prepared(
         signals,
     )
     .await;
+    saving.cancel();
+    if let Some(saver) = saver {
+        let _ = saver.await;
+    }
     report.temps_removed += temps_removed;
     report.problems = problems;
     report.skipped_untrusted = skipped_untrusted.into_iter().collect();

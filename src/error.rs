@@ -75,7 +75,13 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Job(_) | Error::Usage(_) | Error::Io(_) => exit::USAGE,
-            Error::State(StateError::Locked { .. }) => exit::LOCKED,
+            Error::State(StateError::Locked { .. } | StateError::RemoteLocked { .. }) => {
+                exit::LOCKED
+            }
+            // The server could not be asked (network, 4xx): try again later.
+            Error::State(
+                StateError::RemoteRead { failure, .. } | StateError::RemoteWrite { failure, .. },
+            ) if failure.retryable() || failure.breaks_connection() => exit::CONNECT,
             Error::State(_) => exit::USAGE,
             Error::Connect { .. } | Error::Login { .. } => exit::CONNECT,
             Error::Safety(_) => exit::SAFETY,

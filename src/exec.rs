@@ -715,9 +715,22 @@ fn put_dir(ctx: &Ctx, path: &RelPath) {
 fn record_only(ctx: &Ctx, item: &PlanItem) {
     match item.op {
         Op::Adopt => {
+            // A hash the scan did not compute (the file did not change)
+            // stays what the state recorded.
+            let recorded = ctx
+                .input
+                .state
+                .get(&item.path)
+                .and_then(|r| r.local.as_ref());
+            let local = ctx.local_meta(&item.path).map(|mut m| {
+                if let Some(r) = recorded.filter(|r| (r.size, r.mtime_ns) == (m.size, m.mtime_ns)) {
+                    m.sha256 = m.sha256.or(r.sha256);
+                }
+                m
+            });
             let rec = StateRecord {
                 kind: item.kind,
-                local: ctx.local_meta(&item.path),
+                local,
                 remote: ctx.remote_meta(&item.path),
             };
             ctx.send(StateChange::Put(item.path.clone(), rec));

@@ -73,6 +73,21 @@ pub enum CompareMode {
     Hash,
 }
 
+/// Where the state of a job is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateLocation {
+    /// A database on this machine ([`Job::state_path`]).
+    #[default]
+    Local,
+    /// On the server, under `<remote.root>/.ftpsync/` (see
+    /// [`crate::state::remote`]); [`Job::state_path`] is the working copy.
+    Remote,
+}
+
+/// The directory under both roots that belongs to ftpsync (the state kept on
+/// the server): never scanned, transferred or deleted, whatever the filters say.
+pub const RESERVED_DIR: &str = ".ftpsync";
+
 /// FTPS mode of the control and data connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -200,6 +215,7 @@ struct RawJob {
     timeout: Option<String>,
     deadline: Option<String>,
     state: Option<String>,
+    state_save_interval: Option<String>,
     #[serde(default = "default_true")]
     atomic: bool,
     #[serde(default)]
@@ -382,6 +398,12 @@ impl Filters {
         }
     }
 
+    /// Whether `rel` is ftpsync's own directory at the root
+    /// ([`RESERVED_DIR`]) or inside it.
+    fn reserved(rel: &str) -> bool {
+        rel.split('/').next() == Some(RESERVED_DIR)
+    }
+
     /// Builds the filter; `Err((index, message))` names a bad pattern.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Self, (String, String)> {
         let build = |key: &str, pats: &[String]| -> Result<GlobSet, (String, String)> {
@@ -408,12 +430,14 @@ impl Filters {
 
     /// Whether a directory is excluded (and so not descended into).
     pub fn excludes_dir(&self, rel: &str) -> bool {
-        self.exclude.is_match(rel) || self.exclude.is_match(format!("{rel}/"))
+        Self::reserved(rel)
+            || self.exclude.is_match(rel)
+            || self.exclude.is_match(format!("{rel}/"))
     }
 
     /// Whether a file takes part in the sync.
     pub fn accepts_file(&self, rel: &str) -> bool {
-        if self.exclude.is_match(rel) {
+        if Self::reserved(rel) || self.exclude.is_match(rel) {
             return false;
         }
         match &self.include {
@@ -441,7 +465,12 @@ pub struct Job {
     pub timeout: Duration,
     /// Time limit of a whole run, if any.
     pub deadline: Option<Duration>,
+    /// The state database; with [`StateLocation::Remote`], the local working
+    /// copy of the one on the server.
     pub state_path: PathBuf,
+    pub state_location: StateLocation,
+    /// How often a run writes the state back to the server (`state: remote`).
+    pub state_save_interval: Duration,
     pub atomic: bool,
     pub max_delete: DeleteLimit,
     pub delete_after_errors: bool,
@@ -607,10 +636,34 @@ impl Job {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| invalid("deadline", m))?),
         };
-        let state_path = match &raw.state {
-            Some(s) => base.join(expand("state", s)?),
-            None => default_state_path(&name, file),
+        let state = raw
+            .state
+            .as_deref()
+            .map(|s| expand("state", s))
+            .transpose()?;
+        let (state_path, state_location) = match state.as_deref() {
+            // `./remote` names a local file called remote.
+            Some("remote") => (
+                default_state_path(&format!("{name}.remote"), file),
+                StateLocation::Remote,
+            ),
+            Some(s) => (base.join(s), StateLocation::Local),
+            None => (default_state_path(&name, file), StateLocation::Local),
         };
+        let state_save_interval = dur(
+            "state_save_interval",
+            &raw.state_save_interval,
+            Duration::from_secs(30),
+        )?;
+        if state_save_interval.is_zero() {
+            return Err(invalid("state_save_interval", "must be more than 0".into()));
+        }
+        if raw.state_save_interval.is_some() && state_location == StateLocation::Local {
+            warnings.push(format!(
+                "{}: state_save_interval: has no effect without state: remote",
+                cx.place("state_save_interval")
+            ));
+        }
         let max_delete = match &raw.safety.max_delete {
             None => DeleteLimit::Percent(50.0),
             Some(v) => parse_delete_limit(v).map_err(|m| invalid("safety.max_delete", m))?,
@@ -672,6 +725,8 @@ impl Job {
             timeout,
             deadline,
             state_path,
+            state_location,
+            state_save_interval,
             atomic: raw.atomic,
             max_delete,
             delete_after_errors: raw.safety.delete_after_errors,

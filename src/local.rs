@@ -200,17 +200,54 @@ fn walk(
 
 /// SHA-256 of a file's content.
 pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
+    Ok(digest_with::<Sha256>(path)?.into())
+}
+
+/// A file's digest with `algo` (to compare with a server's hash command),
+/// and its SHA-256 (what the state records), reading the file once.
+pub fn digests_file(
+    path: &Path,
+    algo: crate::ftp::conn::HashAlgo,
+) -> io::Result<(Vec<u8>, [u8; 32])> {
+    use crate::ftp::conn::HashAlgo;
+    let mut sha256 = Sha256::new();
+    let mut other: Box<dyn sha2::digest::DynDigest> = match algo {
+        HashAlgo::Sha256 => Box::new(Sha256::new()),
+        HashAlgo::Sha1 => Box::new(sha1::Sha1::new()),
+        HashAlgo::Md5 => Box::new(md5::Md5::new()),
+    };
+    read_chunks(path, |chunk| {
+        sha256.update(chunk);
+        if algo != HashAlgo::Sha256 {
+            other.update(chunk);
+        }
+    })?;
+    let sha256: [u8; 32] = sha256.finalize().into();
+    let digest = if algo == HashAlgo::Sha256 {
+        sha256.to_vec()
+    } else {
+        other.finalize().to_vec()
+    };
+    Ok((digest, sha256))
+}
+
+fn digest_with<D: sha2::Digest>(path: &Path) -> io::Result<sha2::digest::Output<D>> {
+    let mut h = D::new();
+    read_chunks(path, |chunk| h.update(chunk))?;
+    Ok(h.finalize())
+}
+
+/// Feeds a file's content to `f`, a buffer at a time.
+fn read_chunks(path: &Path, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    let mut file = fs::File::open(path)?;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = file.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(());
         }
-        h.update(&buf[..n]);
+        f(&buf[..n]);
     }
-    Ok(h.finalize().into())
 }
 
 /// The local path of `rel` for writing, after checking that no existing

@@ -87,6 +87,9 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Record an existing deployment in the state without transferring
+    /// anything; files that differ are listed and left for the next run.
+    Adopt { job: PathBuf },
     /// Print each job's next run times, in its zone and in UTC.
     Schedule {
         #[arg(required = true)]
@@ -225,6 +228,7 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             };
             run_job_file(&job, &args, &ui).await
         }
+        Command::Adopt { job } => cli::adopt::adopt_job(&load(&job)?).await,
         Command::Serve {
             root,
             listen,

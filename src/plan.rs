@@ -65,6 +65,9 @@ pub enum Reason {
     Differs,
     /// Both exist, no state, same size and time.
     Identical,
+    /// Both exist, no state, same size, and the server's hash of its file
+    /// equals the local file's.
+    SameHash,
     /// The state lacked the remote time (after an upload); taken from the listing.
     RecordRefresh,
     /// The source deleted it since the last sync.
@@ -107,6 +110,7 @@ impl Reason {
             (Reason::Differs, Push) => "differs on the server and was never synced: overwritten",
             (Reason::Differs, Pull) => "differs locally and was never synced: kept (conflict)",
             (Reason::Identical, _) => "already identical (same size and time)",
+            (Reason::SameHash, _) => "already identical (same size, same hash on the server)",
             (Reason::RecordRefresh, _) => "state refreshed from the listing",
             (Reason::SourceDeleted, Push) => "deleted locally",
             (Reason::SourceDeleted, Pull) => "deleted on the server",
@@ -239,6 +243,8 @@ struct Facts {
     tgt_changed: bool,
     /// Same content although there is no state (adoption).
     identical: bool,
+    /// Same content by the server's hash (adoption; implies `identical`).
+    by_hash: bool,
     /// The recorded remote time is unknown and the listing now has one.
     refresh: bool,
     src_size: Option<u64>,
@@ -249,6 +255,7 @@ fn facts(
     remote: Option<&Entry<RemoteMeta>>,
     rec: Option<&StateRecord>,
     o: &PlanOptions,
+    by_hash: bool,
 ) -> Facts {
     let lf = local.and_then(|e| e.meta.as_ref());
     let rf = remote.and_then(|e| e.meta.as_ref());
@@ -262,14 +269,23 @@ fn facts(
         (Some(_), None) => true,
         _ => false,
     };
-    let identical = match (lf, rf) {
-        (Some(l), Some(r)) => same_content(l, r, o.compare),
-        _ => false,
-    };
-    let refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
+    let by_hash = by_hash && lf.is_some() && rf.is_some();
+    let identical = by_hash
+        || match (lf, rf) {
+            (Some(l), Some(r)) => same_content(l, r, o.compare),
+            _ => false,
+        };
+    let remote_refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
         (Some(c), Some(r)) => r.mtime == RemoteTime::Unknown && c.mtime != RemoteTime::Unknown,
         _ => false,
     };
+    // Touched but the same content (compare: hash): record the new time,
+    // so the file is not hashed again next time.
+    let local_refresh = match (lf, rec.and_then(|r| r.local.as_ref())) {
+        (Some(c), Some(r)) => !l_changed && c.mtime_ns != r.mtime_ns && c.sha256.is_some(),
+        _ => false,
+    };
+    let refresh = remote_refresh || local_refresh;
     let (src, tgt, src_changed, tgt_changed, src_size) = match o.direction {
         Direction::Push => (
             local.map(|e| e.kind),
@@ -293,6 +309,7 @@ fn facts(
         src_changed,
         tgt_changed,
         identical,
+        by_hash,
         refresh,
         src_size,
     }
@@ -304,6 +321,19 @@ pub fn plan(
     remote: &RemoteTree,
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
+) -> Plan {
+    plan_verified(local, remote, state, o, &BTreeSet::new())
+}
+
+/// [`plan`], where `same_hash` holds the files found identical by the
+/// server's hash command: with no state, they are adopted although their
+/// times differ.
+pub fn plan_verified(
+    local: &LocalTree,
+    remote: &RemoteTree,
+    state: &BTreeMap<RelPath, StateRecord>,
+    o: &PlanOptions,
+    same_hash: &BTreeSet<RelPath>,
 ) -> Plan {
     // Deletes on the target come from absences on the source, so an
     // incomplete or suspiciously empty source listing is what blocks them.
@@ -357,6 +387,7 @@ pub fn plan(
             remote.entries.get(path),
             state.get(path),
             o,
+            same_hash.contains(path),
         );
         let item = |op: Op, side: Side, kind: Kind, reason: Reason| PlanItem {
             op,
@@ -382,7 +413,12 @@ pub fn plan(
             (Some(Kind::File), Some(Kind::File)) => {
                 if f.rec != Some(Kind::File) {
                     if f.identical {
-                        records.push(item(Op::Adopt, target_side, Kind::File, Reason::Identical));
+                        let reason = if f.by_hash {
+                            Reason::SameHash
+                        } else {
+                            Reason::Identical
+                        };
+                        records.push(item(Op::Adopt, target_side, Kind::File, reason));
                     } else if o.direction == Direction::Push {
                         transfers.push(PlanItem {
                             size: f.src_size,

@@ -27,6 +27,11 @@ pub struct PlanJson<'a> {
     pub skipped_untrusted: Vec<String>,
     pub delete_limit_exceeded: Option<&'a str>,
     pub state_reset: bool,
+    /// How changes are detected in this run (`auto` resolved).
+    pub compare: crate::job::CompareMode,
+    /// The server's hash command used to compare files the state does not
+    /// know (`HASH`, `XSHA256`, …), if it offers one.
+    pub hash_command: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +102,8 @@ pub fn plan_json(p: &Prepared) -> String {
             .collect(),
         delete_limit_exceeded: p.delete_limit.as_deref(),
         state_reset: p.state_reset,
+        compare: p.job.compare,
+        hash_command: p.hash_command.map(|c| c.verb()),
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
@@ -157,6 +164,20 @@ pub fn plan_text(p: &Prepared) -> String {
         if d == Direction::Push { "push" } else { "pull" }
     );
     problems_text(&mut out, p.problems());
+    if let Some(cmd) = p.hash_command {
+        let same = p
+            .plan
+            .items
+            .iter()
+            .filter(|i| i.reason == Reason::SameHash)
+            .count();
+        let _ = writeln!(
+            out,
+            "compare: the server's {} ({}) checks files the state does not know; {same} found identical",
+            cmd.verb(),
+            cmd.algo().name()
+        );
+    }
     if p.state_reset {
         let _ = writeln!(
             out,

@@ -1,5 +1,6 @@
 //! The pieces of the command line that are more than argument parsing.
 
+pub mod adopt;
 pub mod demo;
 pub mod logging;
 pub mod progress;

@@ -269,6 +269,149 @@ pub struct Features {
     pub rest: bool,
     /// MDTM reads a file's time (RFC 3659 §3).
     pub mdtm: bool,
+    /// The best command the server offers to hash a file, if any.
+    pub hash: Option<HashCommand>,
+}
+
+/// A content hash a server can compute (and ftpsync can compute locally).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HashAlgo {
+    // In order of preference, best last.
+    Md5,
+    Sha1,
+    Sha256,
+}
+
+impl HashAlgo {
+    /// The name in HASH's FEAT line and replies (draft-bryan-ftpext-hash).
+    pub fn name(self) -> &'static str {
+        match self {
+            HashAlgo::Sha256 => "SHA-256",
+            HashAlgo::Sha1 => "SHA-1",
+            HashAlgo::Md5 => "MD5",
+        }
+    }
+
+    /// The digest's length in bytes.
+    pub fn digest_len(self) -> usize {
+        match self {
+            HashAlgo::Sha256 => 32,
+            HashAlgo::Sha1 => 20,
+            HashAlgo::Md5 => 16,
+        }
+    }
+}
+
+/// How to ask the server for a file's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashCommand {
+    /// `HASH <path>` (draft-bryan-ftpext-hash), the algorithm chosen with
+    /// `OPTS HASH <name>` at login.
+    Hash(HashAlgo),
+    /// `XSHA256`, `XSHA1` or `XMD5 <path>` (older servers: ProFTPD
+    /// mod_digest, Serv-U, FileZilla Server).
+    X(HashAlgo),
+}
+
+impl HashCommand {
+    pub fn algo(self) -> HashAlgo {
+        match self {
+            HashCommand::Hash(a) | HashCommand::X(a) => a,
+        }
+    }
+
+    /// The command's name, as `plan` shows it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            HashCommand::Hash(_) => "HASH",
+            HashCommand::X(HashAlgo::Sha256) => "XSHA256",
+            HashCommand::X(HashAlgo::Sha1) => "XSHA1",
+            HashCommand::X(HashAlgo::Md5) => "XMD5",
+        }
+    }
+
+    /// The best hash command in a FEAT reply (`keys` and their parameters):
+    /// the strongest algorithm, and HASH before the X commands for it.
+    /// Also whether HASH needs `OPTS HASH` to select it (it is not the
+    /// one marked current with `*`).
+    pub fn from_feat<'a>(
+        feat: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    ) -> Option<(HashCommand, bool)> {
+        let mut best: Option<(HashCommand, bool)> = None;
+        let mut consider = |cmd: HashCommand, select: bool| {
+            let better = match best {
+                None => true,
+                Some((b, _)) => {
+                    cmd.algo() > b.algo()
+                        || (cmd.algo() == b.algo() && matches!(cmd, HashCommand::Hash(_)))
+                }
+            };
+            if better {
+                best = Some((cmd, select));
+            }
+        };
+        for (key, value) in feat {
+            let key = key.trim().to_ascii_uppercase();
+            match key.as_str() {
+                "HASH" => {
+                    for name in value.unwrap_or_default().split(';') {
+                        let name = name.trim();
+                        let (name, current) = match name.strip_suffix('*') {
+                            Some(n) => (n, true),
+                            None => (name, false),
+                        };
+                        if let Some(a) = [HashAlgo::Sha256, HashAlgo::Sha1, HashAlgo::Md5]
+                            .into_iter()
+                            .find(|a| a.name().eq_ignore_ascii_case(name))
+                        {
+                            consider(HashCommand::Hash(a), !current);
+                        }
+                    }
+                }
+                "XSHA256" => consider(HashCommand::X(HashAlgo::Sha256), false),
+                "XSHA1" => consider(HashCommand::X(HashAlgo::Sha1), false),
+                "XMD5" => consider(HashCommand::X(HashAlgo::Md5), false),
+                _ => {}
+            }
+        }
+        best
+    }
+}
+
+/// The digest in a reply to a hash command, `None` if the reply holds none
+/// of the right length. HASH answers `213 SHA-256 0-49 <hex> <path>`; the X
+/// commands `250 <hex>` or `213 <hex>`, some servers adding the path.
+fn digest_of(reply: &Reply, cmd: HashCommand) -> Option<Vec<u8>> {
+    if !(200..300).contains(&reply.code) {
+        return None;
+    }
+    let first_line = reply.text.lines().next().unwrap_or_default();
+    let mut words = first_line.split_whitespace().skip(1);
+    if let HashCommand::Hash(a) = cmd {
+        // The algorithm, then the byte range, then the hash.
+        if !words.next()?.eq_ignore_ascii_case(a.name()) {
+            return None;
+        }
+        words.next()?;
+    }
+    let want = cmd.algo().digest_len();
+    words
+        .take(if matches!(cmd, HashCommand::Hash(_)) {
+            1
+        } else {
+            2
+        })
+        .find_map(|w| decode_hex(w).filter(|d| d.len() == want))
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A logged-in connection.
@@ -455,9 +598,12 @@ impl FtpConn {
         checked(o.password.expose())?;
         timed(t, stream.login(o.user.as_str(), o.password.expose())).await?;
         timed(t, stream.transfer_type(FileType::Binary)).await?;
-        let (features, mlst_facts) = match timed(t, stream.feat()).await {
+        let mut hash_select = None;
+        let (mut features, mlst_facts) = match timed(t, stream.feat()).await {
             Ok(f) => {
                 let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
+                hash_select =
+                    HashCommand::from_feat(f.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
                 let mlst = f
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("MLST"))
@@ -470,6 +616,7 @@ impl FtpConn {
                     utf8: has("UTF8"),
                     rest: has("REST"),
                     mdtm: has("MDTM"),
+                    hash: None,
                 };
                 (features, mlst)
             }
@@ -486,6 +633,14 @@ impl FtpConn {
             // Best effort: without it the listing just shows no modes.
             let _ = timed(t, stream.opts("MLST", Some(facts))).await;
         }
+        features.hash = match hash_select {
+            Some((cmd @ HashCommand::Hash(a), true)) => {
+                // Not the server's current algorithm: select it, or do without.
+                let selected = timed(t, stream.opts("HASH", Some(a.name()))).await;
+                selected.is_ok().then_some(cmd)
+            }
+            other => other.map(|(cmd, _)| cmd),
+        };
         let banner = stream
             .get_welcome_msg()
             .unwrap_or_default()
@@ -1145,6 +1300,22 @@ impl FtpConn {
         }
     }
 
+    /// The server's hash of a file with its best hash command
+    /// ([`Features::hash`]): `None` if it has none, or answers without a
+    /// digest of the right length (a refusal, a missing file).
+    pub async fn hash(&mut self, path: &str) -> Result<Option<(HashAlgo, Vec<u8>)>, FtpFailure> {
+        let Some(cmd) = self.features.hash else {
+            return Ok(None);
+        };
+        let r = self
+            .batch(&[format!("{} {}", cmd.verb(), checked(path)?)])
+            .await?;
+        if (400..500).contains(&r[0].code) {
+            return Err(r[0].failure());
+        }
+        Ok(digest_of(&r[0], cmd).map(|d| (cmd.algo(), d)))
+    }
+
     /// Sets a file's modification time (UTC) with MFMT where advertised, or
     /// vsftpd's two-argument MDTM; returns the time set, or `None` if the
     /// server cannot.
@@ -1420,6 +1591,74 @@ fn passive_port(r: &Reply) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_hash_command_from_feat() {
+        let pick = |feat: &[(&str, Option<&str>)]| HashCommand::from_feat(feat.iter().copied());
+        assert_eq!(pick(&[("MLST", Some("size*;modify*;"))]), None);
+        assert_eq!(
+            pick(&[("HASH", Some("SHA-1;SHA-256*;MD5"))]),
+            Some((HashCommand::Hash(HashAlgo::Sha256), false))
+        );
+        // Not the current one: it must be selected with OPTS HASH.
+        assert_eq!(
+            pick(&[("HASH", Some("SHA-1*;SHA-256;SHA-512;CRC32"))]),
+            Some((HashCommand::Hash(HashAlgo::Sha256), true))
+        );
+        assert_eq!(
+            pick(&[("XMD5", None), ("XSHA1", None), ("SIZE", None)]),
+            Some((HashCommand::X(HashAlgo::Sha1), false))
+        );
+        // HASH beats the X command of the same algorithm, not a stronger one.
+        assert_eq!(
+            pick(&[("XSHA256", None), ("hash", Some("SHA-256*"))]),
+            Some((HashCommand::Hash(HashAlgo::Sha256), false))
+        );
+        assert_eq!(
+            pick(&[("HASH", Some("MD5*")), ("XSHA256", None)]),
+            Some((HashCommand::X(HashAlgo::Sha256), false))
+        );
+        assert_eq!(pick(&[("HASH", Some("CRC32*;SHA-512"))]), None);
+    }
+
+    #[test]
+    fn digests_in_hash_replies() {
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let sha = decode_hex(hex).unwrap();
+        let hash = HashCommand::Hash(HashAlgo::Sha256);
+        let x = HashCommand::X(HashAlgo::Sha256);
+        let r = |code, text: &str| Reply {
+            code,
+            text: text.to_owned(),
+        };
+        assert_eq!(
+            digest_of(
+                &r(213, &format!("213 SHA-256 0-0 {hex} /www/a b.txt")),
+                hash
+            ),
+            Some(sha.clone())
+        );
+        // Another algorithm than asked for, a refusal, a bad digest.
+        assert_eq!(
+            digest_of(&r(213, &format!("213 MD5 0-0 {hex} f")), hash),
+            None
+        );
+        assert_eq!(digest_of(&r(550, "550 No such file"), hash), None);
+        assert_eq!(digest_of(&r(213, "213 SHA-256 0-0 xyz f"), hash), None);
+        assert_eq!(
+            digest_of(&r(250, &format!("250 {hex}")), x),
+            Some(sha.clone())
+        );
+        assert_eq!(
+            digest_of(&r(213, &format!("213 /www/f {}", hex.to_uppercase())), x),
+            Some(sha)
+        );
+        // A digest of the wrong length is not taken for another algorithm's.
+        assert_eq!(
+            digest_of(&r(250, "250 d41d8cd98f00b204e9800998ecf8427e"), x),
+            None
+        );
+    }
 
     fn reply(code: u32, text: &str) -> Reply {
         Reply {

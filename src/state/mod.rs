@@ -16,6 +16,7 @@ use serde::{Serialize, Serializer};
 use crate::model::RelPath;
 use crate::model::{Kind, LocalMeta, RemoteMeta};
 
+pub mod remote;
 pub mod sqlite;
 pub mod writer;
 
@@ -38,6 +39,24 @@ pub enum StateError {
         "another ftpsync is running this job (lock {path} is held); try again when it has finished"
     )]
     Locked { path: PathBuf },
+    #[error(
+        "another ftpsync is running this job: its lock {path} exists on the server. If no run is going (one was killed), remove that directory on the server and run again"
+    )]
+    RemoteLocked { path: String },
+    #[error("cannot read the state on the server ({path}): {failure}; nothing was changed")]
+    RemoteRead {
+        path: String,
+        failure: crate::ftp::FtpFailure,
+    },
+    #[error(
+        "the state on the server ({path}) cannot be used: {message}; nothing was changed. Delete it on the server to start over (the next run then adopts or uploads every file)"
+    )]
+    RemoteCorrupt { path: String, message: String },
+    #[error("cannot save the state on the server ({path}): {failure}")]
+    RemoteWrite {
+        path: String,
+        failure: crate::ftp::FtpFailure,
+    },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database writer stopped: {0}")]
@@ -117,6 +136,10 @@ pub trait StateStore: Send {
     fn last_run(&self) -> Result<Option<RunRecord>, StateError> {
         Ok(self.history(1)?.into_iter().next())
     }
+
+    /// Writes a consistent copy of everything committed so far to the new
+    /// file `to`, in the format [`StateDb::open`] reads (for `state: remote`).
+    fn snapshot(&self, to: &Path) -> Result<(), StateError>;
 }
 
 /// A boxed store is a store, so the writer and the engine can hold a
@@ -145,6 +168,9 @@ impl<S: StateStore + ?Sized> StateStore for Box<S> {
     }
     fn last_run(&self) -> Result<Option<RunRecord>, StateError> {
         (**self).last_run()
+    }
+    fn snapshot(&self, to: &Path) -> Result<(), StateError> {
+        (**self).snapshot(to)
     }
 }
 

@@ -173,6 +173,11 @@ impl StateDb {
         Ok((conn, version))
     }
 
+    /// The schema version as opened (0: an empty file, no ftpsync state).
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
     /// The identity of the job the state belongs to (direction, server, roots).
     pub fn binding(&self) -> Result<Option<String>, StateError> {
         if self.version < 1 {
@@ -454,6 +459,18 @@ impl StateDb {
         })
     }
 
+    /// Writes a consistent copy of the database, as of its last commit, to
+    /// the new file `to` (`VACUUM INTO`): one compact file with no WAL
+    /// beside it, which is what travels to the server with `state: remote`.
+    pub fn snapshot(&self, to: &Path) -> Result<(), StateError> {
+        let target = to.to_str().ok_or_else(|| StateError::Open {
+            path: to.to_owned(),
+            message: "the path is not UTF-8".into(),
+        })?;
+        self.conn.execute("VACUUM INTO ?1", params![target])?;
+        Ok(())
+    }
+
     /// `PRAGMA integrity_check` result ("ok" when healthy).
     pub fn integrity_check(&self) -> Result<String, StateError> {
         Ok(self
@@ -488,6 +505,9 @@ impl StateStore for StateDb {
     }
     fn last_run(&self) -> Result<Option<RunRecord>, StateError> {
         StateDb::last_run(self)
+    }
+    fn snapshot(&self, to: &Path) -> Result<(), StateError> {
+        StateDb::snapshot(self, to)
     }
 }
 

@@ -1,6 +1,9 @@
 //! The writer thread: during a run it owns the store and commits changes as
 //! they arrive, so the transfer tasks never wait on the database.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
@@ -15,6 +18,7 @@ enum WriterMsg {
     Change(StateChange),
     Run(Box<RunRecord>),
     Flush(mpsc::Sender<Result<(), String>>),
+    Snapshot(PathBuf, mpsc::Sender<Result<(), String>>),
 }
 
 /// A thread that owns the store during a run and commits changes as they
@@ -24,6 +28,9 @@ enum WriterMsg {
 pub struct StateWriter<S: StateStore + 'static = StateDb> {
     tx: mpsc::Sender<WriterMsg>,
     handle: Option<thread::JoinHandle<S>>,
+    /// Changes and runs sent so far: tells whether a snapshot would differ
+    /// from the last one.
+    sent: Arc<AtomicU64>,
 }
 
 /// What the writer thread keeps between messages. After the first failed
@@ -85,6 +92,14 @@ impl<S: StateStore + 'static> StateWriter<S> {
                         WriterMsg::Change(change) => c.batch.push(change),
                         WriterMsg::Run(run) => c.record_run(&run),
                         WriterMsg::Flush(ack) => flushes.push(ack),
+                        WriterMsg::Snapshot(to, ack) => {
+                            c.commit();
+                            let result = match &c.failed {
+                                Some(e) => Err(e.clone()),
+                                None => c.store.snapshot(&to).map_err(|e| e.to_string()),
+                            };
+                            let _ = ack.send(result);
+                        }
                     }
                     next = if c.batch.len() >= GROUP_MAX {
                         None
@@ -102,18 +117,41 @@ impl<S: StateStore + 'static> StateWriter<S> {
         StateWriter {
             tx,
             handle: Some(handle),
+            sent: Arc::default(),
         }
     }
 
     /// Queues a change; it is committed within moments.
     pub fn send(&self, change: StateChange) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(WriterMsg::Change(change));
     }
 
     /// Queues the run's record, written after every change sent before it.
     /// [`StateWriter::flush`] waits for it and reports a failure to write it.
     pub fn record_run(&self, run: RunRecord) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(WriterMsg::Run(Box::new(run)));
+    }
+
+    /// How many changes and runs were sent so far: a snapshot taken when
+    /// this has not moved since the last one would be the same.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Commits everything sent so far, then writes a consistent copy of
+    /// the store to the new file `to` (see [`StateStore::snapshot`]). Blocks
+    /// until it is written.
+    pub fn snapshot(&self, to: PathBuf) -> Result<(), StateError> {
+        let (ack_tx, ack_rx) = mpsc::channel();
+        self.tx
+            .send(WriterMsg::Snapshot(to, ack_tx))
+            .map_err(|_| StateError::Writer("thread gone".into()))?;
+        ack_rx
+            .recv()
+            .map_err(|_| StateError::Writer("thread gone".into()))?
+            .map_err(StateError::Writer)
     }
 
     /// Waits until everything sent so far is committed.
@@ -197,6 +235,35 @@ mod tests {
         drop(w);
     }
 
+    #[test]
+    fn snapshot_holds_everything_sent_before_it() {
+        let d = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&d.path().join("state.db"), true)
+            .unwrap()
+            .unwrap();
+        let w = StateWriter::start(db);
+        assert_eq!(w.sent(), 0);
+        for i in 0..10 {
+            w.send(StateChange::Put(
+                RelPath::parse(&format!("f{i}")).unwrap(),
+                file_record(),
+            ));
+        }
+        w.record_run(run_record(0));
+        assert_eq!(w.sent(), 11);
+        // No flush: the snapshot itself commits what was sent before it.
+        let copy = d.path().join("copy.db");
+        w.snapshot(copy.clone()).unwrap();
+        assert!(!d.path().join("copy.db-wal").exists());
+        let snap = StateDb::open(&copy, false).unwrap().unwrap();
+        assert_eq!(snap.load().unwrap().len(), 10);
+        assert_eq!(snap.last_run().unwrap(), Some(run_record(0)));
+        assert_eq!(snap.integrity_check().unwrap(), "ok");
+        // The target must be new: an existing file is never overwritten.
+        assert!(w.snapshot(copy).is_err());
+        drop(w);
+    }
+
     /// A store that logs what it is asked to write, to see the order.
     #[derive(Clone, Default)]
     struct Log(Arc<Mutex<Vec<String>>>);
@@ -237,6 +304,10 @@ mod tests {
         }
         fn history(&self, _: usize) -> Result<Vec<RunRecord>, StateError> {
             Ok(Vec::new())
+        }
+        fn snapshot(&self, _: &std::path::Path) -> Result<(), StateError> {
+            self.0.lock().unwrap().push("snapshot".into());
+            Ok(())
         }
     }
 

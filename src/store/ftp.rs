@@ -77,6 +77,24 @@ impl FtpStore {
         Ok(listing.listing.entries)
     }
 
+    /// Creates a directory that must not exist yet (a lock): `Ok(false)`
+    /// if it does. MKD is atomic on the server, so of two runs only one
+    /// gets `Ok(true)`.
+    pub async fn create_dir_exclusive(&self, dir: &RelPath) -> Result<bool, FtpFailure> {
+        let p = self.path(dir);
+        with_retry!(&self.pool, &self.retry, |c| match c.mkdir(&p).await {
+            Ok(()) => Ok(true),
+            Err(e @ FtpFailure::Reply { code, .. }) if code >= 500 => {
+                if c.is_dir(&p).await? {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        })
+    }
+
     async fn remove_temp_with(&self, temp: &str, retry: &RetryPolicy) -> Result<bool, FtpFailure> {
         with_retry!(&self.pool, retry, |c| match c.delete(temp).await {
             Ok(()) => Ok(true),
