@@ -30,7 +30,7 @@ pub enum Error {
     /// Connecting failed before or during login (or the first command
     /// after it): says what the server or the network said, that nothing
     /// was changed, and what to check.
-    #[error("cannot connect to {server}: {failure}. Nothing was changed. {}", connect_advice(.failure))]
+    #[error("cannot connect to {server}: {} Nothing was changed. {}", sentence(.failure), connect_advice(.failure))]
     Connect { server: String, failure: FtpFailure },
     #[error(
         "login to {server} as {user} refused: {failure}. Nothing was changed. Check remote.user and the password (remote.password_env, remote.password_file or remote.password)"
@@ -46,6 +46,13 @@ pub enum Error {
     Safety(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// A failure as a sentence: with a full stop, which a server's reply
+/// text often has already.
+fn sentence(f: &FtpFailure) -> String {
+    let s = f.to_string();
+    if s.ends_with('.') { s } else { format!("{s}.") }
 }
 
 /// What to check after a failed connection, by what went wrong.

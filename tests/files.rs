@@ -122,7 +122,8 @@ fn vsftpd_push_gives_local_modes() {
     assert_eq!(env.plan_ops(&job), vec![]);
 }
 
-/// `file_mode` and `dir_mode` give every file and directory those modes.
+/// `file_mode` and `dir_mode` give every file and directory those modes,
+/// also without temporary names (`atomic: false`).
 #[test]
 fn vsftpd_push_explicit_modes() {
     let Some(server) = start_vsftpd_local_user() else {
@@ -130,7 +131,11 @@ fn vsftpd_push_explicit_modes() {
     };
     let env = Env::external(server);
     tree_with_modes(&env.local);
-    let job = env.job("push", false, "file_mode: 0640\ndir_mode: 0755\n");
+    let job = env.job(
+        "push",
+        false,
+        "file_mode: 0640\ndir_mode: 0755\natomic: false\n",
+    );
     env.run(&job, 0);
     for (rel, mode) in modes(&env.remote_disk) {
         let dir = env.remote_disk.join(&rel).is_dir();

@@ -50,7 +50,7 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     std::fs::write(
         &job_path,
         format!(
-            "name: demo\ndirection: push\ndelete: true\nlocal:\n  path: local\nremote:\n  host: 127.0.0.1\n  port: {}\n  user: demo\n  root: /www\nstate: demo.db\n",
+            "name: demo\ndirection: push\ndelete: true\nlocal:\n  path: local\nremote:\n  host: 127.0.0.1\n  port: {}\n  user: demo\n  root: /www\nstate: demo.db\n# The built-in server has no SITE CHMOD.\npermissions: none\n",
             server.addr.port()
         ),
     )
