@@ -273,6 +273,7 @@ fn verbose_prints_each_item_once() {
 fn quiet_prints_only_errors() {
     let f = faulty();
     write(&f.env.local, "a.txt", "a");
+    write(&f.env.local, "sub/c.txt", "c");
     let job = f.env.job("push", false, "");
     f.env.run(&job, 0);
     // Nothing to do: nothing printed at all.
@@ -288,6 +289,19 @@ fn quiet_prints_only_errors() {
     assert_eq!(o.code, 1, "{}", o.all());
     assert_eq!(o.stdout, "");
     assert_eq!(o.stderr, "FAILED upload b.txt: 550 No\n");
+    // A directory that cannot be listed (every MLSD after the root's): the
+    // reason for the exit code, nothing else.
+    fs::remove_file(f.env.local.join("b.txt")).unwrap();
+    f.proxy.clear_rules();
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::Reply("451 Aborted".into())).skip(1));
+    let o = f.env.ftpsync(&["-q", "run", job.to_str().unwrap()]);
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert_eq!(o.stdout, "");
+    assert_eq!(
+        o.stderr,
+        "refused   sub/ — its listing failed; nothing below it was changed\n"
+    );
 }
 
 /// A tree whose upload takes a few seconds through a proxy that slows each

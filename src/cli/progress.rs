@@ -123,7 +123,11 @@ impl Rate {
 }
 
 fn scan_text(s: &Snapshot) -> String {
-    let side = |n: u64, done: bool| format!("{n} entries{}", if done { "" } else { " so far" });
+    let side = |n: u64, done: bool| match (n, done) {
+        (0, false) => "…".to_string(),
+        (n, true) => format!("{n} entries"),
+        (n, false) => format!("{n} entries so far"),
+    };
     format!(
         "local {}, remote {}",
         side(s.local_entries, s.local_done),

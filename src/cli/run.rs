@@ -136,13 +136,14 @@ fn finish(
         print_json(&summary);
     }
     let report = finished.report?;
-    if args.json {
-        return Ok(code);
-    }
     let direction = job.map_or(Direction::Push, |(_, d)| d);
-    if ui.quiet {
+    if args.json {
+        // stdout is the JSON; stderr still says why a run stopped.
+    } else if ui.quiet {
+        // Only what makes the exit code non-zero: failed items and
+        // subtrees skipped because their listing failed.
         for a in report::attention(&report, direction) {
-            if a.concern == Concern::Failed {
+            if a.concern == Concern::Failed || (a.concern == Concern::Refused && a.op.is_none()) {
                 eprintln!("{}", report::attention_line(&a));
             }
         }
