@@ -198,6 +198,15 @@ async fn prepare_limited(
             server: server.clone(),
             failure,
         })?;
+    // The state on the server has a connection of its own, so that saving
+    // it during the run never waits behind the transfers.
+    let state_pool = remote_mode.then(|| {
+        Arc::new(
+            Pool::new(opts.clone(), 1)
+                .with_give_up_after(job.retry.give_up_after)
+                .with_server_limit(server_limit.clone()),
+        )
+    });
     let pool = Arc::new(
         Pool::new(opts, job.concurrency)
             .with_give_up_after(job.retry.give_up_after)
@@ -206,8 +215,8 @@ async fn prepare_limited(
     let hash_command = first.features.hash;
     pool.put_idle(first, first_permit);
 
-    let remote_state = remote_mode.then(|| {
-        let store = FtpStore::new(Arc::clone(&pool), job.retry, job.timeout, root.clone());
+    let remote_state = state_pool.map(|state_pool| {
+        let store = FtpStore::new(state_pool, job.retry, job.timeout, root.clone());
         RemoteState::new(store, &job.name, job.state_path.clone())
     });
     // A plan reads the server's state from a copy of its own, removed after.
@@ -228,7 +237,9 @@ async fn prepare_limited(
     let db = match (&remote_state, &plan_copy) {
         (Some(rs), Some(dir)) => {
             let copy = dir.path().join("state.db");
-            match rs.fetch(&copy).await? {
+            let fetched = rs.fetch(&copy).await;
+            rs.close().await;
+            match fetched? {
                 Fetched::Found => blocking(move || Ok(StateDb::open(&copy, false)?)).await?,
                 Fetched::Absent => None,
             }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod ci_flow;
 mod cli;
 mod daemon;
 mod faults;

@@ -126,7 +126,7 @@ impl RemoteState {
     }
 
     /// Removes the lock (best effort: a failure is logged, and the next run
-    /// reports the lock it finds).
+    /// reports the lock it finds), and closes the connection.
     pub async fn unlock(&self) {
         if let Err(e) = self.store.rmdir(&self.lock).await {
             tracing::warn!(
@@ -134,6 +134,12 @@ impl RemoteState {
                 self.store.path(&self.lock)
             );
         }
+        self.close().await;
+    }
+
+    /// Closes the connection (a plan's, which takes no lock).
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     /// Downloads the server's state to `to` (a new file) and checks that it

@@ -51,6 +51,11 @@ impl FtpStore {
         self.pool.size()
     }
 
+    /// Closes the idle connections politely (more are opened if needed).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Makes operations waiting to retry give up at once (the run stops).
     pub fn halt(&self) {
         self.pool.halt();
