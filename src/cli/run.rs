@@ -79,10 +79,15 @@ pub async fn run_job(j: &Job, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
     for u in &report.skipped_untrusted {
         eprintln!("warning: skipped {u}/: its listing failed, nothing below it was changed");
     }
-    print!(
-        "{}",
-        report::run_text(&j.name, j.direction, &report, verbose)
-    );
+    if !ui.quiet {
+        // A closed stdout (`| head`) does not change the run's outcome.
+        let _ = super::out::Stdout::default().print(&report::run_text(
+            &j.name,
+            j.direction,
+            &report,
+            verbose,
+        ));
+    }
     if let Some(stop) = report::stop_text(&report) {
         eprintln!("ftpsync: {stop}");
     }
