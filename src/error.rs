@@ -19,6 +19,62 @@ pub mod exit {
     pub const SAFETY: i32 = 4;
     /// Another ftpsync is running the same job.
     pub const LOCKED: i32 = 5;
+    /// A run stopped by SIGINT or SIGTERM exits with 128 + the signal's number.
+    pub const SIGNAL_BASE: i32 = 128;
+
+    /// `plan --detailed-exitcode` (Terraform's convention): any error,
+    /// usage errors included.
+    pub const PLAN_ERROR: i32 = 1;
+    /// `plan --detailed-exitcode`: the plan changes something.
+    pub const PLAN_CHANGES: i32 = 2;
+
+    /// The exit code of a command over several jobs: the worst of theirs.
+    /// Worst first: a stop by signal (the jobs after it did not start), 2
+    /// (a job file or usage to fix), 3 (the server), 4 (a safety limit), 5
+    /// (locked), 1 (some items failed), 0.
+    pub fn worst(a: i32, b: i32) -> i32 {
+        let rank = |code| match code {
+            OK => 0,
+            PARTIAL => 1,
+            LOCKED => 2,
+            SAFETY => 3,
+            CONNECT => 4,
+            USAGE => 5,
+            _ => 6,
+        };
+        if rank(b) > rank(a) { b } else { a }
+    }
+
+    /// [`worst`] for `plan --detailed-exitcode`: an error, then changes, then 0.
+    pub fn worst_detailed(a: i32, b: i32) -> i32 {
+        let rank = |code| match code {
+            OK => 0,
+            PLAN_CHANGES => 1,
+            _ => 2,
+        };
+        if rank(b) > rank(a) { b } else { a }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn worst_ranks_failures() {
+            let all = |codes: &[i32]| codes.iter().copied().fold(OK, worst);
+            assert_eq!(all(&[0, 1, 0]), 1);
+            assert_eq!(all(&[1, 5, 1]), 5);
+            assert_eq!(all(&[5, 4, 1]), 4);
+            assert_eq!(all(&[4, 3, 5]), 3);
+            assert_eq!(all(&[3, 2, 1]), 2);
+            assert_eq!(all(&[2, 130, 0]), 130);
+            assert_eq!(all(&[143, 2]), 143);
+            let detailed = |codes: &[i32]| codes.iter().copied().fold(OK, worst_detailed);
+            assert_eq!(detailed(&[0, 0]), 0);
+            assert_eq!(detailed(&[0, 2, 0]), 2);
+            assert_eq!(detailed(&[2, 1, 2]), 1);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

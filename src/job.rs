@@ -1,6 +1,9 @@
 //! The job file: its YAML schema (version 1), defaults, validation, `${VAR}`
 //! expansion and secrets.
 //!
+//! [`schema`] is the same schema as JSON Schema, derived from the types the
+//! loader reads, for editors.
+//!
 //! A job is loaded once per run. Every error names the file, and where the
 //! YAML parser knows it the line, column and key, so a bad job file never
 //! gets as far as touching a server or the disk.
@@ -10,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::daemon::schedule::{Schedule, ScheduleError, Zone};
@@ -49,7 +53,7 @@ fn place(file: &Path, at: Option<(usize, usize)>) -> String {
 }
 
 /// Which way a job copies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Local → remote.
@@ -59,7 +63,7 @@ pub enum Direction {
 }
 
 /// How changes to a file are detected (see the README's "compare" section).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CompareMode {
     /// Size and modification time (the default).
@@ -89,7 +93,7 @@ pub enum StateLocation {
 pub const RESERVED_DIR: &str = ".ftpsync";
 
 /// FTPS mode of the control and data connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain FTP.
@@ -100,7 +104,7 @@ pub enum TlsMode {
 }
 
 /// Whether file and directory modes are carried over (see [`ModePolicy`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Permissions {
     /// The source's permission bits go to the target (the default).
@@ -148,7 +152,7 @@ impl ModePolicy {
 }
 
 /// What the daemon does when a job's next run is due while it is still running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlap {
     /// Skip that run (the default), like systemd timers and Kubernetes' `Forbid`.
@@ -160,7 +164,7 @@ pub enum Overlap {
 
 /// What the daemon does about runs missed while it was down, the machine
 /// slept or the clock jumped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, JsonSchema)]
 pub enum CatchUp {
     /// One run at once if any were missed, never a burst (systemd's
     /// `Persistent=true`); the default.
@@ -195,8 +199,10 @@ impl fmt::Debug for Secret {
 
 // ---- raw YAML schema -------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+/// An ftpsync job file (version 1).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "ftpsync job")]
 struct RawJob {
     name: Option<String>,
     direction: Direction,
@@ -205,6 +211,7 @@ struct RawJob {
     local: RawLocal,
     remote: RawRemote,
     #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
     concurrency: usize,
     #[serde(default)]
     filters: RawFilters,
@@ -212,7 +219,9 @@ struct RawJob {
     compare: CompareMode,
     #[serde(default)]
     retry: RawRetry,
+    #[schemars(with = "Option<DurationText>")]
     timeout: Option<String>,
+    #[schemars(with = "Option<DurationText>")]
     deadline: Option<String>,
     state: Option<String>,
     state_save_interval: Option<String>,
@@ -224,27 +233,33 @@ struct RawJob {
     timezone: Option<String>,
     overlap: Option<Overlap>,
     catch_up: Option<CatchUp>,
+    #[schemars(with = "Option<DurationText>")]
     jitter: Option<String>,
     on_success: Option<Vec<String>>,
     on_failure: Option<Vec<String>>,
+    #[schemars(with = "Option<DurationText>")]
     hook_timeout: Option<String>,
     permissions: Option<Permissions>,
+    #[schemars(with = "Option<ModeText>")]
     file_mode: Option<serde_yaml::Value>,
+    #[schemars(with = "Option<ModeText>")]
     dir_mode: Option<serde_yaml::Value>,
+    #[schemars(with = "Option<RateText>")]
     bwlimit: Option<serde_yaml::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawLocal {
     path: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRemote {
     host: String,
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1))]
     port: u16,
     #[serde(default = "default_user")]
     user: String,
@@ -258,10 +273,11 @@ struct RawRemote {
     #[serde(default)]
     tls: TlsMode,
     tls_ca_file: Option<String>,
+    #[schemars(range(min = 1))]
     max_connections: Option<usize>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawFilters {
     #[serde(default)]
@@ -270,18 +286,23 @@ struct RawFilters {
     exclude: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRetry {
+    #[schemars(range(min = 1))]
     max_attempts: Option<u32>,
+    #[schemars(with = "Option<DurationText>")]
     initial_backoff: Option<String>,
+    #[schemars(with = "Option<DurationText>")]
     max_backoff: Option<String>,
+    #[schemars(with = "Option<DurationText>")]
     give_up_after: Option<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSafety {
+    #[schemars(with = "Option<MaxDeleteText>")]
     max_delete: Option<serde_yaml::Value>,
     #[serde(default)]
     delete_after_errors: bool,
@@ -301,6 +322,88 @@ fn default_root() -> String {
 }
 fn default_true() -> bool {
     true
+}
+
+/// How a duration is written (see [`parse_duration`]); only describes the schema.
+enum DurationText {}
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: 500ms, 30s, 5m or 1h (a bare number is seconds).",
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*$"},
+                {"type": "number", "minimum": 0}
+            ]
+        })
+    }
+}
+
+/// How `file_mode`/`dir_mode` are written (see [`parse_mode`]); only describes the schema.
+enum ModeText {}
+
+impl JsonSchema for ModeText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Mode".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Octal permission bits, 0000 to 0777: 0644 or \"0o644\".",
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": 777},
+                {"type": "string", "pattern": r"^\s*(0o)?[0-7]{1,4}\s*$"}
+            ]
+        })
+    }
+}
+
+/// How `bwlimit` is written (see [`parse_rate`]); only describes the schema.
+enum RateText {}
+
+impl JsonSchema for RateText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Rate".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Bytes per second over all connections: 500KiB/s, 2MiB/s, 10MB/s (a bare number is bytes per second).",
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0},
+                {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]*)?|\.[0-9]+)\s*(B|k|K|KiB|KB|kB|m|M|MiB|MB|g|G|GiB|GB)?\s*(/s)?\s*$"}
+            ]
+        })
+    }
+}
+
+/// How `safety.max_delete` is written (see [`parse_delete_limit`]); only describes the schema.
+enum MaxDeleteText {}
+
+impl JsonSchema for MaxDeleteText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MaxDelete".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The most deletes one run may make: a count (100) or a percentage of the tracked files (10%).",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*([0-9]+|(100(\.0*)?|[0-9]{1,2}(\.[0-9]*)?|\.[0-9]+)\s*%)\s*$"}
+            ]
+        })
+    }
+}
+
+/// The job file's JSON Schema, derived from the types the loader reads (so
+/// unknown keys, types, enums and ranges are refused as the loader refuses
+/// them). Draft 7, which editors' YAML plugins understand.
+pub fn schema() -> serde_json::Value {
+    schemars::generate::SchemaSettings::draft07()
+        .into_generator()
+        .into_root_schema_for::<RawJob>()
+        .to_value()
 }
 
 // ---- validated job ---------------------------------------------------------
@@ -387,6 +490,9 @@ pub enum DeleteLimit {
 pub struct Filters {
     include: Option<GlobSet>,
     exclude: GlobSet,
+    /// The patterns as written, for `ftpsync validate`.
+    include_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
 }
 
 impl Filters {
@@ -395,6 +501,8 @@ impl Filters {
         Filters {
             include: None,
             exclude: GlobSet::empty(),
+            include_patterns: Vec::new(),
+            exclude_patterns: Vec::new(),
         }
     }
 
@@ -425,7 +533,14 @@ impl Filters {
                 Some(build("include", include)?)
             },
             exclude: build("exclude", exclude)?,
+            include_patterns: include.to_vec(),
+            exclude_patterns: exclude.to_vec(),
         })
+    }
+
+    /// The include and exclude patterns, as given.
+    pub fn patterns(&self) -> (&[String], &[String]) {
+        (&self.include_patterns, &self.exclude_patterns)
     }
 
     /// Whether a directory is excluded (and so not descended into).
@@ -494,7 +609,97 @@ pub struct Job {
     pub warnings: Vec<String>,
 }
 
+/// A job given on the command line instead of in a job file
+/// (`ftpsync run --push LOCAL ftp://user@host/path`).
+#[derive(Debug, Clone)]
+pub struct OneOff {
+    pub direction: Direction,
+    /// The local root; a relative path is taken from the current directory.
+    pub local: PathBuf,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: PasswordSource,
+    pub root: String,
+    pub tls: TlsMode,
+}
+
+impl OneOff {
+    /// The server side as a URL (no password), naming the job in messages.
+    pub fn url(&self) -> String {
+        let scheme = match self.tls {
+            TlsMode::None => "ftp",
+            TlsMode::Explicit => "ftps",
+        };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{}@{host}:{}{}", self.user, self.port, self.root)
+    }
+}
+
 impl Job {
+    /// The job of a one-off run: the job file's defaults for everything the
+    /// command line does not give, and a state database derived from what
+    /// it syncs (direction, local root, server and root), so the same
+    /// command line finds its state again.
+    pub fn one_off(o: OneOff) -> Result<Job, JobError> {
+        // The label names the job in messages: never with a line break in it.
+        let label = PathBuf::from(o.url().replace(['\r', '\n', '\0'], "?"));
+        let invalid = |key: &str, message: String| JobError::Invalid {
+            file: label.clone(),
+            at: None,
+            key: key.to_owned(),
+            message,
+        };
+        if o.host.is_empty() {
+            return Err(invalid("remote.host", "must not be empty".into()));
+        }
+        for (key, v) in [
+            ("remote.host", &o.host),
+            ("remote.user", &o.user),
+            ("remote.root", &o.root),
+        ] {
+            if v.contains(['\r', '\n', '\0']) {
+                return Err(invalid(key, "must not contain CR, LF or NUL".into()));
+            }
+        }
+        if o.port == 0 {
+            return Err(invalid("remote.port", "must be 1..65535".into()));
+        }
+        let local =
+            std::path::absolute(&o.local).map_err(|e| invalid("local.path", e.to_string()))?;
+        // Every other key at its default, exactly as in a minimal job file.
+        let mut job = Job::from_str(
+            "direction: push\nlocal:\n  path: .\nremote:\n  host: localhost\n",
+            &label,
+        )?;
+        let identity = format!(
+            "one-off {} {} {}",
+            if o.direction == Direction::Push {
+                "push"
+            } else {
+                "pull"
+            },
+            local.display(),
+            o.url()
+        );
+        job.name = o.host.clone();
+        job.state_path = state_path_for(&job.name, &identity);
+        job.file = label;
+        job.direction = o.direction;
+        job.local_root = local;
+        job.remote.host = o.host;
+        job.remote.port = o.port;
+        job.remote.user = o.user;
+        job.remote.password = o.password;
+        job.remote.root = o.root;
+        job.remote.tls = o.tls;
+        Ok(job)
+    }
+
     /// Loads and validates a job file.
     pub fn load(file: &Path) -> Result<Job, JobError> {
         let text = std::fs::read_to_string(file).map_err(|source| JobError::Read {
@@ -549,14 +754,22 @@ impl Job {
             }
         }
         let mut warnings = Vec::new();
-        let sources = [
-            r.password_env.is_some(),
-            r.password_file.is_some(),
-            r.password.is_some(),
-        ];
-        if sources.iter().filter(|b| **b).count() > 1 {
+        let given: Vec<&str> = [
+            ("remote.password_env", r.password_env.is_some()),
+            ("remote.password_file", r.password_file.is_some()),
+            ("remote.password", r.password.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+        if given.len() > 1 {
+            // Point at the later one in the file: the first was fine alone.
+            let later = given
+                .iter()
+                .max_by_key(|key| key_location(text, key))
+                .map_or("remote.password", |key| *key);
             return Err(invalid(
-                "remote.password_env",
+                later,
                 "give only one of password_env, password_file and password".into(),
             ));
         }
@@ -636,6 +849,9 @@ impl Job {
             None => None,
             Some(s) => Some(parse_duration(s).map_err(|m| invalid("deadline", m))?),
         };
+        if deadline.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("deadline", "must be more than 0".into()));
+        }
         let state = raw
             .state
             .as_deref()
@@ -866,10 +1082,10 @@ fn syntax_error(file: &Path, text: &str, e: &serde_yaml::Error) -> JobError {
 }
 
 /// Where the value of `key` (`remote.port`; an index such as `[2]` is
-/// ignored) is set in a block-style job file, as a 1-based (line, column):
-/// the value's column when it is on the key's line, else the key's. Follows
-/// the nesting by indentation; a nested key in a flow mapping
-/// (`remote: {port: 0}`) is found on its parent's line.
+/// ignored) is set in a job file, as a 1-based (line, column): the value's
+/// column when it is on the key's line, else the key's. Follows the nesting
+/// by indentation, and by braces in flow mappings (`remote: {port: 0}`, or a
+/// whole `{...}` document); keys may be quoted (`"port": 0`).
 fn key_location(text: &str, key: &str) -> Option<(usize, usize)> {
     let lines: Vec<&str> = text.lines().collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
@@ -901,25 +1117,83 @@ fn key_location(text: &str, key: &str) -> Option<(usize, usize)> {
                 break;
             }
             if ind == *block_indent.get_or_insert(ind)
-                && trimmed
-                    .strip_prefix(segment)
-                    .is_some_and(|r| r.starts_with(':'))
+                && let Some(n) = key_len(trimmed, segment)
             {
-                hit = Some((i, ind + segment.len() + 1));
+                hit = Some((i, ind + n));
                 break;
             }
         }
-        hit = hit.or_else(|| {
-            let (i, from) = found?;
-            let needle = format!("{segment}:");
-            let pos = lines[i][from..].find(&needle)? + from;
-            Some((i, pos + needle.len()))
-        });
+        hit = hit.or_else(|| flow_key(&lines, found.unwrap_or((0, 0)), segment));
         found = Some(hit?);
     }
     let (i, from) = found?;
     let column = value_column(lines[i], from).unwrap_or(indent(lines[i]) + 1);
     Some((i + 1, column))
+}
+
+/// The length of `segment` as a key at the start of `s` (bare, `"quoted"` or
+/// `'quoted'`), up to and including its colon, if `s` starts with it.
+fn key_len(s: &str, segment: &str) -> Option<usize> {
+    let rest = [("", ""), ("\"", "\""), ("'", "'")]
+        .iter()
+        .find_map(|(open, close)| {
+            s.strip_prefix(open)?
+                .strip_prefix(segment)?
+                .strip_prefix(close)
+        })?;
+    let after = rest.trim_start_matches([' ', '\t']).strip_prefix(':')?;
+    Some(s.len() - after.len())
+}
+
+/// Where `segment` is a key directly inside the flow mapping (`{...}`)
+/// that starts at `from` (line index, byte) or later: the (line index, byte
+/// after its colon). `None` when no flow mapping starts there, or it ends
+/// without the key.
+fn flow_key(lines: &[&str], from: (usize, usize), segment: &str) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    // The last character outside quotes and blanks: a key follows `{` or `,`.
+    let mut prev = None;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, line) in lines.iter().enumerate().skip(from.0) {
+        let start = if i == from.0 { from.1 } else { 0 };
+        for (off, c) in line[start..].char_indices() {
+            let at = start + off;
+            if let Some(q) = quote {
+                if escaped {
+                    escaped = false;
+                } else if c == '\\' && q == '"' {
+                    escaped = true;
+                } else if c == q {
+                    quote = None;
+                    prev = Some(c);
+                }
+                continue;
+            }
+            if c.is_whitespace() {
+                continue;
+            }
+            if c == '#' && (at == 0 || line[..at].ends_with([' ', '\t'])) {
+                break;
+            }
+            if depth == 1
+                && matches!(prev, Some('{' | ','))
+                && let Some(n) = key_len(&line[at..], segment)
+            {
+                return Some((i, at + n));
+            }
+            match c {
+                '{' | '[' => depth += 1,
+                '}' | ']' if depth <= 1 => return None,
+                '}' | ']' => depth -= 1,
+                '"' | '\'' => quote = Some(c),
+                _ if depth == 0 => return None,
+                _ => {}
+            }
+            prev = Some(c);
+        }
+    }
+    None
 }
 
 /// The lines (index, text) that set `key:` at any indentation.
@@ -935,9 +1209,14 @@ fn lines_with_key<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = (usiz
 /// (or `~/.local/state/...`), the hash taken from the job file's absolute path
 /// so two jobs with the same name do not share a state.
 fn default_state_path(name: &str, file: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
     let abs = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
-    let digest = Sha256::digest(abs.to_string_lossy().as_bytes());
+    state_path_for(name, &abs.to_string_lossy())
+}
+
+/// `$XDG_STATE_HOME/ftpsync/<name>-<hash of identity>.db`.
+fn state_path_for(name: &str, identity: &str) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(identity.as_bytes());
     let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
     let dir = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
@@ -1475,5 +1754,188 @@ filters:
         assert!(f.accepts_file("index.html"));
         assert!(f.accepts_file("a/b.html"));
         assert!(!f.accepts_file("a/b.css"));
+    }
+
+    #[test]
+    fn every_value_error_names_line_and_column() {
+        // Durations, numbers the parser or the loader refuses, and the other
+        // semantic checks: each names file:line:column and the key.
+        let cases = [
+            (
+                "timeout: soon\n",
+                "6:10: timeout: `soon` is not a duration (e.g. 500ms, 30s, 5m)",
+            ),
+            (
+                "timeout: 99999999999999999999999h\n",
+                "6:10: timeout: `99999999999999999999999h` is out of range",
+            ),
+            ("timeout: 0\n", "6:10: timeout: must be more than 0"),
+            ("deadline: 0s\n", "6:11: deadline: must be more than 0"),
+            (
+                "jitter: 1d\n",
+                "6:9: jitter: `1d`: unknown unit `d` (use ms, s, m or h)",
+            ),
+            (
+                "hook_timeout: -1s\n",
+                "6:15: hook_timeout: `-1s` is not a duration (e.g. 500ms, 30s, 5m)",
+            ),
+            (
+                "retry:\n  max_backoff: 5 days\n",
+                "7:16: retry.max_backoff: `5 days`: unknown unit `days` (use ms, s, m or h)",
+            ),
+            (
+                "retry: {initial_backoff: nope}\n",
+                "6:26: retry.initial_backoff: `nope` is not a duration (e.g. 500ms, 30s, 5m)",
+            ),
+            ("  port: 0\n", "6:9: remote.port: must be 1..65535"),
+            (
+                "  port: 70000\n",
+                "6:9: remote.port: invalid value: integer `70000`, expected u16",
+            ),
+            (
+                "concurrency: 0\n",
+                "6:14: concurrency: must be between 1 and 64",
+            ),
+            (
+                "concurrency: 65\n",
+                "6:14: concurrency: must be between 1 and 64",
+            ),
+            (
+                "concurrency: -2\n",
+                "6:14: concurrency: invalid type: integer `-2`, expected usize",
+            ),
+            (
+                "retry: {max_attempts: 0}\n",
+                "6:23: retry.max_attempts: must be at least 1",
+            ),
+            (
+                "retry:\n  max_attempts: 99999999999\n",
+                "7:17: retry.max_attempts: invalid value: integer `99999999999`, expected u32",
+            ),
+            (
+                "  max_connections: 0\n",
+                "6:20: remote.max_connections: must be at least 1",
+            ),
+            (
+                "safety:\n  max_delete: 101%\n",
+                "7:15: safety.max_delete: a percentage must be between 0% and 100%",
+            ),
+            (
+                "safety:\n  max_delete: 3.5\n",
+                "7:15: safety.max_delete: must be a whole number or a percentage like 50%",
+            ),
+            (
+                "  password_env: A\n  password_file: b\n",
+                "7:18: remote.password_file: give only one of password_env, password_file and password",
+            ),
+            (
+                "  password: a\n  password_file: b\n",
+                "7:18: remote.password_file: give only one of password_env, password_file and password",
+            ),
+        ];
+        for (extra, want) in cases {
+            let got = load(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+            assert_eq!(got, format!("/jobs/site.yaml:{want}"), "for {extra:?}");
+        }
+    }
+
+    #[test]
+    fn positions_in_flow_mappings_and_quoted_keys() {
+        let err = |t: &str| load(t).unwrap_err().to_string();
+        assert_eq!(
+            err("{direction: push, local: {path: x}, remote: {host: h, port: 0}}\n"),
+            "/jobs/site.yaml:1:61: remote.port: must be 1..65535"
+        );
+        assert_eq!(
+            err("{local: {path: x}, remote: {host: h}, direction: push, timeout: 0}\n"),
+            "/jobs/site.yaml:1:65: timeout: must be more than 0"
+        );
+        assert_eq!(
+            err(&format!("{MINIMAL}\"concurrency\": 0\n")),
+            "/jobs/site.yaml:6:16: concurrency: must be between 1 and 64"
+        );
+        assert_eq!(
+            err(&format!("{MINIMAL}retry: {{'max_attempts' : 0}}\n")),
+            "/jobs/site.yaml:6:26: retry.max_attempts: must be at least 1"
+        );
+        assert_eq!(
+            err("direction: push\nlocal: {path: x}\nremote: {\n  host: h,\n  \"port\": 0 }\n"),
+            "/jobs/site.yaml:5:11: remote.port: must be 1..65535"
+        );
+        // Only the mapping the key belongs to, never a sibling's key or a string.
+        let text = "{local: {path: x, port: 1}, remote: {host: \"port: 2\", port: 3}}";
+        assert_eq!(key_location(text, "remote.port"), Some((1, 61)));
+        assert_eq!(key_location(text, "remote.host"), Some((1, 44)));
+        assert_eq!(key_location(text, "remote.user"), None);
+        assert_eq!(key_location(text, "timeout"), None);
+    }
+
+    #[test]
+    fn one_off_jobs_take_the_defaults_and_a_state_of_their_own() {
+        let o = OneOff {
+            direction: Direction::Pull,
+            local: PathBuf::from("/srv/mirror"),
+            host: "ftp.example.com".into(),
+            port: 2121,
+            user: "me".into(),
+            password: PasswordSource::Env("FTPSYNC_PASSWORD".into()),
+            root: "/pub".into(),
+            tls: TlsMode::Explicit,
+        };
+        let job = Job::one_off(o.clone()).unwrap();
+        assert_eq!(job.name, "ftp.example.com");
+        assert_eq!(
+            job.file,
+            PathBuf::from("ftps://me@ftp.example.com:2121/pub")
+        );
+        assert_eq!(job.direction, Direction::Pull);
+        assert_eq!(job.local_root, PathBuf::from("/srv/mirror"));
+        assert_eq!(
+            (
+                job.remote.port,
+                job.remote.user.as_str(),
+                job.remote.root.as_str()
+            ),
+            (2121, "me", "/pub")
+        );
+        assert_eq!(job.remote.tls, TlsMode::Explicit);
+        assert_eq!(job.concurrency, 4);
+        assert!(!job.delete);
+        let name = job
+            .state_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        assert!(
+            name.starts_with("ftp_example_com-") && name.ends_with(".db"),
+            "{name}"
+        );
+        // The same command line finds the same state; another root does not.
+        assert_eq!(Job::one_off(o.clone()).unwrap().state_path, job.state_path);
+        let other = Job::one_off(OneOff {
+            root: "/other".into(),
+            ..o.clone()
+        })
+        .unwrap();
+        assert_ne!(other.state_path, job.state_path);
+        let err = Job::one_off(OneOff {
+            root: "/a\r\nDELE x".into(),
+            ..o.clone()
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string().split(": ").nth(1), Some("remote.root"));
+        assert!(Job::one_off(OneOff { port: 0, ..o }).is_err());
+    }
+
+    #[test]
+    fn schema_is_draft_7_and_closed() {
+        let s = schema();
+        assert_eq!(s["$schema"], "http://json-schema.org/draft-07/schema#");
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(
+            s["required"],
+            serde_json::json!(["direction", "local", "remote"])
+        );
     }
 }

@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use ftpsync::error::{Error, exit};
 use std::time::Duration;
 
 use ftpsync::engine::{self};
-use ftpsync::{report, serve};
+use ftpsync::serve;
 
 #[derive(Parser)]
 #[command(
@@ -37,22 +37,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a job file and print what it resolves to.
-    Validate { job: PathBuf },
+    /// Check job files and print what each resolves to, as a job file.
+    Validate {
+        /// Job files, or directories of *.yaml job files.
+        #[arg(required = true)]
+        jobs: Vec<PathBuf>,
+    },
     /// Show what a run would do, and why. Changes nothing.
     Plan {
-        job: PathBuf,
+        /// Job files, or directories of *.yaml job files, planned in order.
+        #[arg(required_unless_present_any = ["push", "pull"], conflicts_with_all = ["push", "pull"])]
+        jobs: Vec<PathBuf>,
+        #[command(flatten)]
+        one_off: OneOffArgs,
         /// Machine-readable output (schema in the README).
         #[arg(long)]
         json: bool,
         /// Preview a run with --force-delete.
         #[arg(long)]
         force_delete: bool,
+        /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on any error.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
-    /// Run the job: scan, plan, execute, record. The first SIGINT/SIGTERM
-    /// stops it gracefully; a second one abandons what is in flight.
+    /// Run the jobs in order: scan, plan, execute, record. The first
+    /// SIGINT/SIGTERM stops a run gracefully (and the jobs after it do not
+    /// start); a second one abandons what is in flight.
     Run {
-        job: PathBuf,
+        /// Job files, or directories of *.yaml job files, run in order.
+        #[arg(required_unless_present_any = ["push", "pull"], conflicts_with_all = ["push", "pull"])]
+        jobs: Vec<PathBuf>,
+        #[command(flatten)]
+        one_off: OneOffArgs,
         /// Allow more deletes than safety.max_delete, and deletes below
         /// directories that list as empty where files were synced, for this run only.
         #[arg(long)]
@@ -126,22 +142,65 @@ enum Command {
         #[arg(long)]
         source: Option<PathBuf>,
     },
+    /// Write a commented job file for --push or --pull LOCAL URL (never overwrites).
+    #[command(group(clap::ArgGroup::new("target").args(["push", "pull"]).required(true)))]
+    Init {
+        /// The job file to write.
+        file: PathBuf,
+        #[command(flatten)]
+        target: OneOffArgs,
+        /// Also remove on the target what the source no longer has.
+        #[arg(long)]
+        delete: bool,
+        /// The environment variable that will hold the password.
+        #[arg(long, default_value = "FTP_PASSWORD")]
+        password_env: String,
+    },
+    /// Print a shell completion script (e.g. `ftpsync completions bash > /etc/bash_completion.d/ftpsync`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff; e.g. `ftpsync man | man -l -`).
+    Man,
+    /// Print the JSON Schema of the job file, for editors.
+    Schema,
 }
 
 mod cli;
 
 use cli::demo::demo;
 use cli::logging::init_logging;
-use cli::run::run_job_file;
-use cli::{ColorChoice, LogFormat, RunArgs, Ui, load};
+use cli::oneoff::OneOffArgs;
+use cli::out::{Stdout, eprint_line};
+use cli::run::{not_loaded, run_job};
+use cli::{ColorChoice, LogFormat, RunArgs, Ui, load, load_all};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Under --detailed-exitcode, 2 means "changes": a usage error must not say so.
+            let detailed = std::env::args_os().any(|a| a == "--detailed-exitcode");
+            let code = match e.exit_code() {
+                0 => exit::OK,
+                _ if detailed => exit::PLAN_ERROR,
+                _ => exit::USAGE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code as u8);
+        }
+    };
+    let detailed = matches!(
+        cli.command,
+        Command::Plan {
+            detailed_exitcode: true,
+            ..
+        }
+    );
     let ui = Ui {
         verbose: cli.verbose,
         quiet: cli.quiet,
         color: cli.color,
     };
+    ui.install();
     init_logging(
         &ui,
         cli.log_format,
@@ -153,15 +212,23 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ftpsync: cannot start: {e}");
-            return ExitCode::from(exit::USAGE as u8);
+            eprint_line(&format!("ftpsync: cannot start: {e}"));
+            return ExitCode::from(if detailed {
+                exit::PLAN_ERROR
+            } else {
+                exit::USAGE
+            } as u8);
         }
     };
     let code = match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ftpsync: error: {e}");
-            e.exit_code()
+            eprint_line(&format!("ftpsync: error: {e}"));
+            if detailed {
+                exit::PLAN_ERROR
+            } else {
+                e.exit_code()
+            }
         }
     };
     // A blocking task of a stopped run (a local scan, hashing) must not
@@ -176,49 +243,38 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
         quiet: cli.quiet,
         color: cli.color,
     };
+    let mut out = Stdout::default();
     match cli.command {
-        Command::Validate { job } => {
-            let j = load(&job)?;
-            println!("{}: ok", job.display());
-            println!("  name:        {}", j.name);
-            println!("  direction:   {:?}, delete: {}", j.direction, j.delete);
-            println!("  local:       {}", j.local_root.display());
-            println!(
-                "  remote:      {}@{}:{}{} (tls: {:?})",
-                j.remote.user, j.remote.host, j.remote.port, j.remote.root, j.remote.tls
-            );
-            println!("  state:       {}", j.state_path.display());
-            if let Some(s) = &j.schedule {
-                println!("  schedule:    {} ({})", s.expr(), s.zone_name());
-            }
-            if let Err(m) = j.remote.password() {
-                println!("  warning:     {m}");
-            }
-            Ok(exit::OK)
-        }
+        Command::Validate { jobs } => cli::validate::validate(cli::job_files(&jobs), &ui, &mut out),
         Command::Plan {
-            job,
+            jobs,
+            one_off,
             json,
             force_delete,
+            detailed_exitcode,
         } => {
-            let j = load(&job)?;
-            let prepared = engine::prepare(&j, false, force_delete).await?;
-            if json {
-                println!("{}", report::plan_json(&prepared));
-            } else {
-                print!("{}", report::plan_text(&prepared));
-            }
-            prepared.pool.close().await;
-            Ok(exit::OK)
+            let args = cli::plan::PlanArgs {
+                json,
+                force_delete,
+                detailed: detailed_exitcode,
+            };
+            cli::plan::plan(load_all(&jobs, &one_off)?, &args, &ui, &mut out).await
         }
         Command::Run {
-            job,
+            jobs,
+            one_off,
             force_delete,
             grace,
             json,
             report,
             bwlimit,
         } => {
+            let jobs = load_all(&jobs, &one_off)?;
+            if report.is_some() && jobs.len() > 1 {
+                return Err(Error::Usage(
+                    "--report takes one job (each run would replace the file)".into(),
+                ));
+            }
             let args = RunArgs {
                 force_delete,
                 grace,
@@ -226,9 +282,83 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
                 report,
                 bwlimit,
             };
-            run_job_file(&job, &args, &ui).await
+            let several = jobs.len() > 1;
+            let mut code = exit::OK;
+            for job in jobs {
+                let c = match job {
+                    Ok(j) => match run_job(&j, &args, &ui).await {
+                        Ok(c) => c,
+                        Err(e) if several => {
+                            eprint_line(&format!("ftpsync: error: {}: {e}", j.file.display()));
+                            e.exit_code()
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    // With --json/--report, a job that does not load still
+                    // gets its summary.
+                    Err(e) => {
+                        let e = match not_loaded(e, &args, &ui) {
+                            Err(e) => e,
+                            Ok(c) => return Ok(c),
+                        };
+                        eprint_line(&format!("ftpsync: error: {e}"));
+                        e.exit_code()
+                    }
+                };
+                code = exit::worst(code, c);
+                if c >= exit::SIGNAL_BASE {
+                    // Stopped by a signal: the jobs after it do not start.
+                    break;
+                }
+            }
+            Ok(code)
         }
         Command::Adopt { job } => cli::adopt::adopt_job(&load(&job)?).await,
+        Command::Init {
+            file,
+            target,
+            delete,
+            password_env,
+        } => {
+            let Some((direction, local, url)) = target.given() else {
+                return Err(Error::Usage("init needs --push or --pull LOCAL URL".into()));
+            };
+            cli::init::init(&cli::init::InitArgs {
+                file: &file,
+                direction,
+                local,
+                url,
+                delete,
+                password_env: &password_env,
+            })?;
+            if !ui.quiet {
+                out.print(&format!(
+                    "wrote {0}; check it with `ftpsync validate {0}`, then `ftpsync plan {0}`\n",
+                    file.display()
+                ))?;
+            }
+            Ok(exit::OK)
+        }
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ftpsync", &mut text);
+            out.print(&String::from_utf8_lossy(&text))?;
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            let mut text = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut text)
+                .map_err(|e| Error::Io(format!("man page: {e}")))?;
+            out.print(&String::from_utf8_lossy(&text))?;
+            Ok(exit::OK)
+        }
+        Command::Schema => {
+            let schema = serde_json::to_string_pretty(&ftpsync::job::schema())
+                .map_err(|e| Error::Io(format!("schema: {e}")))?;
+            out.print(&format!("{schema}\n"))?;
+            Ok(exit::OK)
+        }
         Command::Serve {
             root,
             listen,
@@ -246,10 +376,10 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
             let addr = listener
                 .local_addr()
                 .map_err(|e| Error::Io(e.to_string()))?;
-            eprintln!(
+            eprint_line(&format!(
                 "serving {} on ftp://{user}@{addr}/ (Ctrl-C to stop)",
                 root.display()
-            );
+            ));
             let config = serve::ServeConfig {
                 root,
                 user,
@@ -296,19 +426,22 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
                 .iter()
                 .filter_map(|j| Some((j.name.as_str(), j.schedule.as_ref()?, j.jitter)))
                 .collect();
-            print!(
-                "{}",
-                ftpsync::daemon::schedule::schedule_text(&entries, chrono::Utc::now(), count)
-            );
+            if !ui.quiet {
+                out.print(&ftpsync::daemon::schedule::schedule_text(
+                    &entries,
+                    chrono::Utc::now(),
+                    count,
+                ))?;
+            }
             Ok(exit::OK)
         }
         Command::History { job, json, count } => {
             let j = load(&job)?;
             let runs = engine::history(&j, count).await?;
             if json {
-                println!("{}", ftpsync::history::history_json(&runs));
-            } else {
-                print!("{}", ftpsync::history::history_text(&j.name, &runs));
+                out.print(&format!("{}\n", ftpsync::history::history_json(&runs)))?;
+            } else if !ui.quiet {
+                out.print(&ftpsync::history::history_text(&j.name, &runs))?;
             }
             Ok(exit::OK)
         }
@@ -317,4 +450,13 @@ async fn dispatch(cli: Cli) -> Result<i32, Error> {
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     ftpsync::job::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -65,12 +65,16 @@ fn watch_signals(
 
 /// `ftpsync run JOB`: loads the job file and runs it. A job that does not
 /// load still gets its `--json` summary and `--report`.
-pub async fn run_job_file(path: &Path, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
-    let started_at = chrono::Utc::now();
-    match super::load(path) {
-        Ok(j) => run_job(&j, args, ui).await,
-        Err(e) => finish(None, engine::failed_before_start(started_at, e), args, ui),
-    }
+/// Writes the `--json` summary and `--report` (if asked) of a job file that
+/// did not load (nothing was locked, touched or recorded), and gives the
+/// error back to be printed.
+pub fn not_loaded(error: Error, args: &RunArgs, ui: &Ui) -> Result<i32, Error> {
+    finish(
+        None,
+        engine::failed_before_start(chrono::Utc::now(), error),
+        args,
+        ui,
+    )
 }
 
 /// One run of `j` with signals, and what is printed (and written) about it.
