@@ -26,7 +26,7 @@ pub async fn adopt_job(j: &Job) -> Result<i32, Error> {
     watcher.abort();
     let report = finished.report?;
     for p in &report.problems {
-        eprintln!("warning: {}: {}", p.path, p.message);
+        super::out::eprint_line(&format!("warning: {}: {}", p.path, p.message));
     }
     let adopted = |reason: Reason| {
         report
@@ -55,6 +55,6 @@ pub async fn adopt_job(j: &Job) -> Result<i32, Error> {
         adopted(Reason::SameHash),
         finished.left.len(),
     );
-    print!("{out}");
+    let _ = super::out::Stdout::default().print(&out);
     Ok(finished.record.exit_code)
 }

@@ -10,6 +10,13 @@ use ftpsync::job::{Job, PasswordSource, Secret};
 use ftpsync::{report, serve};
 
 use super::run::run_job;
+
+/// A line of the demo on stdout; a closed stdout just ends the printing.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = super::out::Stdout::default().print(&format!("{}\n", format_args!($($arg)*)));
+    }};
+}
 use super::{ColorChoice, RunArgs, Ui, load};
 
 pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
@@ -58,19 +65,19 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
     let mut job = load(&job_path)?;
     // The password goes to the job in memory, never into a file or the environment.
     job.remote.password = PasswordSource::Inline(Secret::new(password));
-    println!(
+    say!(
         "== built-in FTP server on {} serving {}",
         server.addr,
         server_root.display()
     );
-    println!(
+    say!(
         "== job file {}:\n{}",
         job_path.display(),
         std::fs::read_to_string(&job_path).map_err(io)?
     );
-    println!("== ftpsync plan (first run: everything is new)");
+    say!("== ftpsync plan (first run: everything is new)");
     show_plan(&job).await?;
-    println!("== ftpsync run");
+    say!("== ftpsync run");
     let args = RunArgs {
         force_delete: false,
         grace: Duration::from_secs(30),
@@ -84,20 +91,20 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
         color: ColorChoice::Auto,
     };
     let code = run_job(&job, &args, &ui).await?;
-    println!("== ftpsync plan (again: nothing to do)");
+    say!("== ftpsync plan (again: nothing to do)");
     show_plan(&job).await?;
     let edited = local.join("index.html");
     if edited.exists() {
         let mut text = std::fs::read_to_string(&edited).map_err(io)?;
         text.push_str("<p>edited by the demo</p>\n");
         std::fs::write(&edited, text).map_err(io)?;
-        println!("== edited index.html locally; ftpsync plan");
+        say!("== edited index.html locally; ftpsync plan");
         show_plan(&job).await?;
-        println!("== ftpsync run");
+        say!("== ftpsync run");
         run_job(&job, &args, &ui).await?;
     }
     let same = trees_equal(&local, &server_root.join("www")).map_err(io)?;
-    println!(
+    say!(
         "== server copy {} the local tree",
         if same {
             "is byte-identical to"
@@ -115,7 +122,7 @@ pub async fn demo(source: Option<PathBuf>) -> Result<i32, Error> {
 
 async fn show_plan(job: &Job) -> Result<(), Error> {
     let prepared = engine::prepare(job, false, false).await?;
-    print!("{}", report::plan_text(&prepared));
+    let _ = super::out::Stdout::default().print(&report::plan_text(&prepared));
     prepared.pool.close().await;
     Ok(())
 }

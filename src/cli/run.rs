@@ -131,7 +131,10 @@ fn finish(
     if let Some(file) = &args.report
         && let Err(e) = write_report(file, &summary)
     {
-        eprintln!("ftpsync: cannot write the report {}: {e}", file.display());
+        progress::eprintln(&format!(
+            "ftpsync: cannot write the report {}: {e}",
+            file.display()
+        ));
         if code == exit::OK {
             code = exit::USAGE;
         }
@@ -148,17 +151,19 @@ fn finish(
         // subtrees skipped because their listing failed.
         for a in report::attention(&report, direction) {
             if a.concern == Concern::Failed || (a.concern == Concern::Refused && a.op.is_none()) {
-                eprintln!("{}", report::attention_line(&a));
+                progress::eprintln(&format!("{}", report::attention_line(&a)));
             }
         }
     } else {
-        print!(
-            "{}",
-            report::run_text(job.map_or("", |(n, _)| n), direction, &report)
-        );
+        // A closed stdout (`| head`) does not change the run's outcome.
+        let _ = super::out::Stdout::default().print(&report::run_text(
+            job.map_or("", |(n, _)| n),
+            direction,
+            &report,
+        ));
     }
     if let Some(stop) = report::stop_text(&report) {
-        eprintln!("ftpsync: {stop}");
+        progress::eprintln(&format!("ftpsync: {stop}"));
     }
     Ok(code)
 }

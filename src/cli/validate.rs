@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ftpsync::error::{Error, exit};
-use ftpsync::job::{CatchUp, DeleteLimit, Direction, Job, Overlap, PasswordSource, TlsMode};
+use ftpsync::job::{
+    CatchUp, DeleteLimit, Direction, Job, Overlap, PasswordSource, Permissions, StateLocation,
+    TlsMode,
+};
 
 use super::out::{Stdout, eprint_line};
 use super::{Ui, load};
@@ -109,7 +112,20 @@ pub fn resolved(j: &Job) -> String {
     if let Some(d) = j.deadline {
         let _ = writeln!(o, "deadline: {}", duration(d));
     }
-    let _ = writeln!(o, "state: {}", path(&j.state_path));
+    match j.state_location {
+        StateLocation::Local => {
+            let _ = writeln!(o, "state: {}", path(&j.state_path));
+        }
+        StateLocation::Remote => {
+            let _ = writeln!(o, "state: remote");
+            let _ = writeln!(
+                o,
+                "state_save_interval: {}",
+                duration(j.state_save_interval)
+            );
+            let _ = writeln!(o, "# working copy: {}", j.state_path.display());
+        }
+    }
     let _ = writeln!(o, "atomic: {}", j.atomic);
     let max_delete = match j.max_delete {
         DeleteLimit::Count(n) => n.to_string(),
@@ -149,6 +165,24 @@ pub fn resolved(j: &Job) -> String {
         }
     }
     let _ = writeln!(o, "hook_timeout: {}", duration(j.hook_timeout));
+    let m = &j.modes;
+    match m.permissions {
+        Permissions::Preserve => {
+            let _ = writeln!(o, "permissions: preserve");
+        }
+        Permissions::None => {
+            let _ = writeln!(o, "permissions: none");
+        }
+    }
+    for (key, mode) in [("file_mode", m.file), ("dir_mode", m.dir)] {
+        if let Some(mode) = mode {
+            let _ = writeln!(o, "{key}: \"0o{mode:03o}\"");
+        }
+    }
+    if let Some(rate) = j.bwlimit {
+        // Bytes per second, which the loader reads back exactly.
+        let _ = writeln!(o, "bwlimit: {rate}B/s");
+    }
     o
 }
 

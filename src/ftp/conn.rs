@@ -822,7 +822,18 @@ impl FtpConn {
         if (200..300).contains(&reply.code) {
             return true;
         }
-        if self.chmod.refuse() {
+        if !self.chmod.refuse() {
+            return false;
+        }
+        if matches!(reply.code, 500 | 502 | 504) {
+            // The server has no SITE CHMOD at all (libunftp, IIS): nothing
+            // the user can change, so no warning on every run.
+            tracing::info!(
+                "the server has no SITE CHMOD ({} {}): files and directories keep the modes the server gives them",
+                reply.code,
+                reply.text
+            );
+        } else {
             tracing::warn!(
                 "the server refused SITE CHMOD ({} {}): files and directories keep the modes the server gives them for the rest of this run (set `permissions: none` to stop asking)",
                 reply.code,
