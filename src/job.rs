@@ -1742,6 +1742,26 @@ filters:
     }
 
     #[test]
+    fn state_remote_and_the_reserved_directory() {
+        let job = load(&format!(
+            "{MINIMAL}state: remote\nstate_save_interval: 5s\n"
+        ))
+        .unwrap();
+        assert_eq!(job.state_location, StateLocation::Remote);
+        assert_eq!(job.state_save_interval, Duration::from_secs(5));
+        assert!(job.state_path.to_string_lossy().contains("site_remote-"));
+        let job = load(&format!("{MINIMAL}state: ./remote\n")).unwrap();
+        assert_eq!(job.state_location, StateLocation::Local);
+        assert_eq!(job.state_path, PathBuf::from("/jobs/./remote"));
+        let f = Filters::new(&["**".into()], &[]).unwrap();
+        assert!(f.excludes_dir(".ftpsync"));
+        assert!(!f.accepts_file(".ftpsync/site.db"));
+        assert!(!f.accepts_file(".ftpsync"));
+        assert!(f.accepts_file(".ftpsync-0123456789abcdef.part"));
+        assert!(f.accepts_file("a/.ftpsync/x"));
+    }
+
+    #[test]
     fn filters_match_paths() {
         let f = Filters::new(&[], &[".git/**".into(), "**/*.tmp".into()]).unwrap();
         assert!(f.excludes_dir(".git"));

@@ -151,7 +151,7 @@ fn finish(
         // subtrees skipped because their listing failed.
         for a in report::attention(&report, direction) {
             if a.concern == Concern::Failed || (a.concern == Concern::Refused && a.op.is_none()) {
-                progress::eprintln(&format!("{}", report::attention_line(&a)));
+                progress::eprintln(&report::attention_line(&a));
             }
         }
     } else {
