@@ -103,12 +103,14 @@ impl Events {
         };
         self.emit(Event::ItemStarted(item));
         let counter = Arc::new(AtomicU64::new(0));
-        let id = is_transfer(item).then(|| s.progress.start(item, Arc::clone(&counter)));
+        // Unlisted when done, and also when the run abandons the item
+        // (its task is dropped mid-transfer).
+        let _listed = is_transfer(item).then(|| InFlightGuard {
+            progress: &s.progress,
+            id: s.progress.start(item, Arc::clone(&counter)),
+        });
         let out = SENT.scope(counter, work).await;
         self.outcome(item, out.as_ref().err());
-        if let Some(id) = id {
-            s.progress.unlist(id);
-        }
         out
     }
 
@@ -147,6 +149,18 @@ pub struct Progress {
     next_id: AtomicU64,
     /// Transfers in flight (touched once at each start and end, never per buffer).
     in_flight: Mutex<BTreeMap<u64, InFlight>>,
+}
+
+/// Removes a transfer from the in-flight list when it ends or is dropped.
+struct InFlightGuard<'a> {
+    progress: &'a Progress,
+    id: u64,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.progress.unlist(self.id);
+    }
 }
 
 struct InFlight {
@@ -329,13 +343,32 @@ mod tests {
         let s = progress.snapshot();
         assert_eq!((s.bytes_done, s.files_done), (150, 2));
         assert!(s.current.is_empty());
+        // An abandoned transfer (its future dropped) leaves the list too.
+        let ev = events.clone();
+        let c = upload("c", 10);
+        let abandoned = tokio::spawn(async move {
+            ev.item(&c, std::future::pending::<Result<(), FtpFailure>>())
+                .await
+        });
+        while progress.snapshot().current.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert!(progress.snapshot().current.is_empty());
         // Outside an observed transfer, counting is a no-op.
         transferred(10);
         assert_eq!(progress.snapshot().bytes_done, 150);
         let lines = seen.0.lock().unwrap().clone();
         assert_eq!(
             lines[1..],
-            ["start a", "done a", "start b", "failed b Some(550)"]
+            [
+                "start a",
+                "done a",
+                "start b",
+                "failed b Some(550)",
+                "start c"
+            ]
         );
     }
 
