@@ -406,6 +406,10 @@ fn shipped_jobs(dir: &Path) -> Vec<PathBuf> {
         .into_iter()
         .map(|e| e.unwrap().into_path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        // CI pipeline files in examples/ci are not job files.
+        .filter(|p| {
+            !p.components().any(|c| c.as_os_str() == "workflows") && !p.ends_with("gitlab-ci.yml")
+        })
         .collect()
 }
 
