@@ -61,11 +61,7 @@ fn fresh_runner(env: &Env, cwd: &Path, args: &[&str]) -> Output {
         .env_remove("FTPSYNC_LOG")
         .output()
         .unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = Output::from(out);
     assert!(!o.all().contains(PASSWORD), "password leaked:\n{}", o.all());
     o
 }

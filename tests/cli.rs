@@ -189,11 +189,7 @@ fn ftpsync_with(env: &Env, dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> 
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = Output::from(out);
     assert!(!o.all().contains(PASSWORD), "password leaked:\n{}", o.all());
     o
 }

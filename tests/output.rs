@@ -402,11 +402,7 @@ fn json_progress_counts_the_bytes_of_a_transfer_in_flight() {
         .env_remove("FTPSYNC_LOG")
         .output()
         .unwrap();
-    let o = Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
+    let o = Output::from(out);
     assert_eq!(o.code, 0, "{}", o.all());
     let lines = json_lines(&o);
     let progress = of_type(&lines, "progress");

@@ -50,6 +50,16 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Output {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
@@ -200,11 +210,7 @@ impl Env {
             .env_remove("FTPSYNC_LOG")
             .output()
             .unwrap();
-        let o = Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
+        let o = Output::from(out);
         assert!(
             !o.all().contains(PASSWORD) && !o.all().contains(&self.password()),
             "password leaked in output:\n{}",
