@@ -23,7 +23,7 @@ use crate::ftp::conn::{ConnectOptions, FtpConn, HashCommand, RateLimit};
 use crate::ftp::pool::Pool;
 use crate::ftp::reply::ReplyClass;
 use crate::ftp::scan::{self, ScanInput};
-use crate::job::{CompareMode, DeleteLimit, Direction, Job, StateLocation};
+use crate::job::{CompareMode, DeleteLimit, Direction, Job, StateLocation, VerifyMode};
 use crate::local;
 use crate::model::RelPath;
 use crate::model::{Kind, LocalTree, Problem, RemoteTree};
@@ -214,6 +214,12 @@ async fn prepare_limited(
     );
     let hash_command = first.features.hash;
     pool.put_idle(first, first_permit);
+    if job.verify == VerifyMode::Hash && hash_command.is_none() {
+        return Err(Error::Usage(format!(
+            "{}: `verify: hash`, but {server} offers no hash command (its FEAT lists none of HASH, XSHA256, XSHA1, XMD5). Nothing was changed. Use `verify: auto` to check sizes only on this server",
+            job.file.display()
+        )));
+    }
 
     let remote_state = state_pool.map(|state_pool| {
         let store = FtpStore::new(state_pool, job.retry, job.timeout, root.clone());
@@ -417,10 +423,11 @@ async fn adopt_by_server_hash(
         }
         let (pool, retry) = (Arc::clone(pool), job.retry);
         let (rel, file, abs) = (p.clone(), p.to_local(&job.local_root), p.to_remote(root));
+        let len = lm.size;
         tasks.spawn(async move {
             let algo = cmd.algo();
             let ours = tokio::task::spawn_blocking(move || local::digests_file(&file, algo));
-            let theirs = crate::with_retry!(&pool, &retry, |c| c.hash(&abs).await);
+            let theirs = crate::with_retry!(&pool, &retry, |c| c.hash(&abs, len).await);
             let (Ok(Ok((digest, sha256))), Ok(Some((_, server)))) = (ours.await, theirs) else {
                 return None;
             };

@@ -32,8 +32,9 @@ use tracing::Instrument;
 use async_trait::async_trait;
 
 use crate::ftp::FtpFailure;
+use crate::ftp::conn::HashAlgo;
 use crate::ftp::pool::Pool;
-use crate::job::{CompareMode, Job};
+use crate::job::{CompareMode, Job, VerifyMode};
 use crate::local::{mtime_ns, temp_name};
 use crate::model::RelPath;
 use crate::model::RemoteTime;
@@ -780,6 +781,14 @@ impl Attempt for UploadAttempt<'_> {
             )),
             0,
         );
+        // The server's hash command checks the upload where it has one.
+        let algo = s
+            .capabilities()
+            .hash
+            .filter(|_| job.verify != VerifyMode::Size);
+        let ask_hash = algo.is_some();
+        // The local file's SHA-256, when checking the upload computed it.
+        let mut sha = None;
         let stored = if job.atomic {
             let mut offset = 0;
             let mut tmp = None;
@@ -815,7 +824,11 @@ impl Attempt for UploadAttempt<'_> {
                     t
                 }
             };
-            let set = SetMeta { mtime: utc, mode };
+            let set = SetMeta {
+                mtime: utc,
+                mode,
+                hash: ask_hash,
+            };
             let stored = match s.send(&local_path, before.len(), &tmp, offset, set).await {
                 Ok(st) => st,
                 Err(e) => {
@@ -825,7 +838,15 @@ impl Attempt for UploadAttempt<'_> {
                 }
             };
             let placed = match check_upload(ctx, &stored, &local_path, &before) {
-                Ok(()) => s.place(&tmp, &final_path).await,
+                Ok(()) => {
+                    match check_digest(ctx, algo, stored.digest.as_deref(), &local_path).await {
+                        Ok(d) => {
+                            sha = d;
+                            s.place(&tmp, &final_path).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             };
             if let Err(e) = placed {
@@ -840,11 +861,16 @@ impl Attempt for UploadAttempt<'_> {
             stored
         } else {
             // Without a temporary name the time is set only on a checked file.
-            let set = SetMeta { mtime: None, mode };
+            let set = SetMeta {
+                mtime: None,
+                mode,
+                hash: ask_hash,
+            };
             let mut stored = s
                 .send(&local_path, before.len(), &final_path, 0, set)
                 .await?;
             check_upload(ctx, &stored, &local_path, &before)?;
+            sha = check_digest(ctx, algo, stored.digest.as_deref(), &local_path).await?;
             if let Some(t) = utc {
                 stored.mtime = s.set_mtime(&final_path, t).await?;
             }
@@ -853,10 +879,10 @@ impl Attempt for UploadAttempt<'_> {
         let bytes = stored.sent;
         ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
         let remote_time = stored.mtime.unwrap_or(RemoteTime::Unknown);
-        let sha = if job.compare == CompareMode::Hash {
-            ctx.local.sha256(&local_path).await
-        } else {
-            None
+        let sha = match sha {
+            _ if job.compare != CompareMode::Hash => None,
+            Some(d) => Some(d),
+            None => ctx.local.sha256(&local_path).await,
         };
         Ok(StateRecord {
             kind: Kind::File,
@@ -936,6 +962,38 @@ fn check_upload(
         )));
     }
     Ok(())
+}
+
+/// After the size check, with the server's hash of what it received
+/// (`theirs`, in `algo`): it must be the local file's. Under `verify: hash`
+/// a missing one fails the item too. Returns the local file's SHA-256
+/// when it was computed.
+async fn check_digest(
+    ctx: &Ctx,
+    algo: Option<HashAlgo>,
+    theirs: Option<&[u8]>,
+    local: &Path,
+) -> Result<Option<[u8; 32]>, FtpFailure> {
+    let Some(algo) = algo else {
+        return Ok(None);
+    };
+    let Some(theirs) = theirs else {
+        if ctx.input.job.verify == VerifyMode::Hash {
+            return Err(FtpFailure::Verify(format!(
+                "the server did not give its {} of the file (verify: hash)",
+                algo.name()
+            )));
+        }
+        return Ok(None);
+    };
+    let (ours, sha256) = ctx.local.digests(local, algo).await?;
+    if ours != theirs {
+        return Err(FtpFailure::Verify(format!(
+            "the server's {} of the file is not the local copy's",
+            algo.name()
+        )));
+    }
+    Ok(Some(sha256))
 }
 
 /// Downloads one file: RETR into a temporary file beside the target
@@ -1027,6 +1085,26 @@ impl Attempt for DownloadAttempt<'_> {
                 "received {bytes} bytes, the listing said {expected}"
             )));
         }
+        // Under `verify: hash`, the server's hash of the file must be the copy's.
+        let mut sha = None;
+        if job.verify == VerifyMode::Hash {
+            let algo = s.capabilities().hash;
+            let checked = match algo {
+                Some(_) => match s.hash(&remote, bytes).await {
+                    Ok(theirs) => check_digest(ctx, algo, theirs.as_deref(), &tmp).await,
+                    Err(e) => Err(e),
+                },
+                None => Ok(None),
+            };
+            match checked {
+                Ok(d) => sha = d,
+                Err(e) => {
+                    ctx.local.discard(&tmp).await;
+                    ctx.send(StateChange::PendingRemove(tmp_key));
+                    return Err(e);
+                }
+            }
+        }
         // The server's time and mode on the local copy, as a mirror should.
         let listed = remote_meta
             .as_ref()
@@ -1040,10 +1118,10 @@ impl Attempt for DownloadAttempt<'_> {
         ctx.send(StateChange::PendingRemove(tmp_key));
         let md = ctx.local.stat(&final_local)?;
         ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let sha = if job.compare == CompareMode::Hash {
-            ctx.local.sha256(&final_local).await
-        } else {
-            None
+        let sha = match sha {
+            _ if job.compare != CompareMode::Hash => None,
+            Some(d) => Some(d),
+            None => ctx.local.sha256(&final_local).await,
         };
         Ok(StateRecord {
             kind: Kind::File,

@@ -77,6 +77,22 @@ pub enum CompareMode {
     Hash,
 }
 
+/// How a transfer is checked before it takes the file's name (see the
+/// README's "Verification" section).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// The size always; uploads also by the server's hash command where it
+    /// offers one (it rides in the same round trip as SIZE).
+    #[default]
+    Auto,
+    /// The size only.
+    Size,
+    /// The size, and every upload and download by the server's hash
+    /// command; a server without one is an error.
+    Hash,
+}
+
 /// Where the state of a job is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StateLocation {
@@ -217,6 +233,8 @@ struct RawJob {
     filters: RawFilters,
     #[serde(default)]
     compare: CompareMode,
+    #[serde(default)]
+    verify: VerifyMode,
     #[serde(default)]
     retry: RawRetry,
     #[schemars(with = "Option<DurationText>")]
@@ -575,6 +593,7 @@ pub struct Job {
     pub concurrency: usize,
     pub filters: Filters,
     pub compare: CompareMode,
+    pub verify: VerifyMode,
     pub retry: RetryPolicy,
     /// Time limit of each FTP operation (and of data inactivity).
     pub timeout: Duration,
@@ -937,6 +956,7 @@ impl Job {
             concurrency: raw.concurrency,
             filters,
             compare: raw.compare,
+            verify: raw.verify,
             retry,
             timeout,
             deadline,

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::engine::{Finished, Prepared};
 use crate::exec::{RunReport, StopReason, op_label};
-use crate::job::Direction;
+use crate::ftp::conn::HashCommand;
+use crate::job::{Direction, VerifyMode};
 use crate::model::Problem;
 use crate::plan::{Op, PlanItem, Reason};
 use crate::state::RunRecord;
@@ -32,6 +33,9 @@ pub struct PlanJson<'a> {
     /// The server's hash command used to compare files the state does not
     /// know (`HASH`, `XSHA256`, …), if it offers one.
     pub hash_command: Option<&'static str>,
+    /// How transfers are checked in this run: `size`, or `hash` (the
+    /// size and the server's hash command; see `verify` in the README).
+    pub verify: &'static str,
 }
 
 #[derive(Serialize)]
@@ -75,6 +79,18 @@ pub fn plan_summary(items: &[PlanItem]) -> Summary {
     s
 }
 
+/// The server's hash command when it checks this run's transfers: with
+/// `verify: hash`, and with `auto` for uploads (where it rides in the same
+/// round trip as SIZE).
+fn hash_verified(p: &Prepared) -> Option<HashCommand> {
+    let on = match p.job.verify {
+        VerifyMode::Size => false,
+        VerifyMode::Auto => p.job.direction == Direction::Push,
+        VerifyMode::Hash => true,
+    };
+    p.hash_command.filter(|_| on)
+}
+
 pub fn plan_json(p: &Prepared) -> String {
     let doc = PlanJson {
         version: 1,
@@ -104,6 +120,11 @@ pub fn plan_json(p: &Prepared) -> String {
         state_reset: p.state_reset,
         compare: p.job.compare,
         hash_command: p.hash_command.map(|c| c.verb()),
+        verify: if hash_verified(p).is_some() {
+            "hash"
+        } else {
+            "size"
+        },
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
@@ -174,6 +195,14 @@ pub fn plan_text(p: &Prepared) -> String {
         let _ = writeln!(
             out,
             "compare: the server's {} ({}) checks files the state does not know; {same} found identical",
+            cmd.verb(),
+            cmd.algo().name()
+        );
+    }
+    if let Some(cmd) = hash_verified(p) {
+        let _ = writeln!(
+            out,
+            "verify: each transfer is checked with the server's {} ({}) before it takes its name",
             cmd.verb(),
             cmd.algo().name()
         );

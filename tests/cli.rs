@@ -331,6 +331,7 @@ fn validate_prints_the_job_in_its_own_vocabulary() {
         "  include: []",
         r#"  exclude: [".git/**", "**/*.tmp"]"#,
         "compare: auto",
+        "verify: auto",
         "  initial_backoff: 1s",
         "timeout: 1m",
         "  max_delete: 50%",

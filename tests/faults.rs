@@ -35,7 +35,7 @@ pub(crate) fn faulty() -> Faulty {
 
 /// A fault proxy in front of a third-party server: one that answers
 /// commands in order, so ftpsync pipelines them.
-fn faulty_external(server: crate::support::servers::ExternalServer) -> Faulty {
+pub(crate) fn faulty_external(server: crate::support::servers::ExternalServer) -> Faulty {
     faulty_in_front_of(Env::external(server))
 }
 

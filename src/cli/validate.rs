@@ -99,6 +99,9 @@ pub fn resolved(j: &Job) -> String {
     let compare = serde_json::to_value(j.compare).ok();
     let compare = compare.as_ref().and_then(|v| v.as_str()).unwrap_or("auto");
     let _ = writeln!(o, "compare: {compare}");
+    let verify = serde_json::to_value(j.verify).ok();
+    let verify = verify.as_ref().and_then(|v| v.as_str()).unwrap_or("auto");
+    let _ = writeln!(o, "verify: {verify}");
     let p = &j.retry;
     let _ = writeln!(
         o,

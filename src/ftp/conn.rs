@@ -385,8 +385,8 @@ fn digest_of(reply: &Reply, cmd: HashCommand) -> Option<Vec<u8>> {
     if !(200..300).contains(&reply.code) {
         return None;
     }
-    let first_line = reply.text.lines().next().unwrap_or_default();
-    let mut words = first_line.split_whitespace().skip(1);
+    // The reply's text, without its code.
+    let mut words = reply.text.split_whitespace();
     if let HashCommand::Hash(a) = cmd {
         // The algorithm, then the byte range, then the hash.
         if !words.next()?.eq_ignore_ascii_case(a.name()) {
@@ -466,6 +466,27 @@ pub struct Stored {
     pub size: Option<u64>,
     /// The modification time set, if the server can set times.
     pub mtime: Option<RemoteTime>,
+    /// The server's hash of the file (the algorithm of
+    /// [`Features::hash`]), when asked for and given.
+    pub digest: Option<Vec<u8>>,
+}
+
+/// What to do after a STOR, before the file is renamed into place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfterStore {
+    /// Modification time to set (UTC).
+    pub mtime: Option<chrono::NaiveDateTime>,
+    /// Permission bits to set.
+    pub mode: Option<u32>,
+    /// Ask the server's hash of the file.
+    pub hash: bool,
+}
+
+/// How long a server may take to hash `len` bytes, beyond the usual
+/// timeout: a second for every 32 MiB (disks and servers that hash at
+/// 32 MiB/s are slow ones).
+fn hashing_time(len: u64) -> Duration {
+    Duration::from_secs(len / (32 << 20))
 }
 
 /// One directory as listed.
@@ -892,17 +913,15 @@ impl FtpConn {
         }
     }
 
-    /// Uploads `data`, a whole file, to `remote` (STOR); then sets its
-    /// permission bits to `mode` and its modification time to `mtime` where
-    /// the server can, and asks its SIZE. Pipelined, that is four waits for
-    /// replies (229; 150+226; CHMOD+MDTM+SIZE; and the caller's RNFR+RNTO)
-    /// where one command at a time takes eight.
+    /// Uploads `data`, a whole file, to `remote` (STOR); then
+    /// [`Self::finish_store`]. Pipelined, that is four waits for replies
+    /// (229; 150+226; CHMOD+MDTM+SIZE+hash; and the caller's RNFR+RNTO)
+    /// where one command at a time takes eight or more.
     pub async fn store_small(
         &mut self,
         remote: &str,
         data: &[u8],
-        mtime: Option<chrono::NaiveDateTime>,
-        mode: Option<u32>,
+        after: AfterStore,
     ) -> Result<Stored, FtpFailure> {
         let remote = checked(remote)?;
         let t = self.timeout;
@@ -913,8 +932,25 @@ impl FtpConn {
             write_paced(t, &mut stream, data, &self.rate).await?;
             timed(t, stream.finish()).await?;
         }
-        let chmod = self.chmod_command(remote, mode);
-        let set = mtime.and_then(|utc| Some((utc, self.set_mtime_command(remote, utc)?)));
+        self.finish_store(remote, data.len() as u64, after).await
+    }
+
+    /// After a STOR of `sent` bytes: sets the file's permission bits and
+    /// modification time where the server can, asks its SIZE and, with
+    /// `after.hash`, the server's hash of it ([`Features::hash`]), all in
+    /// one round trip when pipelining.
+    pub async fn finish_store(
+        &mut self,
+        remote: &str,
+        sent: u64,
+        after: AfterStore,
+    ) -> Result<Stored, FtpFailure> {
+        let remote = checked(remote)?;
+        let chmod = self.chmod_command(remote, after.mode);
+        let set = after
+            .mtime
+            .and_then(|utc| Some((utc, self.set_mtime_command(remote, utc)?)));
+        let hash = self.features.hash.filter(|_| after.hash);
         let mut cmds = Vec::new();
         if let Some(cmd) = &chmod {
             cmds.push(cmd.clone());
@@ -925,34 +961,76 @@ impl FtpConn {
         if self.features.size {
             cmds.push(format!("SIZE {remote}"));
         }
+        if let Some(cmd) = hash {
+            cmds.push(format!("{} {remote}", cmd.verb()));
+        }
+        if cmds.is_empty() {
+            return Ok(Stored {
+                sent,
+                size: None,
+                mtime: None,
+                digest: None,
+            });
+        }
         let piped = self.pipelining();
-        let replies = self.batch_with(&cmds, piped).await?;
+        // The server reads the whole file to hash it: allow for that.
+        let base = self.timeout;
+        if hash.is_some() {
+            self.timeout = base + hashing_time(sent);
+        }
+        let replies = self.batch_with(&cmds, piped).await;
+        self.timeout = base;
+        let replies = replies?;
         let mut replies = replies.iter();
+        let mut next = || replies.next().expect("one reply per command");
         if chmod.is_some() {
-            let r = replies.next().expect("one reply per command");
+            let r = next();
             self.chmod_done(r);
         }
         let mtime = match set {
             Some((utc, _)) => {
-                let r = replies.next().expect("one reply per command");
+                let r = next();
                 self.mtime_set(r, utc)
             }
             None => None,
         };
-        let size = match replies.next() {
-            Some(r) if r.code == 213 => match r.text.trim().parse::<u64>() {
-                Ok(n) => Some(n),
-                // A pipelined MDTM's "213 File modification time set" in SIZE's place.
-                Err(_) if set.is_some() && piped => return Err(self.out_of_order()),
-                Err(_) => return Err(FtpFailure::Protocol(format!("bad SIZE reply {:?}", r.text))),
-            },
-            Some(r) if r.code < 500 && r.code >= 400 => return Err(r.failure()),
-            _ => None,
+        let size = if self.features.size {
+            let r = next();
+            match r.code {
+                213 => match r.text.trim().parse::<u64>() {
+                    Ok(n) => Some(n),
+                    // A pipelined MDTM's "213 File modification time set" in SIZE's place.
+                    Err(_) if set.is_some() && piped => return Err(self.out_of_order()),
+                    Err(_) => {
+                        return Err(FtpFailure::Protocol(format!("bad SIZE reply {:?}", r.text)));
+                    }
+                },
+                400..500 => return Err(r.failure()),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let digest = match hash {
+            Some(cmd) => {
+                let r = next();
+                if (400..500).contains(&r.code) {
+                    return Err(r.failure());
+                }
+                let d = digest_of(r, cmd);
+                if d.is_none() && r.code < 300 && piped {
+                    // A 2xx without a digest where the hash's reply belongs.
+                    return Err(self.out_of_order());
+                }
+                d
+            }
+            None => None,
         };
         Ok(Stored {
-            sent: data.len() as u64,
+            sent,
             size,
             mtime,
+            digest,
         })
     }
 
@@ -1314,13 +1392,23 @@ impl FtpConn {
     /// The server's hash of a file with its best hash command
     /// ([`Features::hash`]): `None` if it has none, or answers without a
     /// digest of the right length (a refusal, a missing file).
-    pub async fn hash(&mut self, path: &str) -> Result<Option<(HashAlgo, Vec<u8>)>, FtpFailure> {
+    /// `len` is the file's size as listed, to allow for the time hashing
+    /// it takes.
+    pub async fn hash(
+        &mut self,
+        path: &str,
+        len: u64,
+    ) -> Result<Option<(HashAlgo, Vec<u8>)>, FtpFailure> {
         let Some(cmd) = self.features.hash else {
             return Ok(None);
         };
+        let base = self.timeout;
+        self.timeout = base + hashing_time(len);
         let r = self
             .batch(&[format!("{} {}", cmd.verb(), checked(path)?)])
-            .await?;
+            .await;
+        self.timeout = base;
+        let r = r?;
         if (400..500).contains(&r[0].code) {
             return Err(r[0].failure());
         }
@@ -1638,9 +1726,11 @@ mod tests {
         let sha = decode_hex(hex).unwrap();
         let hash = HashCommand::Hash(HashAlgo::Sha256);
         let x = HashCommand::X(HashAlgo::Sha256);
-        let r = |code, text: &str| Reply {
-            code,
-            text: text.to_owned(),
+        // As the server sends them: the code is not part of the text.
+        let r = |code: u32, line: &str| {
+            let reply = Reply::parse(format!("{line}\r\n").as_bytes()).unwrap();
+            assert_eq!(reply.code, code);
+            reply
         };
         assert_eq!(
             digest_of(

@@ -300,6 +300,7 @@ impl Attempt for Upload<'_> {
         let owner_only = SetMeta {
             mtime: None,
             mode: Some(0o600),
+            hash: false,
         };
         let stored = s
             .send(self.local, self.len, self.temp, 0, owner_only)

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{Attempt, Capabilities, RemoteSession, Resume, SetMeta, Store, Stored};
 use crate::ftp::FtpFailure;
-use crate::ftp::conn::{FtpConn, RenameError, SMALL_FILE};
+use crate::ftp::conn::{AfterStore, FtpConn, RenameError, SMALL_FILE};
 use crate::ftp::list::ListEntry;
 use crate::ftp::pool::Pool;
 use crate::job::RetryPolicy;
@@ -171,6 +171,7 @@ impl RemoteSession for FtpSession<'_> {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             resume: self.conn.features.rest,
+            hash: self.conn.features.hash.map(|c| c.algo()),
         }
     }
 
@@ -187,6 +188,11 @@ impl RemoteSession for FtpSession<'_> {
         set: SetMeta,
     ) -> Result<Stored, FtpFailure> {
         let c = &mut *self.conn;
+        let after = AfterStore {
+            mtime: set.mtime,
+            mode: set.mode,
+            hash: set.hash,
+        };
         if offset == 0 && len <= SMALL_FILE {
             // A read of at most 1 MiB, inline: handing it to a blocking
             // thread would cost more than the read on this hot path.
@@ -197,18 +203,10 @@ impl RemoteSession for FtpSession<'_> {
             let mut data = Vec::with_capacity(len as usize + 1);
             std::io::Read::read_to_end(&mut std::io::Read::take(file, len + 1), &mut data)
                 .map_err(local_err)?;
-            return c.store_small(remote, &data, set.mtime, set.mode).await;
+            return c.store_small(remote, &data, after).await;
         }
         let sent = c.upload(local, len, remote, offset).await?;
-        if let Some(mode) = set.mode {
-            c.chmod(remote, mode).await?;
-        }
-        let mtime = match set.mtime {
-            Some(t) => c.set_mtime(remote, t).await?,
-            None => None,
-        };
-        let size = c.size(remote).await?;
-        Ok(Stored { sent, size, mtime })
+        c.finish_store(remote, sent, after).await
     }
 
     async fn set_mtime(
@@ -221,6 +219,10 @@ impl RemoteSession for FtpSession<'_> {
 
     async fn size(&mut self, remote: &str) -> Result<Option<u64>, FtpFailure> {
         self.conn.size(remote).await
+    }
+
+    async fn hash(&mut self, remote: &str, len: u64) -> Result<Option<Vec<u8>>, FtpFailure> {
+        Ok(self.conn.hash(remote, len).await?.map(|(_, d)| d))
     }
 
     async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure> {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use super::Store;
 use crate::ftp::FtpFailure;
+use crate::ftp::conn::HashAlgo;
 use crate::local::{is_temp_name, mtime_ns, safe_path, temp_name};
 use crate::model::RelPath;
 
@@ -173,6 +174,17 @@ impl LocalStore {
     pub async fn sha256(&self, path: &Path) -> Option<[u8; 32]> {
         let path = path.to_path_buf();
         blocking(move || crate::local::sha256_file(&path).ok()).await
+    }
+
+    /// A file's digest with `algo` and its SHA-256, reading it once (off
+    /// the async threads).
+    pub async fn digests(
+        &self,
+        path: &Path,
+        algo: HashAlgo,
+    ) -> Result<(Vec<u8>, [u8; 32]), FtpFailure> {
+        let path = path.to_path_buf();
+        blocking(move || crate::local::digests_file(&path, algo).map_err(local_err)).await
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::Path;
 use async_trait::async_trait;
 
 pub use crate::ftp::FtpFailure;
+use crate::ftp::conn::HashAlgo;
 pub use crate::ftp::conn::{Resume, Stored};
 use crate::model::{RelPath, RemoteTime};
 pub use ftp::FtpStore;
@@ -37,6 +38,8 @@ pub struct SetMeta {
     pub mtime: Option<chrono::NaiveDateTime>,
     /// Permission bits.
     pub mode: Option<u32>,
+    /// Also ask the server's hash of the file ([`Capabilities::hash`]).
+    pub hash: bool,
 }
 
 /// What one side can do, where the executor's policy depends on it.
@@ -45,6 +48,8 @@ pub struct Capabilities {
     /// Transfers can start at an offset (FTP: REST advertised), so an
     /// interrupted one can be resumed.
     pub resume: bool,
+    /// The algorithm of the server's hash command, if it offers one.
+    pub hash: Option<HashAlgo>,
 }
 
 /// Operations on one side of the mirror, each complete in itself. Paths
@@ -97,6 +102,9 @@ pub trait RemoteSession: Send {
     async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure>;
     /// A file's size, `None` if the server cannot tell or it is missing.
     async fn size(&mut self, remote: &str) -> Result<Option<u64>, FtpFailure>;
+    /// The server's hash of a file of `len` bytes ([`Capabilities::hash`]),
+    /// `None` if it has no hash command or would not hash this file.
+    async fn hash(&mut self, remote: &str, len: u64) -> Result<Option<Vec<u8>>, FtpFailure>;
     /// At most `len` bytes of `remote` from `offset` on; `None` if the
     /// server refuses or sends more (then nothing can be resumed).
     async fn read_at(
