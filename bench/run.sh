@@ -11,7 +11,7 @@ for arg in "$@"; do
         sed -n '2,5p' "$0"
         echo "Settings (env or KEY=VALUE args): BENCH_FILES BENCH_DIRS BENCH_BIG_FILES BENCH_BIG_MIB"
         echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP BENCH_SERVER_DIR BENCH_RTT_MS"
-        echo "  FTPSYNC_BIN BENCH_OUT"
+        echo "  BENCH_COUNT FTPSYNC_BIN BENCH_OUT"
         exit 0
         ;;
     BENCH_*=* | FTPSYNC_BIN=*) export "${arg?}" ;;
@@ -34,6 +34,7 @@ FTPSYNC_BIN=${FTPSYNC_BIN:-$REPO/target/release/ftpsync}
 OUT=${BENCH_OUT:-}                # optional file to also write the table to
 RTT_MS=${BENCH_RTT_MS:-0}         # >0: go through bench/delay_relay.py with this round-trip time
 KEEP=${BENCH_KEEP:-0}             # 1: keep the work dir
+COUNT=${BENCH_COUNT:-0}           # 1: count commands and round-trip waits (always with BENCH_RTT_MS)
 if [ -n "${BENCH_WORK:-}" ]; then
     WORK=$BENCH_WORK # given by the user: never deleted
     KEEP=1
@@ -179,12 +180,16 @@ log "vsftpd pid $VSFTPD_PID on 127.0.0.1:$PORT (passive $PASV_LO-$PASV_HI), remo
 # byte by half the round-trip time each way (control and passive ports).
 HOST=127.0.0.1
 LFTP_LATENCY=""
-if [ "$RTT_MS" != 0 ]; then
+COUNTS_FILE=""
+if [ "$RTT_MS" != 0 ] || [ "$COUNT" = 1 ]; then
+    # The relay counts each tool's commands (BENCH_COUNT=1 alone runs it
+    # with no delay, which adds its own overhead to the loopback times).
+    COUNTS_FILE=$WORK/counts.jsonl
     HOST=127.0.0.2
     # lftp takes the address in a PASV reply (127.0.0.1) unless told otherwise.
     LFTP_LATENCY="; set ftp:prefer-epsv true; set ftp:ignore-pasv-address true"
     exec 3< <(python3 "$REPO/bench/delay_relay.py" "$HOST" "$PORT" "$PASV_LO" "$PASV_HI" \
-        "$(awk -v r="$RTT_MS" 'BEGIN{print r/2}')" 2>"$WORK/relay.log")
+        "$(awk -v r="$RTT_MS" 'BEGIN{print r/2}')" "$COUNTS_FILE" 2>"$WORK/relay.log")
     RELAY_PID=$!
     read -r -t 10 line <&3 || die "delay relay did not start: $(cat "$WORK/relay.log")"
     [ "$line" = ready ] || die "delay relay: $line"
@@ -254,6 +259,7 @@ run_tool() {
     local tool=$1 tree=$2 sub=$3 logf=$4 remote=$REMOTE_BASE/$3
     local tfile=$WORK/time.out
     rm -f "$tfile"
+    if [ -n "$COUNTS_FILE" ]; then : >"$COUNTS_FILE"; fi
     set +e
     case "$tool" in
     ftpsync)
@@ -313,7 +319,7 @@ verify() {
     diff -r -q "$1" "$DISK/$2" >"$WORK/diff.out" 2>&1
 }
 
-declare -A SECS PEAK
+declare -A SECS PEAK COUNTS
 run_case() { # run_case CASE TREE SUBDIR_SUFFIX
     local c=$1 tree=$2 suffix=$3 tool sub logf
     for tool in $TOOLS; do
@@ -341,7 +347,27 @@ run_case() { # run_case CASE TREE SUBDIR_SUFFIX
             log "case $c $tool: ${T_SECS}s, peak RSS $((T_KIB / 1024)) MiB"
         fi
         PEAK[$c,$tool]=$T_KIB
+        if [ -n "$COUNTS_FILE" ]; then
+            sleep 0.5 # the relay records a connection when both ends have closed
+            COUNTS[$c,$tool]=$(count_summary "$COUNTS_FILE")
+        fi
     done
+}
+
+# count_summary FILE: "commands turns data_connections top-verbs" of one run.
+count_summary() {
+    python3 - "$1" <<'EOF'
+import json, sys
+verbs, turns, data = {}, 0, 0
+for line in open(sys.argv[1]):
+    d = json.loads(line)
+    data += d.get("data", 0)
+    turns += d.get("turns", 0)
+    for v, n in d.get("verbs", {}).items():
+        verbs[v] = verbs.get(v, 0) + n
+top = sorted(verbs.items(), key=lambda kv: -kv[1])[:8]
+print(sum(verbs.values()), turns, data, ",".join(f"{v}:{n}" for v, n in top))
+EOF
 }
 
 for c in $CASES; do
@@ -350,6 +376,7 @@ for c in $CASES; do
     b) run_case b "$SMALL" -small ;;
     c)
         n=$(mutate_small_tree)
+        CHANGED=$n
         log "changed $n files"
         run_case c "$SMALL" -small
         ;;
@@ -409,6 +436,26 @@ isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
                 "$(awk -v k="${PEAK[$c,rclone]:-0}" 'BEGIN{printf "%.0f", k/1024}')"
         done
         echo
+    fi
+    if [ -n "$COUNTS_FILE" ]; then
+        echo
+        echo "Commands the server received and round-trip waits (times the client sent after a reply, on all control connections), per run and per file of the case:"
+        echo
+        echo "| case | tool | commands | per file | waits | per file | data connections | most sent |"
+        echo "|---|---|---|---|---|---|---|---|"
+        for c in $CASES; do
+            case "$c" in
+            a | b) per=$FILES ;;
+            c) per=${CHANGED:-1} ;;
+            d) per=$BIG_FILES ;;
+            esac
+            for tool in $TOOLS; do
+                read -r cmds turns data top <<<"${COUNTS[$c,$tool]:-0 0 0 -}"
+                printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$c" "$tool" "$cmds" \
+                    "$(awk -v a="$cmds" -v b="$per" 'BEGIN{printf "%.2f", a/b}')" "$turns" \
+                    "$(awk -v a="$turns" -v b="$per" 'BEGIN{printf "%.2f", a/b}')" "$data" "$top"
+            done
+        done
     fi
 } | tee ${OUT:+"$OUT"}
 
