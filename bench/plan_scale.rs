@@ -1,0 +1,138 @@
+//! Synthetic scale benchmark of the planner and the state, no server needed:
+//! builds a local and a remote tree of N files (default 1,000,000) in
+//! directories of 100, writes a matching state to SQLite once, then times
+//! what a `plan` from a warm state does with them: load the state, plan
+//! (everything identical: a no-op), and reports the peak memory.
+//!
+//! cargo run --release --example plan_scale -- [FILES]
+//!
+//! The trees are built in memory (no disk scan, no listing), so this
+//! measures the state and the planner, the part that grows with the tree.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use ftpsync::job::{CompareMode, Direction};
+use ftpsync::model::{
+    Entry, Kind, LocalMeta, LocalTree, RelPath, RemoteMeta, RemoteTime, RemoteTree,
+};
+use ftpsync::plan::{PlanOptions, plan};
+use ftpsync::state::sqlite::StateDb;
+use ftpsync::state::{StateChange, StateRecord};
+
+/// Peak resident memory of this process so far, in MiB (Linux).
+fn peak_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let files: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("FILES is a number"))
+        .unwrap_or(1_000_000);
+    let per_dir = 100;
+    let base = chrono::NaiveDate::from_ymd_opt(2024, 1, 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date");
+
+    let t = Instant::now();
+    let mut local = LocalTree::default();
+    let mut remote = RemoteTree::default();
+    let mut records = Vec::with_capacity(files + files / per_dir);
+    for d in 0..files.div_ceil(per_dir) {
+        let dir = RelPath::parse(&format!("d{:03}/sub{d:05}", d % 997)).expect("a valid path");
+        for p in [dir.parent().unwrap_or_default(), dir.clone()] {
+            local.entries.insert(p.clone(), Entry::dir());
+            remote.entries.insert(p.clone(), Entry::dir());
+            records.push(StateChange::Put(
+                p,
+                StateRecord {
+                    kind: Kind::Dir,
+                    local: None,
+                    remote: None,
+                },
+            ));
+        }
+        for i in 0..per_dir.min(files - d * per_dir) {
+            let path = dir
+                .join(format!("file-{i:03}.html").as_bytes())
+                .expect("a valid name");
+            let n = (d * per_dir + i) as i64;
+            let lm = LocalMeta {
+                size: 1000 + (n as u64 % 7000),
+                mtime_ns: 1_704_067_200_000_000_000 + n * 1_000_000_000,
+                sha256: None,
+            };
+            let rm = RemoteMeta {
+                size: Some(lm.size),
+                mtime: RemoteTime::Exact(base + chrono::Duration::seconds(n)),
+            };
+            local.entries.insert(path.clone(), Entry::file(lm.clone()));
+            remote.entries.insert(path.clone(), Entry::file(rm.clone()));
+            records.push(StateChange::Put(
+                path,
+                StateRecord {
+                    kind: Kind::File,
+                    local: Some(lm),
+                    remote: Some(rm),
+                },
+            ));
+        }
+    }
+    println!(
+        "built trees of {} entries in {:.2} s (peak {:.0} MiB)",
+        local.entries.len(),
+        t.elapsed().as_secs_f64(),
+        peak_mib()
+    );
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let db_path = dir.path().join("state.db");
+    let t = Instant::now();
+    {
+        let mut db = StateDb::open(&db_path, true)
+            .expect("state opens")
+            .expect("state created");
+        db.apply(&records).expect("state written");
+    }
+    drop(records);
+    println!(
+        "wrote the state ({:.0} MiB on disk) in {:.2} s",
+        std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64,
+        t.elapsed().as_secs_f64()
+    );
+
+    let before = peak_mib();
+    let t = Instant::now();
+    let db = StateDb::open(&db_path, false)
+        .expect("state opens")
+        .expect("state exists");
+    let state: BTreeMap<RelPath, StateRecord> = db.load().expect("state loads");
+    let load = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let o = PlanOptions {
+        direction: Direction::Push,
+        delete: true,
+        compare: CompareMode::Mtime,
+        trust_empty_listings: false,
+    };
+    let p = plan(&local, &remote, &state, &o);
+    let planning = t.elapsed().as_secs_f64();
+    let changes = p
+        .items
+        .iter()
+        .filter(|i| i.reason != ftpsync::plan::Reason::RecordRefresh)
+        .count();
+    println!(
+        "warm plan of {} state records: load {load:.2} s + plan {planning:.2} s = {:.2} s, {} items ({changes} changes); peak {:.0} MiB (trees and records built: {before:.0} MiB)",
+        state.len(),
+        load + planning,
+        p.items.len(),
+        peak_mib()
+    );
+}
