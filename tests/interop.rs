@@ -1,19 +1,34 @@
 //! The mirror scenarios against third-party servers: vsftpd (LIST only, no
-//! MLSD) and pyftpdlib (MLSD, MFMT). Skipped with a message when a server is
+//! MLSD), pyftpdlib (MLSD, MFMT), ProFTPD (Debian defaults; in clear and
+//! with TLS required) and Pure-FTPd (MLSD, MFMT). Skipped with a message when a server is
 //! not installed, unless FTPSYNC_REQUIRE_INTEROP=1 (CI), where that fails.
 
 use crate::mirror;
 use crate::support::harness::Env;
-use crate::support::servers::{start_pyftpdlib, start_vsftpd};
+use crate::support::servers::{
+    ExternalServer, start_proftpd, start_proftpd_tls, start_pure_ftpd, start_pyftpdlib,
+    start_vsftpd,
+};
 
 macro_rules! interop {
     ($name:ident, $start:ident, $scenario:path) => {
         #[test]
         fn $name() {
             let Some(server) = $start() else { return };
-            $scenario(&Env::external(server));
+            $scenario(&env_for(server));
         }
     };
+}
+
+/// An [`Env`] for `server`, with `tls: explicit` and its certificate when
+/// it made one (FTPS required).
+fn env_for(server: ExternalServer) -> Env {
+    let ca = server.tls_ca_file();
+    let mut env = Env::external(server);
+    if let Some(ca) = ca {
+        env.remote_extra = format!("  tls: explicit\n  tls_ca_file: {}\n", ca.display());
+    }
+    env
 }
 
 interop!(
@@ -63,6 +78,68 @@ interop!(
     mirror::push_detects_drift
 );
 
+interop!(
+    proftpd_push_and_rerun_is_noop,
+    start_proftpd,
+    mirror::push_and_rerun_is_noop
+);
+interop!(
+    proftpd_push_incremental,
+    start_proftpd,
+    mirror::push_incremental
+);
+interop!(proftpd_push_filters, start_proftpd, mirror::push_filters);
+interop!(
+    proftpd_pull_incremental,
+    start_proftpd,
+    mirror::pull_incremental
+);
+interop!(
+    proftpd_push_detects_drift,
+    start_proftpd,
+    mirror::push_detects_drift
+);
+interop!(
+    proftpd_tls_push_and_rerun_is_noop,
+    start_proftpd_tls,
+    mirror::push_and_rerun_is_noop
+);
+interop!(
+    proftpd_tls_push_incremental,
+    start_proftpd_tls,
+    mirror::push_incremental
+);
+interop!(
+    proftpd_tls_pull_incremental,
+    start_proftpd_tls,
+    mirror::pull_incremental
+);
+interop!(
+    pure_ftpd_push_and_rerun_is_noop,
+    start_pure_ftpd,
+    mirror::push_and_rerun_is_noop
+);
+interop!(
+    pure_ftpd_push_incremental,
+    start_pure_ftpd,
+    mirror::push_incremental
+);
+interop!(
+    pure_ftpd_push_filters,
+    start_pure_ftpd,
+    mirror::push_filters
+);
+interop!(
+    pure_ftpd_pull_incremental,
+    start_pure_ftpd,
+    mirror::pull_incremental
+);
+interop!(
+    pure_ftpd_push_detects_drift,
+    start_pure_ftpd,
+    mirror::push_detects_drift
+);
+
 /// After a push the server's copies carry the local modification times
 /// (MFMT on pyftpdlib, two-argument MDTM on vsftpd).
 fn keeps_modification_times(env: &Env) {
@@ -93,6 +170,22 @@ interop!(
 interop!(
     pyftpdlib_keeps_modification_times,
     start_pyftpdlib,
+    keeps_modification_times
+);
+
+interop!(
+    proftpd_keeps_modification_times,
+    start_proftpd,
+    keeps_modification_times
+);
+interop!(
+    proftpd_tls_keeps_modification_times,
+    start_proftpd_tls,
+    keeps_modification_times
+);
+interop!(
+    pure_ftpd_keeps_modification_times,
+    start_pure_ftpd,
     keeps_modification_times
 );
 

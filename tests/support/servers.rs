@@ -8,6 +8,7 @@
 //!   and `..`) and `MDTM YYYYMMDDHHMMSS path` to set times.
 //! * [`start_pyftpdlib`] runs `python -m pyftpdlib` (2.2.0) with a user and
 //!   password, write access, MLSD and MFMT.
+//! * ProFTPD and Pure-FTPd: see below.
 //!
 //! Each call starts its own server process (own port, own passive port
 //! range, own temp dir), so tests may run them in parallel. Dropping the
@@ -20,8 +21,27 @@
 //! unless `FTPSYNC_REQUIRE_INTEROP=1` is set (CI sets it), in which case
 //! they panic.
 //!
+//! ProFTPD and Pure-FTPd:
+//!
+//! * [`start_proftpd`] runs ProFTPD 1.3.8 (`proftpd -n`) with Debian's
+//!   default settings (`AllowOverwrite on`, `ListOptions "-l"`, and the
+//!   compiled-in `AllowStoreRestart off`: a `STOR` after `REST` is refused
+//!   with 451), a virtual user from an `AuthUserFile`, mod_digest (HASH,
+//!   XSHA256, ...) and a command log; [`start_proftpd_tls`] adds mod_tls with
+//!   `TLSRequired on`, its default TLSOptions (data connections must reuse
+//!   the control connection's TLS session) and a self-signed certificate
+//!   made at start ([`ExternalServer::tls_ca_file`]).
+//! * [`start_pure_ftpd`] runs Pure-FTPd 1.0.50 with a virtual user from a
+//!   PureDB (`pure-pw`), chrooted into its home.
+//!
+//! ProFTPD, Pure-FTPd and vsftpd conflict as Debian packages (`ftp-server`),
+//! so at most one is installed; the others are unpacked with `dpkg -x` into
+//! /opt/ftpsync-servers/<package> (.ci/run does that), where the starters
+//! also look.
+//!
 //! Environment overrides: `FTPSYNC_VSFTPD` (path of the vsftpd binary),
-//! `FTPSYNC_PYTHON` (a python that can `import pyftpdlib`).
+//! `FTPSYNC_PROFTPD`, `FTPSYNC_PURE_FTPD` (likewise), `FTPSYNC_PYTHON` (a
+//! python that can `import pyftpdlib`).
 #![allow(dead_code)]
 
 use std::collections::hash_map::RandomState;
@@ -64,7 +84,8 @@ pub struct ExternalServer {
     log_path: PathBuf,
     /// stdout/stderr of the watchdog and the server.
     stderr_path: PathBuf,
-    /// vsftpd's fd 0, where it writes its fatal "500 OOPS" messages.
+    /// vsftpd's fd 0, where it writes its fatal "500 OOPS" messages;
+    /// ProFTPD's SystemLog.
     oops_path: Option<PathBuf>,
     /// Owner (uid, gid) of files written by the server, when it differs from
     /// the test process (vsftpd's anonymous user when running as root).
@@ -77,6 +98,13 @@ impl ExternalServer {
     /// Always `"127.0.0.1"`.
     pub fn host(&self) -> &'static str {
         "127.0.0.1"
+    }
+
+    /// The PEM certificate of a server that made its own self-signed one at
+    /// start ([`start_proftpd_tls`]): the job's `tls_ca_file`.
+    pub fn tls_ca_file(&self) -> Option<PathBuf> {
+        let path = self._dir.path().join(SELF_SIGNED_CERT);
+        path.is_file().then_some(path)
     }
 
     /// `127.0.0.1:<port>`.
@@ -99,7 +127,7 @@ impl ExternalServer {
         if let Some(oops) = &self.oops_path {
             let extra = fs::read_to_string(oops).unwrap_or_default();
             if !extra.trim().is_empty() {
-                out.push_str("\n--- vsftpd fatal errors ---\n");
+                out.push_str(&format!("\n--- {} error log ---\n", self.kind));
                 out.push_str(&extra);
             }
         }
@@ -292,7 +320,12 @@ fn find_vsftpd() -> Result<PathBuf, String> {
             Err(format!("FTPSYNC_VSFTPD={} is not a file", p.display()))
         };
     }
-    let mut dirs: Vec<PathBuf> = vec!["/usr/sbin".into(), "/usr/local/sbin".into(), "/sbin".into()];
+    let mut dirs: Vec<PathBuf> = vec![
+        "/usr/sbin".into(),
+        Path::new(UNPACKED_SERVERS).join("vsftpd/usr/sbin"),
+        "/usr/local/sbin".into(),
+        "/sbin".into(),
+    ];
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
     }
@@ -540,6 +573,432 @@ fn spawn_pyftpdlib(python: &Path) -> Result<ExternalServer, StartError> {
     Ok(server)
 }
 
+// ------------------------------------------------------ ProFTPD, Pure-FTPd ---
+
+/// Where [`ExternalServer::tls_ca_file`] finds a certificate made at start.
+const SELF_SIGNED_CERT: &str = "server-cert.pem";
+/// Where .ci/run unpacks server packages that conflict with the installed one.
+const UNPACKED_SERVERS: &str = "/opt/ftpsync-servers";
+
+/// Start a private ProFTPD on 127.0.0.1 with Debian's default settings
+/// (see the module docs): user `ftpsync`, random password, `remote_root` =
+/// `/data` (chrooted with `DefaultRoot ~`). [`ExternalServer::log`] is its
+/// command log, one `COMMAND ARGS -> CODE TEXT` line per command (`PASS
+/// (hidden)`). `None` (with a `SKIPPED:` line) when ProFTPD cannot run
+/// here; panics instead when `FTPSYNC_REQUIRE_INTEROP=1`.
+pub fn start_proftpd() -> Option<ExternalServer> {
+    unavailable_or(try_start(|| spawn_proftpd(false)), "ProFTPD")
+}
+
+/// [`start_proftpd`] with mod_tls: `TLSRequired on` (control and data),
+/// TLS 1.2 and 1.3, the default TLSOptions (so a data connection that does
+/// not resume the control connection's session is refused with 425), and a
+/// self-signed certificate for 127.0.0.1/localhost made at start, which
+/// [`ExternalServer::tls_ca_file`] returns.
+pub fn start_proftpd_tls() -> Option<ExternalServer> {
+    unavailable_or(try_start(|| spawn_proftpd(true)), "ProFTPD (TLS)")
+}
+
+/// Start a private Pure-FTPd on 127.0.0.1: virtual user `ftpsync` with a
+/// random password (PureDB made with `pure-pw`), chrooted into its home,
+/// `remote_root` = `/data`, no anonymous logins, otherwise Pure-FTPd's
+/// defaults (dotfiles listed only with `LIST -a`, MLSD, MFMT). It logs to
+/// syslog only, so [`ExternalServer::log`] has just its stderr. `None`
+/// (with a `SKIPPED:` line) when Pure-FTPd cannot run here; panics instead
+/// when `FTPSYNC_REQUIRE_INTEROP=1`.
+pub fn start_pure_ftpd() -> Option<ExternalServer> {
+    unavailable_or(try_start(spawn_pure_ftpd), "Pure-FTPd")
+}
+
+fn try_start(
+    mut spawn: impl FnMut() -> Result<ExternalServer, StartError>,
+) -> Result<ExternalServer, String> {
+    let mut last = String::new();
+    for _ in 0..START_ATTEMPTS {
+        match spawn() {
+            Ok(server) => return Ok(server),
+            Err(StartError::PortBusy(e)) => last = e,
+            Err(StartError::Fatal(e)) => return Err(e),
+        }
+    }
+    Err(format!("ports kept being taken: {last}"))
+}
+
+/// `$VAR` if set, else the first of `/usr/sbin/NAME`, the unpacked package
+/// `UNPACKED_SERVERS/PACKAGE/usr/sbin/NAME`, `NAME` on `$PATH`.
+fn find_server_binary(var: &str, name: &str, package: &str) -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os(var) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("{var}={} is not a file", p.display()))
+        };
+    }
+    let mut dirs: Vec<PathBuf> = vec![
+        "/usr/sbin".into(),
+        Path::new(UNPACKED_SERVERS).join(package).join("usr/sbin"),
+        "/usr/local/sbin".into(),
+    ];
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    dirs.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "no {name} binary found (apt-get install {package}, or apt-get download \
+                 {package} && dpkg -x {package}_*.deb {UNPACKED_SERVERS}/{package})"
+            )
+        })
+}
+
+/// The user the servers' virtual user maps to, and its (uid, gid): as root
+/// `nobody` (so permissions are enforced as for a real user), otherwise the
+/// test process's own user.
+fn virtual_user_ids() -> Result<(String, u32, u32), String> {
+    if effective_uid() == 0 {
+        let (uid, gid) = lookup_user("nobody").ok_or("user `nobody` does not exist")?;
+        return Ok(("nobody".into(), uid, gid));
+    }
+    let uid = effective_uid();
+    let passwd = fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    passwd
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() >= 4 && f[2].parse() == Ok(uid))
+                .then(|| Some((f[0].to_string(), uid, f[3].parse().ok()?)))
+                .flatten()
+        })
+        .ok_or_else(|| format!("uid {uid} is not in /etc/passwd"))
+}
+
+/// Runs `program args` with `stdin` as input; its stdout on success.
+fn run_tool(program: &Path, args: &[&str], stdin: &str) -> Result<String, String> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(|e| format!("writing to {}: {e}", program.display()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} {} failed ({}): {}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|_| format!("{}: non-UTF-8 output", program.display()))
+}
+
+/// A self-signed end-entity certificate (not `CA:TRUE`) for 127.0.0.1 and
+/// localhost, valid for two days, with its key: (cert, key) in `dir`.
+fn make_self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let cert = dir.join(SELF_SIGNED_CERT);
+    let key = dir.join("server-key.pem");
+    let conf = dir.join("openssl-req.cnf");
+    write_file(
+        &conf,
+        b"[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+          [dn]\nCN = localhost\n\
+          [ext]\nbasicConstraints = critical, CA:FALSE\n\
+          keyUsage = critical, digitalSignature, keyEncipherment\n\
+          extendedKeyUsage = serverAuth\n\
+          subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+        0o600,
+    )?;
+    let path = |p: &Path| p.to_str().map(str::to_string).ok_or("non-UTF-8 temp path");
+    run_tool(
+        Path::new("openssl"),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-config",
+            &path(&conf)?,
+            "-keyout",
+            &path(&key)?,
+            "-out",
+            &path(&cert)?,
+        ],
+        "",
+    )?;
+    Ok((cert, key))
+}
+
+fn spawn_proftpd(tls: bool) -> Result<ExternalServer, StartError> {
+    let fatal = StartError::Fatal;
+    let bin = find_server_binary("FTPSYNC_PROFTPD", "proftpd", "proftpd-core").map_err(fatal)?;
+    // Modules live beside the binary: <prefix>/usr/sbin -> <prefix>/usr/lib/proftpd.
+    let modules = bin
+        .parent()
+        .and_then(Path::parent)
+        .map(|usr| usr.join("lib/proftpd"))
+        .filter(|m| m.join("mod_digest.so").is_file())
+        .ok_or_else(|| fatal(format!("no mod_digest.so beside {}", bin.display())))?;
+    if tls && !modules.join("mod_tls.so").is_file() {
+        return Err(fatal(format!(
+            "no mod_tls.so in {} (Debian package proftpd-mod-crypto)",
+            modules.display()
+        )));
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ftpsync-proftpd-")
+        .tempdir()
+        .map_err(|e| fatal(format!("creating temp dir: {e}")))?;
+    let base = dir.path().to_path_buf();
+    let (sys_user, uid, gid) = virtual_user_ids().map_err(fatal)?;
+    let sys_group = fs::read_to_string("/etc/group")
+        .ok()
+        .and_then(|g| {
+            g.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 3 && f[2].parse() == Ok(gid)).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("#{gid}"));
+    // <base>/home is the user's chroot, <base>/home/data the remote root.
+    let home = base.join("home");
+    let data = home.join("data");
+    fs::create_dir_all(&data).map_err(|e| fatal(format!("mkdir {}: {e}", data.display())))?;
+    for d in [&home, &data] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+            .map_err(|e| fatal(format!("chmod {}: {e}", d.display())))?;
+    }
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid))
+        .map_err(|e| fatal(format!("chown {}: {e}", data.display())))?;
+
+    let password = format!("pw-{:016x}", random_u64());
+    let hash = run_tool(
+        Path::new("openssl"),
+        &["passwd", "-6", "-stdin"],
+        &format!("{password}\n"),
+    )
+    .map_err(fatal)?;
+    let passwd = base.join("passwd");
+    let group = base.join("group");
+    write_file(
+        &passwd,
+        format!(
+            "ftpsync:{}:{uid}:{gid}::{}:/bin/false\n",
+            hash.trim(),
+            home.display()
+        )
+        .as_bytes(),
+        0o600,
+    )
+    .map_err(fatal)?;
+    write_file(&group, format!("ftpsync::{gid}:\n").as_bytes(), 0o600).map_err(fatal)?;
+
+    let port = free_port().map_err(fatal)?;
+    let (pasv_lo, pasv_hi) = free_port_range(PASV_PORTS).map_err(fatal)?;
+    let log_path = base.join("commands.log");
+    let system_log = base.join("system.log");
+    let stderr_path = base.join("stderr.log");
+    let b = base.display();
+    let mut conf = format!(
+        r#"# ftpsync test server: Debian's proftpd.conf defaults, private paths.
+ServerName "ftpsync-test"
+ServerType standalone
+DefaultServer on
+UseIPv6 off
+DefaultAddress 127.0.0.1
+SocketBindTight on
+Port {port}
+PassivePorts {pasv_lo} {pasv_hi}
+User {sys_user}
+Group {sys_group}
+ModulePath {modules}
+LoadModule mod_digest.c
+<IfModule mod_ident.c>
+  IdentLookups off
+</IfModule>
+UseReverseDNS off
+<IfModule mod_delay.c>
+  DelayEngine off
+</IfModule>
+WtmpLog off
+ScoreboardFile {b}/proftpd.scoreboard
+PidFile {b}/proftpd.pid
+SystemLog {system_log}
+TransferLog {b}/xfer.log
+LogFormat commands "%r -> %s %S"
+ExtendedLog {log} ALL commands
+AuthOrder mod_auth_file.c
+AuthUserFile {passwd}
+AuthGroupFile {group}
+RequireValidShell off
+DefaultRoot ~
+ShowSymlinks on
+ListOptions "-l"
+DenyFilter \*.*/
+MaxInstances 30
+Umask 022 022
+AllowOverwrite on
+TimeoutNoTransfer 600
+TimeoutStalled 600
+TimeoutIdle 1200
+"#,
+        modules = modules.display(),
+        system_log = system_log.display(),
+        log = log_path.display(),
+        passwd = passwd.display(),
+        group = group.display(),
+    );
+    if tls {
+        let (cert, key) = make_self_signed_cert(&base).map_err(fatal)?;
+        conf.push_str(&format!(
+            "LoadModule mod_tls.c\nTLSEngine on\nTLSRequired on\nTLSProtocol TLSv1.2 TLSv1.3\n\
+             TLSRSACertificateFile {}\nTLSRSACertificateKeyFile {}\nTLSVerifyClient off\n\
+             TLSLog {b}/tls.log\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    write_file(&base.join("proftpd.conf"), conf.as_bytes(), 0o600).map_err(fatal)?;
+
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("ftpsync-watchdog")
+        .arg("/dev/null")
+        .arg(&bin)
+        .arg("-n")
+        .arg("-c")
+        .arg(base.join("proftpd.conf"))
+        .env("TZ", "UTC");
+    let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
+        kind: if tls { "ProFTPD (TLS)" } else { "ProFTPD" },
+        port,
+        user: "ftpsync".into(),
+        password,
+        remote_root: "/data".into(),
+        disk_root: data.clone(),
+        child,
+        log_path: log_path.clone(),
+        stderr_path: stderr_path.clone(),
+        oops_path: Some(system_log.clone()),
+        owner: (effective_uid() == 0).then_some((uid, gid)),
+        _dir: dir,
+    })?;
+    if tls {
+        // The plain-text probe cannot log in (TLSRequired): wait for the banner.
+        wait_banner(&mut server)?;
+    } else {
+        wait_ready(&mut server)?;
+    }
+    Ok(server)
+}
+
+fn spawn_pure_ftpd() -> Result<ExternalServer, StartError> {
+    let fatal = StartError::Fatal;
+    let bin = find_server_binary("FTPSYNC_PURE_FTPD", "pure-ftpd", "pure-ftpd").map_err(fatal)?;
+    // pure-pw ships in the same package: <prefix>/usr/sbin -> <prefix>/usr/bin.
+    let pure_pw = bin
+        .parent()
+        .and_then(Path::parent)
+        .map(|usr| usr.join("bin/pure-pw"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("pure-pw"));
+    let dir = tempfile::Builder::new()
+        .prefix("ftpsync-pure-ftpd-")
+        .tempdir()
+        .map_err(|e| fatal(format!("creating temp dir: {e}")))?;
+    let base = dir.path().to_path_buf();
+    let (_, uid, gid) = virtual_user_ids().map_err(fatal)?;
+    let home = base.join("home");
+    let data = home.join("data");
+    fs::create_dir_all(&data).map_err(|e| fatal(format!("mkdir {}: {e}", data.display())))?;
+    for d in [&home, &data] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755))
+            .map_err(|e| fatal(format!("chmod {}: {e}", d.display())))?;
+    }
+    std::os::unix::fs::chown(&data, Some(uid), Some(gid))
+        .map_err(|e| fatal(format!("chown {}: {e}", data.display())))?;
+    let password = format!("pw-{:016x}", random_u64());
+    let pdb = base.join("pureftpd.pdb");
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_string)
+            .ok_or_else(|| fatal(format!("non-UTF-8 temp path {}", p.display())))
+    };
+    run_tool(
+        &pure_pw,
+        &[
+            "useradd",
+            "ftpsync",
+            "-u",
+            &uid.to_string(),
+            "-g",
+            &gid.to_string(),
+            "-d",
+            &path(&home)?,
+            "-f",
+            &path(&base.join("pureftpd.passwd"))?,
+            "-m",
+            "-F",
+            &path(&pdb)?,
+        ],
+        &format!("{password}\n{password}\n"),
+    )
+    .map_err(fatal)?;
+
+    let port = free_port().map_err(fatal)?;
+    let (pasv_lo, pasv_hi) = free_port_range(PASV_PORTS).map_err(fatal)?;
+    let stderr_path = base.join("pure-ftpd.log");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(WATCHDOG)
+        .arg("ftpsync-watchdog")
+        .arg("/dev/null")
+        .arg(&bin)
+        .arg("-S")
+        .arg(format!("127.0.0.1,{port}"))
+        .arg("-p")
+        .arg(format!("{pasv_lo}:{pasv_hi}"))
+        .arg("-l")
+        .arg(format!("puredb:{}", path(&pdb)?))
+        // No anonymous logins, chroot everyone, no reverse DNS, IPv4 only,
+        // the minimum uid lowered for a non-root test user.
+        .args(["-E", "-A", "-H", "-4", "-u", "1"])
+        .arg("-g")
+        .arg(base.join("pure-ftpd.pid"))
+        .env("TZ", "UTC");
+    let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
+        kind: "Pure-FTPd",
+        port,
+        user: "ftpsync".into(),
+        password,
+        remote_root: "/data".into(),
+        disk_root: data.clone(),
+        child,
+        log_path: stderr_path.clone(),
+        stderr_path: stderr_path.clone(),
+        oops_path: None,
+        owner: (effective_uid() == 0).then_some((uid, gid)),
+        _dir: dir,
+    })?;
+    wait_ready(&mut server)?;
+    Ok(server)
+}
+
 // ------------------------------------------------------ process handling ---
 
 /// `sh -c WATCHDOG ftpsync-watchdog FD0_FILE PROGRAM ARGS...`: runs PROGRAM
@@ -587,6 +1046,18 @@ fn spawn_watched(
 /// Wait until the server accepts a login and lists `remote_root` over a
 /// passive data connection. On failure the server is dropped (killed).
 fn wait_ready(server: &mut ExternalServer) -> Result<(), StartError> {
+    wait_ready_with(server, probe)
+}
+
+/// Wait until a server that requires TLS answers `AUTH TLS` with 234.
+fn wait_banner(server: &mut ExternalServer) -> Result<(), StartError> {
+    wait_ready_with(server, probe_auth_tls)
+}
+
+fn wait_ready_with(
+    server: &mut ExternalServer,
+    check: fn(&ExternalServer) -> Result<(), String>,
+) -> Result<(), StartError> {
     let kind = server.kind;
     let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
     let deadline = Instant::now() + STARTUP_TIMEOUT;
@@ -617,9 +1088,9 @@ fn wait_ready(server: &mut ExternalServer) -> Result<(), StartError> {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-    probe(server).map_err(|e| {
+    check(server).map_err(|e| {
         StartError::Fatal(format!(
-            "{kind} on port {} accepts connections but a login/LIST probe failed: {e}; log: {}",
+            "{kind} on port {} accepts connections but a probe failed: {e}; log: {}",
             server.port,
             tail(&server.log(), 1500)
         ))
@@ -674,6 +1145,29 @@ fn probe(server: &ExternalServer) -> Result<(), String> {
     cmd(None, &["226", "250"])?;
     cmd(Some("QUIT".into()), &["221"])?;
     Ok(())
+}
+
+/// Banner, `AUTH TLS` -> 234 (then drops the connection before the handshake).
+fn probe_auth_tls(server: &ExternalServer) -> Result<(), String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let timeout = Duration::from_secs(5);
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream.set_read_timeout(Some(timeout)).ok();
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    let banner = read_reply(&mut reader)?;
+    if !banner.starts_with("220") {
+        return Err(format!("banner {:?}", banner.trim_end()));
+    }
+    writer
+        .write_all(b"AUTH TLS\r\n")
+        .map_err(|e| format!("sending AUTH TLS: {e}"))?;
+    let reply = read_reply(&mut reader)?;
+    if reply.starts_with("234") {
+        Ok(())
+    } else {
+        Err(format!("AUTH TLS -> {}", reply.trim_end()))
+    }
 }
 
 fn read_reply(reader: &mut impl BufRead) -> Result<String, String> {
