@@ -11,4 +11,5 @@ mod files;
 mod interop;
 mod mirror;
 mod output;
+mod resume;
 mod stop;
