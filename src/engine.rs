@@ -963,6 +963,14 @@ async fn execute_prepared(
     let db =
         p.db.take()
             .ok_or_else(|| Error::Io("state database not open".into()))?;
+    let server =
+        crate::state::server_key(&p.job.remote.user, &p.job.remote.host, p.job.remote.port);
+    let key = server.clone();
+    let (db, restart_refused) = blocking(move || {
+        let refused = db.restart_refused(&key)?;
+        Ok((db, refused))
+    })
+    .await?;
     let writer = Arc::new(StateWriter::start(db));
     let mut input = ExecInput {
         job: p.job.clone(),
@@ -972,6 +980,8 @@ async fn execute_prepared(
         state: std::mem::take(&mut p.state),
         resume: Default::default(),
         events: opts.events.clone(),
+        server,
+        restart_refused,
     };
     let (temps_removed, resume) = exec::sort_out_temps(
         &p.pool,

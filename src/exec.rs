@@ -41,7 +41,7 @@ use crate::model::RemoteTime;
 use crate::model::Side;
 use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::plan::{Op, Plan, PlanItem};
-use crate::state::{Partial, StateChange, StateRecord, StateWriter};
+use crate::state::{Partial, Restart, StateChange, StateRecord, StateWriter};
 use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, SetMeta, Store, Stored};
 
 /// Everything the executor reads.
@@ -56,6 +56,11 @@ pub struct ExecInput {
     pub resume: BTreeMap<RelPath, String>,
     /// Where each item's start and end are reported.
     pub events: crate::events::Events,
+    /// The server as the state names it ([`crate::state::server_key`]).
+    pub server: String,
+    /// The directions in which the server refused a resume in an earlier
+    /// run: this run does not try them.
+    pub restart_refused: BTreeSet<Restart>,
 }
 
 /// How one item ended.
@@ -134,6 +139,9 @@ struct Ctx {
     signals: StopSignals,
     /// Temporary files written and not yet placed or removed, with their side.
     temps: Mutex<BTreeMap<String, (Side, u64)>>,
+    /// The directions in which the server refuses to resume: from the
+    /// state, and learned during this run.
+    restart_refused: Mutex<BTreeSet<Restart>>,
 }
 
 impl Ctx {
@@ -152,6 +160,41 @@ impl Ctx {
             }
         }
         self.writer.send(change);
+    }
+
+    /// Whether a transfer in this direction may be resumed (REST).
+    fn may_restart(&self, r: Restart) -> bool {
+        !self
+            .restart_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&r)
+    }
+
+    /// The server refused to resume a transfer of `path`: no transfer in
+    /// this direction resumes again, in this run or later ones (the state
+    /// remembers it for this server).
+    fn restart_refused(&self, r: Restart, path: &RelPath, why: &str) {
+        let first = self
+            .restart_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(r);
+        let what = match r {
+            Restart::Store => "upload",
+            Restart::Retrieve => "download",
+        };
+        tracing::warn!(
+            "the server refused to resume the {what} of {path} ({why}); sending it from the start{}",
+            if first {
+                ", and not resuming its transfers in this direction again"
+            } else {
+                ""
+            }
+        );
+        if first {
+            self.send(StateChange::RestartRefused(self.input.server.clone(), r));
+        }
     }
 
     /// Whether no new item may start.
@@ -254,14 +297,18 @@ fn stores(input: &ExecInput, pool: &Arc<Pool>) -> (FtpStore, LocalStore) {
     )
 }
 
-/// Whether a journaled partial can be resumed by this run: the plan
+/// Whether a journaled partial can be resumed by this run: the server has
+/// not refused to resume in that direction, and the plan
 /// transfers its path again, in the same direction, from a source whose
 /// size and time are what they were when the partial was written.
 fn resumable_partial(input: &ExecInput, local: &LocalStore, plan: &Plan, p: &Partial) -> bool {
-    let wanted = match p.side {
-        Side::Remote => Op::Upload,
-        Side::Local => Op::Download,
+    let (wanted, restart) = match p.side {
+        Side::Remote => (Op::Upload, Restart::Store),
+        Side::Local => (Op::Download, Restart::Retrieve),
     };
+    if input.restart_refused.contains(&restart) {
+        return false;
+    }
     if !plan
         .items
         .iter()
@@ -306,6 +353,7 @@ pub async fn execute(
     signals: StopSignals,
 ) -> RunReport {
     let (remote, local) = stores(&input, &pool);
+    let input_restart_refused = input.restart_refused.clone();
     let ctx = Arc::new(Ctx {
         input,
         local,
@@ -314,6 +362,7 @@ pub async fn execute(
         bytes: AtomicU64::new(0),
         signals,
         temps: Mutex::new(BTreeMap::new()),
+        restart_refused: Mutex::new(input_restart_refused),
     });
     let mut report = RunReport::default();
 
@@ -577,7 +626,11 @@ async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
     let limit = ctx.input.job.timeout.min(Duration::from_secs(5));
     let mut set = JoinSet::new();
     for (temp, (side, size)) in temps {
-        if deadline && size >= RESUME_MIN {
+        let restart = match side {
+            Side::Remote => Restart::Store,
+            Side::Local => Restart::Retrieve,
+        };
+        if deadline && size >= RESUME_MIN && ctx.may_restart(restart) {
             // The next run resumes it (it stays journaled).
             tracing::info!("keeping {temp} for the next run to resume");
             continue;
@@ -664,7 +717,8 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             let result = ctx.remote.retrying(&mut attempt).await;
             // A large partial download stays (journaled) for the next run to resume.
             if let Some(partial) = attempt.partial
-                && ctx.local.len(&partial).is_none_or(|n| n < RESUME_MIN)
+                && (ctx.local.len(&partial).is_none_or(|n| n < RESUME_MIN)
+                    || !ctx.may_restart(Restart::Retrieve))
             {
                 ctx.local.discard(&partial).await;
                 ctx.send(StateChange::PendingRemove(
@@ -806,36 +860,52 @@ impl Attempt for UploadAttempt<'_> {
                     }
                 }
             }
-            let tmp = match tmp {
-                Some(t) => t,
-                None => {
-                    let parent = path.parent().unwrap_or_default();
-                    let t = parent
-                        .join(temp_name().as_bytes())
-                        .map_err(|_| FtpFailure::BadPath)?;
-                    let t = ctx.remote_path(&t);
-                    ctx.send(StateChange::PendingAdd(Partial {
-                        temp: t.clone(),
-                        side: Side::Remote,
-                        path: path.clone(),
-                        size: before.len(),
-                        stamp: mtime.to_string(),
-                    }));
-                    t
-                }
-            };
             let set = SetMeta {
                 mtime: utc,
                 mode,
                 hash: ask_hash,
             };
-            let stored = match s.send(&local_path, before.len(), &tmp, offset, set).await {
-                Ok(st) => st,
-                Err(e) => {
-                    // The next attempt resumes or removes it (and the next run, if none).
-                    self.partial = Some((tmp, before.len(), mtime));
-                    return Err(e);
+            // At most two passes: a refused resume goes once more from zero.
+            let (tmp, stored) = loop {
+                let tmp = match tmp.take() {
+                    Some(t) => t,
+                    None => {
+                        let parent = path.parent().unwrap_or_default();
+                        let t = parent
+                            .join(temp_name().as_bytes())
+                            .map_err(|_| FtpFailure::BadPath)?;
+                        let t = ctx.remote_path(&t);
+                        ctx.send(StateChange::PendingAdd(Partial {
+                            temp: t.clone(),
+                            side: Side::Remote,
+                            path: path.clone(),
+                            size: before.len(),
+                            stamp: mtime.to_string(),
+                        }));
+                        t
+                    }
+                };
+                let refusal = match s.send(&local_path, before.len(), &tmp, offset, set).await {
+                    Ok(st) if offset > 0 && st.size.is_some_and(|n| n != before.len()) => {
+                        format!(
+                            "{} bytes on the server after resuming at byte {offset} of {}",
+                            st.size.unwrap_or_default(),
+                            before.len()
+                        )
+                    }
+                    Ok(st) => break (tmp, st),
+                    Err(e @ FtpFailure::RestartRefused { .. }) => e.to_string(),
+                    Err(e) => {
+                        // The next attempt resumes or removes it (and the next run, if none).
+                        self.partial = Some((tmp, before.len(), mtime));
+                        return Err(e);
+                    }
+                };
+                ctx.restart_refused(Restart::Store, path, &refusal);
+                if s.remove(&tmp).await.is_ok() {
+                    ctx.send(StateChange::PendingRemove(tmp));
                 }
+                offset = 0;
             };
             let placed = match check_upload(ctx, &stored, &local_path, &before) {
                 Ok(()) => {
@@ -901,7 +971,8 @@ impl Attempt for UploadAttempt<'_> {
 
 /// Decides whether a partial temporary upload can be resumed: the local file
 /// is unchanged, the server has a prefix of it, and the last [`OVERLAP`]
-/// bytes on the server equal the local bytes at that position.
+/// bytes on the server equal the local bytes at that position; and the
+/// server has not refused to resume an upload.
 /// Returns the offset to resume from.
 async fn resumable_upload(
     ctx: &Ctx,
@@ -912,6 +983,7 @@ async fn resumable_upload(
     recorded: (u64, i64),
 ) -> Result<Option<u64>, FtpFailure> {
     if !s.capabilities().resume
+        || !ctx.may_restart(Restart::Store)
         || before.len() < RESUME_MIN
         || recorded != (before.len(), mtime_ns(before))
     {
@@ -1022,6 +1094,7 @@ impl Attempt for DownloadAttempt<'_> {
             Some(old) => {
                 let have = ctx.local.len(&old).unwrap_or(0);
                 if s.capabilities().resume
+                    && ctx.may_restart(Restart::Retrieve)
                     && have >= RESUME_MIN.max(OVERLAP)
                     && expected.is_some_and(|e| have < e)
                     && let Ok(tail) = ctx
@@ -1047,36 +1120,52 @@ impl Attempt for DownloadAttempt<'_> {
             }
             None => None,
         };
-        let tmp = match tmp {
-            Some(t) => t,
-            None => {
-                let t = ctx.local.temp_beside(&final_local);
-                ctx.send(StateChange::PendingAdd(Partial {
-                    temp: t.to_string_lossy().into_owned(),
-                    side: Side::Local,
-                    path: path.clone(),
-                    size: expected.unwrap_or(0),
-                    stamp: remote_meta
-                        .as_ref()
-                        .map(|m| m.mtime.to_stored())
-                        .unwrap_or_default(),
-                }));
-                t
-            }
+        let new_temp = || {
+            let t = ctx.local.temp_beside(&final_local);
+            ctx.send(StateChange::PendingAdd(Partial {
+                temp: t.to_string_lossy().into_owned(),
+                side: Side::Local,
+                path: path.clone(),
+                size: expected.unwrap_or(0),
+                stamp: remote_meta
+                    .as_ref()
+                    .map(|m| m.mtime.to_stored())
+                    .unwrap_or_default(),
+            }));
+            t
+        };
+        let mut tmp = tmp.unwrap_or_else(new_temp);
+        // At most two passes: a refused resume goes once more from zero.
+        let bytes = loop {
+            let resumed = resume.as_ref().map(|r| r.keep);
+            let refusal = match s.fetch(&remote, &tmp, resume.take()).await {
+                Ok(b) if resumed.is_some() && expected.is_some_and(|e| e != b) => format!(
+                    "received {b} bytes after resuming at byte {}, the listing said {}",
+                    resumed.unwrap_or_default(),
+                    expected.unwrap_or_default()
+                ),
+                Ok(b) => break b,
+                Err(e @ FtpFailure::RestartRefused { .. }) => e.to_string(),
+                Err(e) => {
+                    if matches!(e, FtpFailure::Verify(_)) {
+                        ctx.local.discard(&tmp).await;
+                        ctx.send(StateChange::PendingRemove(
+                            tmp.to_string_lossy().into_owned(),
+                        ));
+                    } else {
+                        self.partial = Some(tmp);
+                    }
+                    return Err(e);
+                }
+            };
+            ctx.restart_refused(Restart::Retrieve, path, &refusal);
+            ctx.local.discard(&tmp).await;
+            ctx.send(StateChange::PendingRemove(
+                tmp.to_string_lossy().into_owned(),
+            ));
+            tmp = new_temp();
         };
         let tmp_key = tmp.to_string_lossy().into_owned();
-        let bytes = match s.fetch(&remote, &tmp, resume).await {
-            Ok(b) => b,
-            Err(e) => {
-                if matches!(e, FtpFailure::Verify(_)) {
-                    ctx.local.discard(&tmp).await;
-                    ctx.send(StateChange::PendingRemove(tmp_key));
-                } else {
-                    self.partial = Some(tmp);
-                }
-                return Err(e);
-            }
-        };
         if let Some(expected) = expected
             && expected != bytes
         {

@@ -542,7 +542,7 @@ fn tls_refused_fails_closed() {
 
 /// A rule that cuts the data connection of the next `verb` after `bytes`
 /// (and the control connection too with `kill_control`).
-fn cut_once(verb: &str, bytes: u64, kill_control: bool) -> Rule {
+pub(crate) fn cut_once(verb: &str, bytes: u64, kill_control: bool) -> Rule {
     Rule::new(
         verb,
         Action::CutData {
@@ -553,7 +553,7 @@ fn cut_once(verb: &str, bytes: u64, kill_control: bool) -> Rule {
     .times(1)
 }
 
-fn big_content(n: usize, seed: u32) -> Vec<u8> {
+pub(crate) fn big_content(n: usize, seed: u32) -> Vec<u8> {
     (0..n as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 24) as u8)
         .collect()

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::support::harness::{Env, Output, PASSWORD, assert_same_tree, snapshot, write};
 use crate::support::servers::{
-    ExternalServer, start_pyftpdlib, start_vsftpd, start_vsftpd_local_user,
+    ExternalServer, start_proftpd, start_pure_ftpd, start_pyftpdlib, start_vsftpd,
+    start_vsftpd_local_user,
 };
 
 fn chmod(path: &Path, mode: u32) {
@@ -120,6 +121,36 @@ fn vsftpd_push_gives_local_modes() {
     assert_eq!(env.plan_ops(&job), vec![]);
     chmod(&env.local.join("index.html"), 0o600);
     assert_eq!(env.plan_ops(&job), vec![]);
+}
+
+/// A push gives the server's copies the local modes (SITE CHMOD), and a
+/// second run does nothing.
+fn push_gives_local_modes(server: ExternalServer) {
+    let env = Env::external(server);
+    tree_with_modes(&env.local);
+    let job = env.job("push", false, "");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    let want: Vec<(String, u32)> = modes(&env.local)
+        .into_iter()
+        .map(|(p, m)| (p, m & 0o777))
+        .collect();
+    assert_eq!(modes(&env.remote_disk), want);
+    assert_eq!(env.plan_ops(&job), vec![]);
+}
+
+#[test]
+fn proftpd_push_gives_local_modes() {
+    if let Some(server) = start_proftpd() {
+        push_gives_local_modes(server);
+    }
+}
+
+#[test]
+fn pure_ftpd_push_gives_local_modes() {
+    if let Some(server) = start_pure_ftpd() {
+        push_gives_local_modes(server);
+    }
 }
 
 /// `file_mode` and `dir_mode` give every file and directory those modes,

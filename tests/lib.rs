@@ -11,5 +11,6 @@ mod files;
 mod interop;
 mod mirror;
 mod output;
+mod resume;
 mod stop;
 mod verify;

@@ -1081,18 +1081,25 @@ impl FtpConn {
                 .await?;
             let r = self.read_reply().await?;
             if r.code != 350 {
-                return Err(r.failure());
+                return Err(r.failure().as_restart_refusal());
             }
         }
         if !pipelined {
             tracing::trace!("-> STOR {remote}");
             self.write_raw(stor.as_bytes()).await?;
         }
-        let mut sock = self.connect_data(port).await?;
+        let mut sock = match self.connect_data(port).await {
+            Ok(sock) => sock,
+            // A server refusing the STOR after REST may close its passive
+            // port before we connect: its reply says so.
+            Err(e) if rest > 0 => return Err(self.refusal_or(e).await.as_restart_refusal()),
+            Err(e) => return Err(e),
+        };
         if !pipelined {
             // Servers not known to be strictly sequential get the usual
             // order: the bytes only after the 150.
-            self.expect_preliminary("STOR").await?;
+            let opened = self.expect_preliminary("STOR").await;
+            opened.map_err(|e| if rest > 0 { e.as_restart_refusal() } else { e })?;
         }
         let rate = self.rate.clone();
         let sent = async {
@@ -1431,8 +1438,9 @@ impl FtpConn {
     }
 
     /// Uploads `local` to `remote` (STOR), from byte `offset` on (REST, to
-    /// resume a verified partial upload). Returns the file's total size as
-    /// sent (offset included).
+    /// resume a verified partial upload; a negative reply to that `REST` or
+    /// to the `STOR` after it is [`FtpFailure::RestartRefused`]). Returns
+    /// the file's total size as sent (offset included).
     /// `len` is the file's size as just checked by the caller.
     pub async fn upload(
         &mut self,
@@ -1455,13 +1463,24 @@ impl FtpConn {
             return Ok(offset + self.store_direct(remote, payload, offset).await?);
         }
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
+        let refusal = |e: FtpFailure| {
+            if offset > 0 {
+                e.as_restart_refusal()
+            } else {
+                e
+            }
+        };
         if offset > 0 {
             file.seek(std::io::SeekFrom::Start(offset))
                 .await
                 .map_err(local_err)?;
-            timed(t, self.stream.resume_transfer(offset as usize)).await?;
+            timed(t, self.stream.resume_transfer(offset as usize))
+                .await
+                .map_err(refusal)?;
         }
-        let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
+        let mut stream = timed(t, self.stream.put_with_stream(remote))
+            .await
+            .map_err(refusal)?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = offset;
         loop {
@@ -1518,7 +1537,9 @@ impl FtpConn {
     /// Downloads `remote` (RETR) into the file `local`. With `resume`, the
     /// file keeps its first `resume.keep` bytes and the transfer starts
     /// `resume.overlap.len()` bytes earlier: those bytes must equal the tail
-    /// of what is kept, or the download fails (and restarts from zero).
+    /// of what is kept, or the download fails (and restarts from zero). A
+    /// negative reply to that `REST` or to the `RETR` after it is
+    /// [`FtpFailure::RestartRefused`].
     /// Returns the file's total size.
     pub async fn download(
         &mut self,
@@ -1542,7 +1563,9 @@ impl FtpConn {
                     .await
                     .map_err(local_err)?;
                 let start = r.keep - r.overlap.len() as u64;
-                timed(t, self.stream.resume_transfer(start as usize)).await?;
+                timed(t, self.stream.resume_transfer(start as usize))
+                    .await
+                    .map_err(FtpFailure::as_restart_refusal)?;
                 (f, r.keep, r.overlap.as_slice())
             }
             None => (
@@ -1551,7 +1574,10 @@ impl FtpConn {
                 &[][..],
             ),
         };
-        let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
+        let resumed = resume.is_some();
+        let mut stream = timed(t, self.stream.retr_as_stream(remote))
+            .await
+            .map_err(|e| if resumed { e.as_restart_refusal() } else { e })?;
         let rate = self.rate.clone();
         let received = async {
             let mut buf = vec![0u8; rate.chunk(256 * 1024)];

@@ -47,6 +47,11 @@ pub enum FtpFailure {
     /// A local file operation failed.
     #[error("local I/O: {0}")]
     Local(String),
+    /// The server refused to resume a transfer: a negative reply to `REST`,
+    /// or to the `STOR`/`RETR` right after it (ProFTPD's default
+    /// `AllowStoreRestart off` answers 451). The connection is in step.
+    #[error("{code} {text} (refused to resume the transfer)")]
+    RestartRefused { code: u32, text: String },
     /// Every attempt to connect has failed for at least this long: the pool
     /// gives up and the run stops (see `retry.give_up_after`).
     #[error("server unreachable: every connection attempt failed for {0:?}")]
@@ -65,15 +70,27 @@ impl FtpFailure {
     pub fn class(&self) -> ReplyClass {
         match self {
             FtpFailure::Reply { code, .. } => classify(*code),
-            FtpFailure::Network(_) | FtpFailure::Timeout(_) | FtpFailure::Verify(_) => {
-                ReplyClass::Transient
-            }
+            FtpFailure::Network(_)
+            | FtpFailure::Timeout(_)
+            | FtpFailure::Verify(_)
+            | FtpFailure::RestartRefused { .. } => ReplyClass::Transient,
             FtpFailure::Tls(_)
             | FtpFailure::TlsRefused { .. }
             | FtpFailure::Protocol(_)
             | FtpFailure::BadPath
             | FtpFailure::Local(_)
             | FtpFailure::Unreachable(_) => ReplyClass::Permanent,
+        }
+    }
+
+    /// A negative reply turned into [`FtpFailure::RestartRefused`] (for a
+    /// failure of a command that resumed a transfer); anything else as it is.
+    pub fn as_restart_refusal(self) -> FtpFailure {
+        match self {
+            FtpFailure::Reply { code, text } if code >= 400 => {
+                FtpFailure::RestartRefused { code, text }
+            }
+            other => other,
         }
     }
 

@@ -84,6 +84,34 @@ pub enum StateChange {
     PendingRemove(String),
     /// The remote fingerprint of an existing record, as re-listed after an upload.
     RefreshRemote(RelPath, RemoteMeta),
+    /// A server (`user@host:port`, see [`server_key`]) refused to resume a
+    /// transfer in this direction: later runs do not try.
+    RestartRefused(String, Restart),
+}
+
+/// A transfer direction whose resume (`REST` before `STOR` or `RETR`) a
+/// server can refuse, e.g. ProFTPD's default `AllowStoreRestart off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Restart {
+    /// `REST` + `STOR`: resuming an upload.
+    Store,
+    /// `REST` + `RETR`: resuming a download.
+    Retrieve,
+}
+
+impl Restart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Store => "store",
+            Restart::Retrieve => "retrieve",
+        }
+    }
+}
+
+/// How the state names a server in what it remembers about it:
+/// `user@host:port` (never a password).
+pub fn server_key(user: &str, host: &str, port: u16) -> String {
+    format!("{user}@{host}:{port}")
 }
 
 /// A temporary file being written by a transfer: journaled so that the next

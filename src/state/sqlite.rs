@@ -9,7 +9,7 @@
 //! consistent across a crash of ftpsync at any point; a power loss may forget
 //! the last few commits, which only means the next run re-checks those files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use chrono::{DateTime, Utc};
 
 use super::{
-    MAX_RUNS, Partial, RunOutcome, RunRecord, RunTrigger, StateChange, StateError, StateRecord,
-    StateStore, kept_errors, utc_text,
+    MAX_RUNS, Partial, Restart, RunOutcome, RunRecord, RunTrigger, StateChange, StateError,
+    StateRecord, StateStore, kept_errors, utc_text,
 };
 use crate::model::{Kind, LocalMeta, RelPath, RemoteMeta, RemoteTime};
 
@@ -209,6 +209,32 @@ impl StateDb {
         Ok(reset)
     }
 
+    /// The directions in which `server` ([`super::server_key`]) refused to
+    /// resume a transfer in an earlier run. Kept in `meta` (one key per
+    /// server and direction, valued with the time it was learned), which
+    /// every schema since version 1 has: no migration, and it survives a
+    /// binding change (it describes the server, not the tree).
+    pub fn restart_refused(&self, server: &str) -> Result<BTreeSet<Restart>, StateError> {
+        let mut out = BTreeSet::new();
+        if self.version < 1 {
+            return Ok(out);
+        }
+        for r in [Restart::Store, Restart::Retrieve] {
+            let found: Option<String> = self
+                .conn
+                .query_row(
+                    "SELECT value FROM meta WHERE key = ?1",
+                    params![restart_key(server, r)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if found.is_some() {
+                out.insert(r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every record, by path.
     pub fn load(&self) -> Result<BTreeMap<RelPath, StateRecord>, StateError> {
         if self.version < 1 {
@@ -315,6 +341,8 @@ impl StateDb {
             let mut refresh = tx.prepare_cached(
                 "UPDATE entries SET remote_size = ?2, remote_mtime = ?3 WHERE path = ?1 AND kind = 'file'",
             )?;
+            let mut note =
+                tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
             for c in changes {
                 match c {
                     StateChange::Put(p, r) => {
@@ -354,6 +382,12 @@ impl StateDb {
                             p.as_str(),
                             m.size.map(|s| s as i64),
                             m.mtime.to_stored()
+                        ])?;
+                    }
+                    StateChange::RestartRefused(server, restart) => {
+                        note.execute(params![
+                            restart_key(server, *restart),
+                            utc_text(&Utc::now())
                         ])?;
                     }
                 }
@@ -524,6 +558,11 @@ fn corrupt(path: &Path, e: rusqlite::Error) -> StateError {
     }
 }
 
+/// The `meta` key remembering that `server` refused a resume in direction `r`.
+fn restart_key(server: &str, r: Restart) -> String {
+    format!("restart_refused:{}:{server}", r.as_str())
+}
+
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
 }
@@ -608,6 +647,30 @@ mod tests {
 
     fn raw_version(path: &Path) -> i64 {
         user_version(&Connection::open(path).unwrap()).unwrap()
+    }
+
+    /// A refused resume is remembered per server and direction, across a
+    /// binding change, in a database of any schema since version 1.
+    #[test]
+    fn refused_restarts_are_remembered_per_server() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        v1_database(&path);
+        let mut db = StateDb::open(&path, true).unwrap().unwrap();
+        let a = crate::state::server_key("u", "ftp.example", 21);
+        let b = crate::state::server_key("other", "ftp.example", 21);
+        assert!(db.restart_refused(&a).unwrap().is_empty());
+        db.apply(&[StateChange::RestartRefused(a.clone(), Restart::Store)])
+            .unwrap();
+        assert!(db.bind("pull|h").unwrap());
+        drop(db);
+        let db = StateDb::open(&path, false).unwrap().unwrap();
+        assert_eq!(
+            db.restart_refused(&a).unwrap(),
+            BTreeSet::from([Restart::Store])
+        );
+        assert!(db.restart_refused(&b).unwrap().is_empty());
+        assert_eq!(db.load().unwrap(), BTreeMap::new());
     }
 
     #[test]
