@@ -1,4 +1,5 @@
-//! The FTP side: connections (login, TLS, FEAT, timeouts), listing parsers,
+//! The FTP side: connections (login, TLS, FEAT, timeouts), TLS trust and
+//! sessions, listing parsers,
 //! reply classification and the remote scan.
 
 pub mod conn;
@@ -6,6 +7,7 @@ pub mod list;
 pub mod pool;
 pub mod reply;
 pub mod scan;
+pub mod tls;
 
 pub use conn::{ConnectOptions, Features, FtpConn};
 pub use reply::{FtpFailure, ReplyClass};
