@@ -1,6 +1,5 @@
-//! The FTP side: connections (login, TLS, FEAT, timeouts), TLS trust and
-//! sessions, listing parsers,
-//! reply classification and the remote scan.
+//! The FTP side: connections (login, TLS, FEAT, timeouts), TLS trust,
+//! listing parsers, reply classification and the remote scan.
 
 pub mod conn;
 pub mod list;

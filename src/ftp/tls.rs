@@ -1,6 +1,5 @@
-//! FTPS trust and TLS sessions: which server certificates are accepted, the
-//! fingerprint a refusal shows, and the per-connection session store that
-//! lets every data connection resume the control connection's session.
+//! FTPS trust: which server certificates are accepted, the fingerprint a
+//! refusal shows, and the warnings about settings that leave a run open.
 //!
 //! A certificate is accepted when one of these holds, in this order:
 //! * `tls_insecure_skip_verify: true`: anything (the user opted out; each
@@ -18,7 +17,6 @@
 //! When none holds, the verifier keeps the presented certificate's
 //! fingerprint, so the error can show it in the form `tls_fingerprint` takes.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -26,15 +24,13 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
 use tokio_rustls::rustls::client::danger::{
     HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
 };
-use tokio_rustls::rustls::client::{
-    ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue, WebPkiServerVerifier,
-};
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::{CertificateError, DigitallySignedStruct, NamedGroup, SignatureScheme};
+use tokio_rustls::rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
 /// A certificate's SHA-256 fingerprint, written `sha256:AB:CD:…` (as
 /// `openssl x509 -fingerprint -sha256` shows it, with a prefix).
@@ -177,7 +173,7 @@ impl Trust {
 
     /// A client configuration for one control connection and its data
     /// connections: its own verifier (to report a refusal) and its own
-    /// session store (see [`ConnSessions`]).
+    /// session cache.
     pub fn client_config(
         self: &Arc<Self>,
     ) -> Result<(Arc<rustls::ClientConfig>, Arc<ConnVerifier>), TrustError> {
@@ -191,7 +187,10 @@ impl Trust {
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
             .with_no_client_auth();
-        config.resumption = rustls::client::Resumption::store(Arc::new(ConnSessions::default()));
+        // A fresh config per connection gives each one its own session cache:
+        // a shared cache makes data channels resume another connection's
+        // session, which servers that require reuse refuse (rclone#7234).
+        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
         Ok((Arc::new(config), verifier))
     }
 
@@ -369,74 +368,6 @@ impl ServerCertVerifier for ConnVerifier {
             .provider
             .signature_verification_algorithms
             .supported_schemes()
-    }
-}
-
-/// Most TLS 1.3 tickets kept per control connection.
-const MAX_TICKETS: usize = 64;
-
-/// The TLS sessions of one control connection and its data connections.
-///
-/// Servers that insist on reuse (ProFTPD by default, vsftpd's
-/// `require_ssl_reuse`) refuse a data connection that does not resume the
-/// control connection's session. With TLS 1.2 that is one session, resumed
-/// again and again. With TLS 1.3 each resumption spends a ticket, so the
-/// store keeps every ticket the server sends, on the control connection and
-/// on each data connection, up to [`MAX_TICKETS`], and hands out the
-/// newest. The store belongs to one control connection: a store shared
-/// between connections makes data connections resume another connection's
-/// session, which servers refuse (rclone#7234).
-#[derive(Debug, Default)]
-pub struct ConnSessions(Mutex<Sessions>);
-
-#[derive(Debug, Default)]
-struct Sessions {
-    kx_hint: Option<NamedGroup>,
-    tls12: Option<Tls12ClientSessionValue>,
-    tls13: VecDeque<Tls13ClientSessionValue>,
-}
-
-impl ConnSessions {
-    fn with<T>(&self, f: impl FnOnce(&mut Sessions) -> T) -> T {
-        // A poisoned lock only means another thread panicked mid-update;
-        // the sessions are still usable.
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
-    }
-}
-
-impl ClientSessionStore for ConnSessions {
-    fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
-        self.with(|s| s.kx_hint = Some(group));
-    }
-
-    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
-        self.with(|s| s.kx_hint)
-    }
-
-    fn set_tls12_session(&self, _: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.with(|s| s.tls12 = Some(value));
-    }
-
-    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.with(|s| s.tls12.clone())
-    }
-
-    fn remove_tls12_session(&self, _: &ServerName<'static>) {
-        self.with(|s| s.tls12 = None);
-    }
-
-    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
-        self.with(|s| {
-            if s.tls13.len() >= MAX_TICKETS {
-                s.tls13.pop_front();
-            }
-            s.tls13.push_back(value);
-        });
-    }
-
-    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
-        self.with(|s| s.tls13.pop_back())
     }
 }
 
