@@ -166,7 +166,12 @@ async fn prepare_limited(
         user: job.remote.user.clone(),
         password,
         tls: job.remote.tls,
-        tls_ca_file: job.remote.tls_ca_file.clone(),
+        trust: crate::ftp::tls::TrustSettings {
+            ca_file: job.remote.tls_ca_file.clone(),
+            fingerprint: job.remote.tls_fingerprint,
+            insecure_skip_verify: job.remote.tls_insecure_skip_verify,
+        },
+        loaded_trust: Default::default(),
         passive: job.remote.passive,
         timeout: job.timeout,
         pipelining: Default::default(),
@@ -175,6 +180,9 @@ async fn prepare_limited(
             && job.modes.permissions == crate::job::Permissions::Preserve,
         rate: RateLimit::new(bwlimit.or(job.bwlimit)),
     };
+    for w in crate::ftp::tls::risk_warnings(&opts.host, &opts.user, opts.tls, &opts.trust) {
+        tracing::warn!("{w}");
+    }
 
     // The state first: a damaged or too-new database stops us before any
     // traffic. The state on the server is read once connected.

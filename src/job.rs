@@ -117,6 +117,9 @@ pub enum TlsMode {
     None,
     /// Explicit FTPS (AUTH TLS, then PBSZ 0 / PROT P); fails closed if refused.
     Explicit,
+    /// Implicit FTPS: TLS from the first byte (port 990 unless given), then
+    /// PBSZ 0 / PROT P; fails closed if the data channel cannot be protected.
+    Implicit,
 }
 
 /// Whether file and directory modes are carried over (see [`ModePolicy`]).
@@ -276,9 +279,9 @@ struct RawLocal {
 #[serde(deny_unknown_fields)]
 struct RawRemote {
     host: String,
-    #[serde(default = "default_port")]
+    /// Default 21, or 990 with `tls: implicit`.
     #[schemars(range(min = 1))]
-    port: u16,
+    port: Option<u16>,
     #[serde(default = "default_user")]
     user: String,
     password_env: Option<String>,
@@ -291,6 +294,12 @@ struct RawRemote {
     #[serde(default)]
     tls: TlsMode,
     tls_ca_file: Option<String>,
+    /// The server certificate's SHA-256 fingerprint (`sha256:AB:CD:…`):
+    /// trusted whatever its chain, names and dates.
+    tls_fingerprint: Option<String>,
+    /// Accept any server certificate (warned about on every run).
+    #[serde(default)]
+    tls_insecure_skip_verify: bool,
     #[schemars(range(min = 1))]
     max_connections: Option<usize>,
 }
@@ -328,9 +337,6 @@ struct RawSafety {
 
 fn default_concurrency() -> usize {
     4
-}
-fn default_port() -> u16 {
-    21
 }
 fn default_user() -> String {
     "anonymous".into()
@@ -448,8 +454,13 @@ pub struct Remote {
     pub root: String,
     pub passive: bool,
     pub tls: TlsMode,
-    /// Extra CA certificates (PEM) to trust, for servers with their own CA.
+    /// Extra CA certificates (PEM) to trust, for servers with their own CA,
+    /// or the server's own (self-signed) certificate.
     pub tls_ca_file: Option<PathBuf>,
+    /// The pinned fingerprint of the server's certificate.
+    pub tls_fingerprint: Option<crate::ftp::tls::Fingerprint>,
+    /// Any server certificate is accepted.
+    pub tls_insecure_skip_verify: bool,
     /// The most connections the daemon opens to this host and port, counted
     /// over all its jobs (`None`: no limit beyond each job's `concurrency`).
     pub max_connections: Option<usize>,
@@ -648,7 +659,9 @@ impl OneOff {
     pub fn url(&self) -> String {
         let scheme = match self.tls {
             TlsMode::None => "ftp",
-            TlsMode::Explicit => "ftps",
+            // One-off URLs have no scheme for implicit FTPS (a job file's
+            // `tls: implicit`); ftps:// is explicit, as it always was here.
+            TlsMode::Explicit | TlsMode::Implicit => "ftps",
         };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
@@ -805,8 +818,59 @@ impl Job {
         } else {
             PasswordSource::None
         };
-        if r.port == 0 {
+        let port = r.port.unwrap_or(match r.tls {
+            TlsMode::Implicit => 990,
+            TlsMode::None | TlsMode::Explicit => 21,
+        });
+        if port == 0 {
             return Err(invalid("remote.port", "must be 1..65535".into()));
+        }
+        let tls_fingerprint = match &r.tls_fingerprint {
+            Some(f) => Some(
+                f.parse::<crate::ftp::tls::Fingerprint>()
+                    .map_err(|m| invalid("remote.tls_fingerprint", m))?,
+            ),
+            None => None,
+        };
+        if r.tls == TlsMode::None {
+            for (key, given) in [
+                ("remote.tls_fingerprint", r.tls_fingerprint.is_some()),
+                (
+                    "remote.tls_insecure_skip_verify",
+                    r.tls_insecure_skip_verify,
+                ),
+            ] {
+                if given {
+                    return Err(invalid(
+                        key,
+                        "has no effect without TLS: set `remote.tls: explicit` (or implicit)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let trust_keys: Vec<&str> = [
+            ("remote.tls_ca_file", r.tls_ca_file.is_some()),
+            ("remote.tls_fingerprint", r.tls_fingerprint.is_some()),
+            (
+                "remote.tls_insecure_skip_verify",
+                r.tls_insecure_skip_verify,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, given)| given.then_some(key))
+        .collect();
+        if trust_keys.len() > 1 {
+            let later = trust_keys
+                .iter()
+                .max_by_key(|key| key_location(text, key))
+                .map_or("remote.tls_fingerprint", |key| *key);
+            return Err(invalid(
+                later,
+                "give only one of tls_ca_file, tls_fingerprint and tls_insecure_skip_verify \
+                 (a pin or the opt-out decides alone, so the others would be ignored)"
+                    .into(),
+            ));
         }
         if r.max_connections == Some(0) {
             return Err(invalid(
@@ -941,7 +1005,7 @@ impl Job {
             local_root,
             remote: Remote {
                 host,
-                port: r.port,
+                port,
                 user,
                 password,
                 root,
@@ -951,6 +1015,8 @@ impl Job {
                     Some(p) => Some(base.join(expand("remote.tls_ca_file", p)?)),
                     None => None,
                 },
+                tls_fingerprint,
+                tls_insecure_skip_verify: r.tls_insecure_skip_verify,
                 max_connections: r.max_connections,
             },
             concurrency: raw.concurrency,
@@ -1489,6 +1555,66 @@ hook_timeout: 10s
         let job = load(&format!("{MINIMAL}schedule: \"@daily\"\ncatch_up: one\n")).unwrap();
         assert_eq!(job.schedule.unwrap().zone(), Zone::system());
         assert_eq!(job.catch_up, CatchUp::One);
+    }
+
+    #[test]
+    fn tls_keys() {
+        let job = load(&format!("{MINIMAL}  tls: implicit\n")).unwrap();
+        assert_eq!((job.remote.tls, job.remote.port), (TlsMode::Implicit, 990));
+        let job = load(&format!("{MINIMAL}  tls: implicit\n  port: 2990\n")).unwrap();
+        assert_eq!(job.remote.port, 2990);
+        let job = load(&format!("{MINIMAL}  tls: explicit\n")).unwrap();
+        assert_eq!(job.remote.port, 21);
+        assert_eq!(job.remote.tls_fingerprint, None);
+        assert!(!job.remote.tls_insecure_skip_verify);
+        let pin = "sha256:CB:DD:17:E2:F2:5F:BF:22:71:45:01:6E:97:77:63:5F:62:56:22:F1:23:66:DE:09:FF:80:84:FF:9D:73:7D:BA";
+        let job = load(&format!(
+            "{MINIMAL}  tls: explicit\n  tls_fingerprint: {}\n",
+            pin.to_ascii_lowercase()
+                .replace(':', "")
+                .replacen("sha256", "sha256:", 1)
+        ))
+        .unwrap();
+        assert_eq!(
+            job.remote.tls_fingerprint.map(|f| f.to_string()).as_deref(),
+            Some(pin)
+        );
+        let job = load(&format!(
+            "{MINIMAL}  tls: implicit\n  tls_insecure_skip_verify: true\n"
+        ))
+        .unwrap();
+        assert!(job.remote.tls_insecure_skip_verify);
+    }
+
+    #[test]
+    fn tls_key_errors_name_line_and_key() {
+        let err = |extra: &str| load(&format!("{MINIMAL}{extra}")).unwrap_err().to_string();
+        assert_eq!(
+            err("  tls: explicit\n  tls_fingerprint: sha256:AB:CD\n"),
+            "/jobs/site.yaml:7:20: remote.tls_fingerprint: expected `sha256:` and 32 bytes in hex (64 digits, colons optional), as `openssl x509 -noout -fingerprint -sha256` prints them"
+        );
+        assert_eq!(
+            err(&format!("  tls_fingerprint: {}\n", "ab".repeat(32))),
+            "/jobs/site.yaml:6:20: remote.tls_fingerprint: has no effect without TLS: set `remote.tls: explicit` (or implicit)"
+        );
+        assert_eq!(
+            err("  tls_insecure_skip_verify: true\n"),
+            "/jobs/site.yaml:6:29: remote.tls_insecure_skip_verify: has no effect without TLS: set `remote.tls: explicit` (or implicit)"
+        );
+        assert_eq!(
+            err("  tls: explicit\n  tls_ca_file: ca.pem\n  tls_insecure_skip_verify: true\n"),
+            "/jobs/site.yaml:8:29: remote.tls_insecure_skip_verify: give only one of tls_ca_file, tls_fingerprint and tls_insecure_skip_verify (a pin or the opt-out decides alone, so the others would be ignored)"
+        );
+        assert!(
+            err(&format!(
+                "  tls: explicit\n  tls_fingerprint: {}\n  tls_ca_file: ca.pem\n",
+                "ab".repeat(32)
+            ))
+            .starts_with("/jobs/site.yaml:8:16: remote.tls_ca_file: give only one of ")
+        );
+        assert!(
+            err("  tls: implicit\n  port: 0\n").starts_with("/jobs/site.yaml:7:9: remote.port: ")
+        );
     }
 
     #[test]

@@ -520,7 +520,15 @@ fn ftps_explicit_with_own_ca() {
     env.remote_extra = "  tls: explicit\n".into();
     let job = env.job("push", true, "");
     let out = env.run(&job, 3);
-    assert!(out.stderr.contains("TLS"), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("the server's certificate was refused: ")
+            && out
+                .stderr
+                .contains("pin it with `remote.tls_fingerprint: sha256:"),
+        "{}",
+        out.all()
+    );
 }
 
 #[test]

@@ -113,6 +113,7 @@ fn job_text(a: &InitArgs, t: &super::oneoff::Target, local: &str) -> Result<Stri
             "explicit",
             "FTPS (AUTH TLS); fails if the server refuses it",
         ),
+        TlsMode::Implicit => ("implicit", "FTPS with TLS from the first byte (port 990)"),
     };
     line(&mut o, format!("  tls: {}", tls.0), tls.1);
     o.push_str("filters:\n");

@@ -42,6 +42,15 @@ pub fn validate(
             if let Err(m) = job.remote.password() {
                 eprint_line(&format!("warning: {}: {m}", file.display()));
             }
+            let r = &job.remote;
+            let trust = ftpsync::ftp::tls::TrustSettings {
+                ca_file: r.tls_ca_file.clone(),
+                fingerprint: r.tls_fingerprint,
+                insecure_skip_verify: r.tls_insecure_skip_verify,
+            };
+            for w in ftpsync::ftp::tls::risk_warnings(&r.host, &r.user, r.tls, &trust) {
+                eprint_line(&format!("warning: {}: {w}", file.display()));
+            }
         }
     }
     Ok(code)
@@ -80,10 +89,20 @@ pub fn resolved(j: &Job) -> String {
     let tls = match r.tls {
         TlsMode::None => "none",
         TlsMode::Explicit => "explicit",
+        TlsMode::Implicit => "implicit",
     };
     let _ = writeln!(o, "  tls: {tls}");
     if let Some(ca) = &r.tls_ca_file {
         let _ = writeln!(o, "  tls_ca_file: {}", path(ca));
+    }
+    if let Some(pin) = &r.tls_fingerprint {
+        let _ = writeln!(o, "  tls_fingerprint: \"{pin}\"");
+    }
+    if r.tls_insecure_skip_verify {
+        let _ = writeln!(
+            o,
+            "  tls_insecure_skip_verify: true  # WARNING: the server's certificate is not checked"
+        );
     }
     if let Some(n) = r.max_connections {
         let _ = writeln!(o, "  max_connections: {n}");

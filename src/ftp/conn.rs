@@ -1,4 +1,5 @@
-//! One logged-in FTP control connection: connect (optionally explicit FTPS),
+//! One logged-in FTP control connection: connect (optionally FTPS, explicit
+//! or implicit, with the trust of [`super::tls`]),
 //! login, FEAT, binary mode, and the operations ftpsync needs, every one under
 //! a timeout. Paths are checked for CR/LF/NUL before they are sent.
 //!
@@ -29,6 +30,7 @@ use tokio::time::timeout;
 
 use super::list::{ListFormat, Listing, parse_listing, parse_mlsd_time};
 use super::reply::{FtpFailure, Reply};
+use super::tls::{ConnVerifier, Trust, TrustSettings};
 use crate::job::{Secret, TlsMode};
 use crate::model::RemoteTime;
 use crate::model::check_command_arg;
@@ -197,8 +199,10 @@ pub struct ConnectOptions {
     pub user: String,
     pub password: Secret,
     pub tls: TlsMode,
-    /// PEM file with extra CA certificates to trust (self-signed servers).
-    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Which server certificates to trust.
+    pub trust: TrustSettings,
+    /// The trust, loaded by the first connection and shared by the others.
+    pub loaded_trust: Arc<tokio::sync::OnceCell<Arc<Trust>>>,
     pub passive: bool,
     /// Limit for every operation, and for inactivity during a transfer.
     pub timeout: Duration,
@@ -520,34 +524,59 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, FtpFailure> {
         .ok_or_else(|| FtpFailure::Network(format!("{host} has no address")))
 }
 
-fn tls_connector(o: &ConnectOptions) -> Result<AsyncRustlsConnector, FtpFailure> {
-    use tokio_rustls::rustls;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+/// A TLS connector for one control connection and its data connections,
+/// and the verifier that tells why a certificate was refused.
+async fn tls_connector(
+    o: &ConnectOptions,
+) -> Result<(AsyncRustlsConnector, Arc<ConnVerifier>), FtpFailure> {
+    let trust = o
+        .loaded_trust
+        .get_or_try_init(|| async {
+            let settings = o.trust.clone();
+            match tokio::task::spawn_blocking(move || Trust::load(settings)).await {
+                Ok(Ok(trust)) => Ok(Arc::new(trust)),
+                Ok(Err(e)) => Err(FtpFailure::Tls(e.to_string())),
+                Err(e) => Err(FtpFailure::Tls(e.to_string())),
+            }
+        })
+        .await?;
+    let (config, verifier) = trust
+        .client_config()
         .map_err(|e| FtpFailure::Tls(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    Ok((
+        AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config)),
+        verifier,
+    ))
+}
+
+/// A failed TLS handshake: a refused certificate with its fingerprint, or
+/// what suppaftp said.
+fn handshake_failure(e: suppaftp::FtpError, verifier: &ConnVerifier) -> FtpFailure {
+    match (e, verifier.refusal()) {
+        (suppaftp::FtpError::SecureError(_), Some(r)) => FtpFailure::Certificate {
+            reason: r.reason,
+            fingerprint: r.fingerprint.to_string(),
+        },
+        (e, _) => e.into(),
     }
-    if let Some(ca) = &o.tls_ca_file {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(|e| FtpFailure::Tls(format!("cannot read {}: {e}", ca.display())))?;
-        for cert in certs {
-            let cert = cert.map_err(|e| FtpFailure::Tls(format!("{}: {e}", ca.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| FtpFailure::Tls(format!("{}: {e}", ca.display())))?;
+}
+
+/// PBSZ 0 and PROT P on an implicit-FTPS connection (explicit FTPS gets
+/// them from suppaftp's `into_secure`): data connections are encrypted too,
+/// or the connection is given up before the login.
+async fn protect_data(stream: &mut AsyncRustlsFtpStream, t: Duration) -> Result<(), FtpFailure> {
+    for cmd in ["PBSZ 0", "PROT P"] {
+        match timed(t, stream.custom_command(cmd, &[Status::CommandOk])).await {
+            Ok(_) => {}
+            Err(FtpFailure::Reply { code, text }) => {
+                return Err(FtpFailure::Tls(format!(
+                    "the server refused {cmd} ({code} {text}): data connections would not be encrypted"
+                )));
+            }
+            Err(e) => return Err(e),
         }
     }
-    // A fresh config per connection gives each one its own session cache:
-    // a shared cache makes data channels resume another connection's session,
-    // which servers that require reuse refuse (rclone#7234).
-    let config = builder.with_root_certificates(roots).with_no_client_auth();
-    Ok(AsyncRustlsConnector::from(
-        tokio_rustls::TlsConnector::from(Arc::new(config)),
-    ))
+    Ok(())
 }
 
 impl FtpConn {
@@ -592,12 +621,24 @@ impl FtpConn {
     async fn connect_once(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
         let addr = resolve(&o.host, o.port)?;
         let t = o.timeout;
-        let mut stream = match timeout(t, AsyncRustlsFtpStream::connect_timeout(addr, t)).await {
-            Ok(r) => r.map_err(FtpFailure::from)?,
-            Err(_) => return Err(FtpFailure::Timeout(t)),
+        let mut stream = if o.tls == TlsMode::Implicit {
+            let (connector, verifier) = tls_connector(o).await?;
+            let connect = AsyncRustlsFtpStream::connect_secure_implicit(addr, connector, &o.host);
+            let mut stream = match timeout(t, connect).await {
+                Err(_) => return Err(FtpFailure::Timeout(t)),
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(handshake_failure(e, &verifier)),
+            };
+            protect_data(&mut stream, t).await?;
+            stream
+        } else {
+            match timeout(t, AsyncRustlsFtpStream::connect_timeout(addr, t)).await {
+                Ok(r) => r.map_err(FtpFailure::from)?,
+                Err(_) => return Err(FtpFailure::Timeout(t)),
+            }
         };
         if o.tls == TlsMode::Explicit {
-            let connector = tls_connector(o)?;
+            let (connector, verifier) = tls_connector(o).await?;
             stream = match timeout(t, stream.into_secure(connector, &o.host)).await {
                 Err(_) => return Err(FtpFailure::Timeout(t)),
                 Ok(Ok(s)) => s,
@@ -610,7 +651,7 @@ impl FtpConn {
                         text: r.text,
                     });
                 }
-                Ok(Err(e)) => return Err(e.into()),
+                Ok(Err(e)) => return Err(handshake_failure(e, &verifier)),
             };
         }
         // Commands are single small writes: do not let Nagle hold them back.

@@ -35,6 +35,12 @@ pub enum FtpFailure {
     /// success: it does not offer FTPS. Nothing more was sent.
     #[error("the server refused AUTH TLS ({code} {text})")]
     TlsRefused { code: u32, text: String },
+    /// The server's certificate is not trusted; the fingerprint is in the
+    /// form `remote.tls_fingerprint` takes. Nothing more was sent.
+    #[error(
+        "the server's certificate was refused: {reason}. Its SHA-256 fingerprint is {fingerprint}; if this is your server's certificate, pin it with `remote.tls_fingerprint: {fingerprint}`, or give the CA that issued it (or the certificate itself) in remote.tls_ca_file"
+    )]
+    Certificate { reason: String, fingerprint: String },
     /// The server said something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -76,6 +82,7 @@ impl FtpFailure {
             | FtpFailure::RestartRefused { .. } => ReplyClass::Transient,
             FtpFailure::Tls(_)
             | FtpFailure::TlsRefused { .. }
+            | FtpFailure::Certificate { .. }
             | FtpFailure::Protocol(_)
             | FtpFailure::BadPath
             | FtpFailure::Local(_)
@@ -110,7 +117,8 @@ impl FtpFailure {
             | FtpFailure::Timeout(_)
             | FtpFailure::Protocol(_)
             | FtpFailure::Tls(_)
-            | FtpFailure::TlsRefused { .. } => true,
+            | FtpFailure::TlsRefused { .. }
+            | FtpFailure::Certificate { .. } => true,
             _ => false,
         }
     }
