@@ -12,3 +12,4 @@ mod interop;
 mod mirror;
 mod output;
 mod stop;
+mod trust;
