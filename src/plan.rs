@@ -1001,6 +1001,17 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    type Planned = (Op, Side, String, Reason);
+    /// A case: its name, the listing's facts, whether it was incomplete,
+    /// the items wanted and the directories to list again.
+    type Row = (
+        &'static str,
+        Option<ListingFacts>,
+        bool,
+        Vec<Planned>,
+        Vec<String>,
+    );
+
     /// One directory `d` that the source listed (how: `facts`, `incomplete`)
     /// and that holds nothing on the source, while the target has `d/f`,
     /// `d/s/` and `d/s/g`: the items planned for those three and the
@@ -1010,7 +1021,7 @@ mod tests {
         with_state: bool,
         facts: Option<ListingFacts>,
         incomplete: bool,
-    ) -> (Vec<(Op, Side, String, Reason)>, Vec<String>) {
+    ) -> (Vec<Planned>, Vec<String>) {
         let mut local: LocalTree = Tree::default();
         let mut remote: RemoteTree = Tree::default();
         let targets = ["d/f", "d/s", "d/s/g"];
@@ -1120,7 +1131,7 @@ mod tests {
                 };
                 let unconfirmed = kept(Reason::ListingUnconfirmed);
                 let ask = vec!["d".to_string()];
-                let rows: Vec<(&str, Option<ListingFacts>, bool, Vec<_>, Vec<String>)> = vec![
+                let rows: Vec<Row> = vec![
                     (
                         "no record (a local scan)",
                         None,
