@@ -119,7 +119,6 @@ fn main() {
         direction: Direction::Push,
         delete: true,
         compare: CompareMode::Mtime,
-        trust_empty_listings: false,
     };
     let p = plan(&local, &remote, &state, &o);
     let planning = t.elapsed().as_secs_f64();

@@ -113,7 +113,7 @@ fn binding(job: &Job, root: &str) -> String {
 /// Connects, scans and plans. `for_run` opens (and creates) the state
 /// database under the job's lock; otherwise it is only read if present.
 /// (The caller holds the lock: see [`crate::state::lock`].) `force_delete`
-/// also trusts directories that list as empty where the state remembers files.
+/// lifts `safety.max_delete`, so the plan shows no delete-limit problem.
 ///
 /// With `state: remote`, `for_run` takes the job's lock on the server and
 /// replaces the working copy with the server's state; a plan reads the
@@ -280,15 +280,13 @@ async fn prepare_limited(
     let filters = job.filters.clone();
     let local_root = job.local_root.clone();
     let local_scan = tokio::task::spawn_blocking(move || local::scan(&local_root, &filters));
-    let remembered_dirs: BTreeSet<RelPath> = state.keys().filter_map(|p| p.parent()).collect();
     let scan_input = Arc::new(ScanInput {
         root: root.clone(),
         filters: job.filters.clone(),
         retry: job.retry,
-        remembered_dirs,
         events: events.clone(),
     });
-    let (remote, remote_temps) = scan::scan(Arc::clone(&pool), scan_input).await;
+    let (mut remote, remote_temps) = scan::scan(Arc::clone(&pool), Arc::clone(&scan_input)).await;
     events.emit(Event::Scanned {
         side: crate::model::Side::Remote,
         entries: remote.entries.len() as u64,
@@ -303,6 +301,7 @@ async fn prepare_limited(
     for p in local.problems.iter().chain(remote.problems.iter()) {
         events.emit(Event::Warning(p));
     }
+    let problems_before_confirm = remote.problems.len();
 
     if job.compare == CompareMode::Hash {
         fill_hashes(job, &mut local, &state).await;
@@ -350,19 +349,28 @@ async fn prepare_limited(
         }
     }
 
-    let plan = plan::plan_verified(
-        &local,
-        &remote,
-        &state,
-        &PlanOptions {
-            direction: job.direction,
-            delete: job.delete,
-            compare: job.compare,
-            trust_empty_listings: force_delete,
-        },
-        &verified,
-    );
-    let delete_limit = check_delete_limit(job, &plan, &state, &local, &remote);
+    let options = PlanOptions {
+        direction: job.direction,
+        delete: job.delete,
+        compare: job.compare,
+    };
+    let mut plan = plan::plan_verified(&local, &remote, &state, &options, &verified);
+    if !plan.unconfirmed.is_empty() {
+        // Deletes wait on listings that needed a retry or came back empty:
+        // list those directories again, and plan with what that says.
+        let dirs: Vec<RelPath> = plan.unconfirmed.iter().cloned().collect();
+        scan::confirm(Arc::clone(&pool), scan_input, &mut remote, &dirs).await;
+        for p in remote.problems.iter().skip(problems_before_confirm) {
+            events.emit(Event::Warning(p));
+        }
+        plan = plan::plan_verified(&local, &remote, &state, &options, &verified);
+    }
+    // `--force-delete` lifts the delete limit (a plan previews that).
+    let delete_limit = if force_delete {
+        None
+    } else {
+        check_delete_limit(job, &plan, &state, &local, &remote)
+    };
     Ok(Prepared {
         job: job.clone(),
         root,
@@ -847,7 +855,10 @@ fn run_record(
         }
         Some(StopReason::Deadline(_)) => (RunOutcome::Stopped, exit::PARTIAL),
         Some(StopReason::Unreachable(_)) => (RunOutcome::Failed, exit::CONNECT),
-        None if rec.failed > 0 || !r.skipped_untrusted.is_empty() => {
+        None if rec.failed > 0
+            || !r.skipped_untrusted.is_empty()
+            || r.kept.iter().any(|i| i.reason.withholds_delete()) =>
+        {
             (RunOutcome::Partial, exit::PARTIAL)
         }
         None => (RunOutcome::Success, exit::OK),

@@ -302,8 +302,7 @@ mod tests {
         let (a, b) = (upload("a", 100), upload("b", 50));
         let plan = Plan {
             items: vec![a.clone(), b.clone()],
-            skipped_untrusted: Vec::new(),
-            create_target_root: false,
+            ..Plan::default()
         };
         events.emit(Event::Planned(&plan));
         let progress = events.progress().unwrap();

@@ -69,8 +69,7 @@ enum Command {
         jobs: Vec<PathBuf>,
         #[command(flatten)]
         one_off: OneOffArgs,
-        /// Allow more deletes than safety.max_delete, and deletes below
-        /// directories that list as empty where files were synced, for this run only.
+        /// Allow more deletes than safety.max_delete, for this run only.
         #[arg(long)]
         force_delete: bool,
         /// After a stop signal, how long transfers in flight may take to finish.

@@ -17,8 +17,17 @@
 //! | — | — | seen | forget |
 //!
 //! Directories follow the same pattern with mkdir/rmdir. Nothing is planned
-//! below a directory whose listing failed, and no delete is planned below one
-//! that listed as suspiciously empty.
+//! below a directory whose listing failed.
+//!
+//! **Listings are trusted for deletes only when they are complete** (one rule
+//! for every row above that deletes, with or without state, push or pull): a
+//! delete (or rmdir) on the target rests on the source's listing of the
+//! directory that shows the path absent (the nearest directory above it that
+//! the source has). It is planned only if that listing parsed completely,
+//! and, if it needed a retry or came back empty, a second, independent
+//! listing agreed on its names. Otherwise the item is kept with
+//! [`Reason::SuspectListing`] (incomplete) or [`Reason::ListingUnconfirmed`],
+//! and [`Plan::unconfirmed`] names the directories to list again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,7 +35,9 @@ use serde::Serialize;
 
 use crate::job::{CompareMode, Direction};
 use crate::model::RelPath;
-use crate::model::{Entry, Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
+use crate::model::{
+    Entry, Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree, SecondListing, Tree,
+};
 use crate::model::{RemoteTime, Side};
 use crate::state::StateRecord;
 
@@ -80,8 +91,11 @@ pub enum Reason {
     TypeConflict,
     /// A delete was wanted but `delete: false`.
     DeleteDisabled,
-    /// No delete below a directory that listed as empty while the state remembers files in it.
+    /// No delete below a directory whose listing had unparseable lines or refused names.
     SuspectListing,
+    /// No delete below a directory whose listing needed a retry or came back
+    /// empty, and that a second listing did not confirm.
+    ListingUnconfirmed,
     /// A directory that still holds things not synced (excluded, symlinks): not removed.
     HoldsUnsynced,
 }
@@ -125,10 +139,17 @@ impl Reason {
             (Reason::HoldsUnsynced, _) => {
                 "not removed: it holds files the job does not sync (excluded by the filters, or links)"
             }
-            (Reason::SuspectListing, _) => {
-                "not deleted: its directory's listing was incomplete, or empty although files were synced there"
+            (Reason::SuspectListing, _) => "not deleted: its directory's listing was incomplete",
+            (Reason::ListingUnconfirmed, _) => {
+                "not deleted: its directory's listing needed a retry or came back empty, and a second listing did not confirm it"
             }
         }
+    }
+
+    /// Whether the item is a delete withheld by the delete-trust rule: the
+    /// run did not finish the mirror, and a person should look.
+    pub fn withholds_delete(self) -> bool {
+        matches!(self, Reason::SuspectListing | Reason::ListingUnconfirmed)
     }
 }
 
@@ -151,9 +172,6 @@ pub struct PlanOptions {
     pub direction: Direction,
     pub delete: bool,
     pub compare: CompareMode,
-    /// Plan deletes below directories that listed as empty although the state
-    /// remembers files there (`--force-delete`). Incomplete listings are never trusted.
-    pub trust_empty_listings: bool,
 }
 
 /// The result of planning.
@@ -166,6 +184,10 @@ pub struct Plan {
     pub skipped_untrusted: Vec<RelPath>,
     /// Whether the target root must be created first.
     pub create_target_root: bool,
+    /// Source directories whose one listing withheld deletes and that were
+    /// not listed a second time: listing them again may confirm it.
+    #[serde(skip)]
+    pub unconfirmed: BTreeSet<RelPath>,
 }
 
 impl Plan {
@@ -315,6 +337,43 @@ fn facts(
     }
 }
 
+/// Why the source's listing cannot back a delete of `path` on the target.
+struct Doubt {
+    reason: Reason,
+    /// The source directory whose listing it is.
+    dir: RelPath,
+    /// A second listing of `dir` has not been made yet.
+    ask_again: bool,
+}
+
+/// The delete-trust rule (see the module comment): `path` is absent on the
+/// `source` side; the listing that says so is that of the nearest directory
+/// above it that the source has. The same rule whatever the state holds:
+/// an empty listing below which the target (or the state) has something is
+/// exactly the case of a delete planned below it.
+fn listing_doubt<M>(source: &Tree<M>, path: &RelPath) -> Option<Doubt> {
+    let mut dir = path.parent()?;
+    while !dir.is_root() && source.entries.get(&dir).is_none_or(|e| e.kind != Kind::Dir) {
+        dir = dir.parent()?;
+    }
+    if source.incomplete.contains(&dir) {
+        return Some(Doubt {
+            reason: Reason::SuspectListing,
+            dir,
+            ask_again: false,
+        });
+    }
+    let facts = source.listings.get(&dir)?;
+    if !(facts.retried || facts.empty) || facts.second == SecondListing::Agreed {
+        return None;
+    }
+    Some(Doubt {
+        reason: Reason::ListingUnconfirmed,
+        ask_again: facts.second == SecondListing::NotAsked,
+        dir,
+    })
+}
+
 /// Plans a sync. `state` is what the last successful sync recorded.
 pub fn plan(
     local: &LocalTree,
@@ -335,26 +394,10 @@ pub fn plan_verified(
     o: &PlanOptions,
     same_hash: &BTreeSet<RelPath>,
 ) -> Plan {
-    // Deletes on the target come from absences on the source, so an
-    // incomplete or suspiciously empty source listing is what blocks them.
-    let (target_side, transfer, src_incomplete, src_empty) = match o.direction {
-        Direction::Push => (
-            Side::Remote,
-            Op::Upload,
-            &local.incomplete,
-            &local.suspect_empty,
-        ),
-        Direction::Pull => (
-            Side::Local,
-            Op::Download,
-            &remote.incomplete,
-            &remote.suspect_empty,
-        ),
+    let (target_side, transfer) = match o.direction {
+        Direction::Push => (Side::Remote, Op::Upload),
+        Direction::Pull => (Side::Local, Op::Download),
     };
-    let mut src_suspect: BTreeSet<&RelPath> = src_incomplete.iter().collect();
-    if !o.trust_empty_listings {
-        src_suspect.extend(src_empty.iter());
-    }
     let mut plan = Plan {
         create_target_root: match o.direction {
             Direction::Push => !remote.root_exists,
@@ -397,7 +440,6 @@ pub fn plan_verified(
             reason,
             size: None,
         };
-        let suspect = src_suspect.iter().any(|s| path.is_within(s) && path != *s);
         match (f.src, f.tgt) {
             (Some(Kind::File), None) => {
                 let reason = if f.rec.is_some() {
@@ -482,8 +524,14 @@ pub fn plan_verified(
                     if synced {
                         records.push(item(Op::Forget, target_side, tk, Reason::DeleteDisabled));
                     }
-                } else if suspect {
-                    records.push(item(Op::Keep, target_side, tk, Reason::SuspectListing));
+                } else if let Some(doubt) = match o.direction {
+                    Direction::Push => listing_doubt(local, path),
+                    Direction::Pull => listing_doubt(remote, path),
+                } {
+                    if doubt.ask_again {
+                        plan.unconfirmed.insert(doubt.dir);
+                    }
+                    records.push(item(Op::Keep, target_side, tk, doubt.reason));
                 } else if tk == Kind::File {
                     if synced && f.tgt_changed && o.direction == Direction::Pull {
                         // Changed locally, deleted on the server: keep the local work.
@@ -548,7 +596,7 @@ pub fn plan_verified(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Tree;
+    use crate::model::ListingFacts;
     use chrono::NaiveDate;
 
     fn t(s: &str) -> chrono::NaiveDateTime {
@@ -607,7 +655,6 @@ mod tests {
             direction,
             delete,
             compare: CompareMode::Auto,
-            trust_empty_listings: false,
         };
         plan(&l, &r, &s, &o)
             .items
@@ -936,7 +983,6 @@ mod tests {
             direction: Direction::Push,
             delete: true,
             compare: CompareMode::Auto,
-            trust_empty_listings: false,
         };
         let got: Vec<(Op, String)> = plan(&l, &r, &s, &o)
             .items
@@ -955,54 +1001,278 @@ mod tests {
         assert_eq!(got, want);
     }
 
+    type Planned = (Op, Side, String, Reason);
+    /// A case: its name, the listing's facts, whether it was incomplete,
+    /// the items wanted and the directories to list again.
+    type Row = (
+        &'static str,
+        Option<ListingFacts>,
+        bool,
+        Vec<Planned>,
+        Vec<String>,
+    );
+
+    /// One directory `d` that the source listed (how: `facts`, `incomplete`)
+    /// and that holds nothing on the source, while the target has `d/f`,
+    /// `d/s/` and `d/s/g`: the items planned for those three and the
+    /// directories to list again.
+    fn below_listing(
+        direction: Direction,
+        with_state: bool,
+        facts: Option<ListingFacts>,
+        incomplete: bool,
+    ) -> (Vec<Planned>, Vec<String>) {
+        let mut local: LocalTree = Tree::default();
+        let mut remote: RemoteTree = Tree::default();
+        let targets = ["d/f", "d/s", "d/s/g"];
+        let mut source_listings = BTreeMap::new();
+        if let Some(f) = facts {
+            source_listings.insert(p("d"), f);
+        }
+        let source_incomplete: BTreeSet<RelPath> = incomplete.then(|| p("d")).into_iter().collect();
+        match direction {
+            Direction::Push => {
+                local.entries.insert(p("d"), Entry::dir());
+                local.listings = source_listings;
+                local.incomplete = source_incomplete;
+                remote.entries.insert(p("d"), Entry::dir());
+                remote.entries.insert(p("d/f"), rf(1, "00"));
+                remote.entries.insert(p("d/s"), Entry::dir());
+                remote.entries.insert(p("d/s/g"), rf(2, "00"));
+            }
+            Direction::Pull => {
+                remote.entries.insert(p("d"), Entry::dir());
+                remote.listings = source_listings;
+                remote.incomplete = source_incomplete;
+                local.entries.insert(p("d"), Entry::dir());
+                local.entries.insert(p("d/f"), lf(1, "00"));
+                local.entries.insert(p("d/s"), Entry::dir());
+                local.entries.insert(p("d/s/g"), lf(2, "00"));
+            }
+        }
+        let mut s = BTreeMap::new();
+        if with_state {
+            let dir = StateRecord {
+                kind: Kind::Dir,
+                local: None,
+                remote: None,
+            };
+            s.insert(p("d"), dir.clone());
+            s.insert(p("d/s"), dir);
+            s.insert(p("d/f"), rec(Some(&lf(1, "00")), Some(&rf(1, "00"))));
+            s.insert(p("d/s/g"), rec(Some(&lf(2, "00")), Some(&rf(2, "00"))));
+        }
+        let o = PlanOptions {
+            direction,
+            delete: true,
+            compare: CompareMode::Auto,
+        };
+        let planned = plan(&local, &remote, &s, &o);
+        let items = planned
+            .items
+            .into_iter()
+            .filter(|i| targets.contains(&i.path.as_str()))
+            .map(|i| (i.op, i.side, i.path.to_string(), i.reason))
+            .collect();
+        let again = planned.unconfirmed.iter().map(|d| d.to_string()).collect();
+        (items, again)
+    }
+
+    /// The delete-trust rule, on the first run (or after a state reset:
+    /// the planner then gets no state either) and with state, push and pull.
     #[test]
-    fn suspect_empty_listing_blocks_deletes() {
-        let mut l2: LocalTree = Tree::default();
-        l2.entries.insert(p("d"), Entry::dir());
-        l2.entries.insert(p("d/f"), lf(1, "00"));
+    fn deletes_rest_only_on_complete_listings() {
+        let clean = ListingFacts {
+            names: 1,
+            ..ListingFacts::default()
+        };
+        let empty = ListingFacts {
+            empty: true,
+            ..ListingFacts::default()
+        };
+        let retried = ListingFacts {
+            retried: true,
+            ..clean
+        };
+        let retried_empty = ListingFacts {
+            retried: true,
+            ..empty
+        };
+        let agreed = |f: ListingFacts| ListingFacts {
+            second: SecondListing::Agreed,
+            ..f
+        };
+        let disagreed = |f: ListingFacts| ListingFacts {
+            second: SecondListing::Disagreed,
+            ..f
+        };
+        for direction in [Direction::Push, Direction::Pull] {
+            let side = match direction {
+                Direction::Push => Side::Remote,
+                Direction::Pull => Side::Local,
+            };
+            for with_state in [false, true] {
+                let why = if with_state {
+                    Reason::SourceDeleted
+                } else {
+                    Reason::NotInSource
+                };
+                let deleted = vec![
+                    (Op::Delete, side, "d/f".to_string(), why),
+                    (Op::Delete, side, "d/s/g".to_string(), why),
+                    (Op::Rmdir, side, "d/s".to_string(), why),
+                ];
+                let kept = |r: Reason| {
+                    vec![
+                        (Op::Keep, side, "d/f".to_string(), r),
+                        (Op::Keep, side, "d/s".to_string(), r),
+                        (Op::Keep, side, "d/s/g".to_string(), r),
+                    ]
+                };
+                let unconfirmed = kept(Reason::ListingUnconfirmed);
+                let ask = vec!["d".to_string()];
+                let rows: Vec<Row> = vec![
+                    (
+                        "no record (a local scan)",
+                        None,
+                        false,
+                        deleted.clone(),
+                        vec![],
+                    ),
+                    ("clean", Some(clean), false, deleted.clone(), vec![]),
+                    (
+                        "retried",
+                        Some(retried),
+                        false,
+                        unconfirmed.clone(),
+                        ask.clone(),
+                    ),
+                    (
+                        "retried, confirmed",
+                        Some(agreed(retried)),
+                        false,
+                        deleted.clone(),
+                        vec![],
+                    ),
+                    (
+                        "retried, contradicted",
+                        Some(disagreed(retried)),
+                        false,
+                        unconfirmed.clone(),
+                        vec![],
+                    ),
+                    (
+                        "empty",
+                        Some(empty),
+                        false,
+                        unconfirmed.clone(),
+                        ask.clone(),
+                    ),
+                    (
+                        "empty, confirmed",
+                        Some(agreed(empty)),
+                        false,
+                        deleted.clone(),
+                        vec![],
+                    ),
+                    (
+                        "empty, contradicted",
+                        Some(disagreed(empty)),
+                        false,
+                        unconfirmed.clone(),
+                        vec![],
+                    ),
+                    (
+                        "retried and empty",
+                        Some(retried_empty),
+                        false,
+                        unconfirmed.clone(),
+                        ask.clone(),
+                    ),
+                    (
+                        "retried and empty, confirmed",
+                        Some(agreed(retried_empty)),
+                        false,
+                        deleted.clone(),
+                        vec![],
+                    ),
+                    (
+                        "incomplete",
+                        Some(clean),
+                        true,
+                        kept(Reason::SuspectListing),
+                        vec![],
+                    ),
+                    (
+                        "incomplete, confirmed",
+                        Some(agreed(retried)),
+                        true,
+                        kept(Reason::SuspectListing),
+                        vec![],
+                    ),
+                ];
+                for (name, facts, incomplete, want, want_again) in rows {
+                    let (got, again) = below_listing(direction, with_state, facts, incomplete);
+                    let case = format!("{direction:?}, state: {with_state}, listing {name}");
+                    assert_eq!(got, want, "{case}");
+                    assert_eq!(again, want_again, "{case}");
+                }
+            }
+        }
+    }
+
+    /// Only the listing that shows a path absent counts: a clean listing of
+    /// `d/s` backs deletes in it although `d`'s listing needed a retry, and
+    /// a retried listing of the root withholds deletes of what it misses.
+    #[test]
+    fn the_nearest_listing_decides() {
         let mut remote: RemoteTree = Tree::default();
         remote.entries.insert(p("d"), Entry::dir());
-        remote.suspect_empty.insert(p("d"));
-        let mut s = BTreeMap::new();
-        s.insert(p("d/f"), rec(Some(&lf(1, "00")), Some(&rf(1, "00"))));
-        // pull: the server's d listed empty though we synced d/f: keep the local copy.
+        remote.entries.insert(p("d/s"), Entry::dir());
+        let retried = ListingFacts {
+            retried: true,
+            names: 1,
+            ..ListingFacts::default()
+        };
+        remote.listings.insert(RelPath::root(), retried);
+        remote.listings.insert(p("d"), retried);
+        remote.listings.insert(
+            p("d/s"),
+            ListingFacts {
+                names: 1,
+                ..ListingFacts::default()
+            },
+        );
+        let mut local: LocalTree = Tree::default();
+        for d in ["d", "d/s", "gone"] {
+            local.entries.insert(p(d), Entry::dir());
+        }
+        local.entries.insert(p("d/s/x"), lf(1, "00"));
+        local.entries.insert(p("gone/y"), lf(1, "00"));
         let o = PlanOptions {
             direction: Direction::Pull,
             delete: true,
             compare: CompareMode::Auto,
-            trust_empty_listings: false,
         };
-        let got: Vec<(Op, String, Reason)> = plan(&l2, &remote, &s, &o)
+        let planned = plan(&local, &remote, &BTreeMap::new(), &o);
+        let got: Vec<(Op, String, Reason)> = planned
             .items
-            .into_iter()
+            .iter()
             .map(|i| (i.op, i.path.to_string(), i.reason))
             .collect();
         assert_eq!(
             got,
             vec![
+                (Op::Delete, "d/s/x".to_string(), Reason::NotInSource),
                 (Op::Adopt, "d".to_string(), Reason::Identical),
-                (Op::Keep, "d/f".to_string(), Reason::SuspectListing),
+                (Op::Adopt, "d/s".to_string(), Reason::Identical),
+                (Op::Keep, "gone".to_string(), Reason::ListingUnconfirmed),
+                (Op::Keep, "gone/y".to_string(), Reason::ListingUnconfirmed),
             ]
         );
-        // --force-delete trusts the empty listing...
-        let trusting = PlanOptions {
-            trust_empty_listings: true,
-            ..o
-        };
-        let ops: Vec<Op> = plan(&l2, &remote, &s, &trusting)
-            .items
-            .iter()
-            .map(|i| i.op)
-            .collect();
-        assert_eq!(ops, [Op::Delete, Op::Adopt]);
-        // ...but never an incomplete one.
-        remote.suspect_empty.clear();
-        remote.incomplete.insert(p("d"));
-        let ops: Vec<Op> = plan(&l2, &remote, &s, &trusting)
-            .items
-            .iter()
-            .map(|i| i.op)
-            .collect();
-        assert_eq!(ops, [Op::Adopt, Op::Keep]);
+        assert_eq!(
+            planned.unconfirmed.into_iter().collect::<Vec<_>>(),
+            vec![RelPath::root()]
+        );
     }
 }

@@ -331,7 +331,7 @@ fn concern_of(item: &PlanItem) -> Option<Concern> {
     use Reason::*;
     match (item.op, item.reason) {
         (Op::Keep, TargetChanged | BothChanged | Differs | TypeConflict) => Some(Concern::Conflict),
-        (Op::Keep, SuspectListing) => Some(Concern::Refused),
+        (Op::Keep, SuspectListing | ListingUnconfirmed) => Some(Concern::Refused),
         (Op::Keep, _) | (Op::Forget, DeleteDisabled) => Some(Concern::Kept),
         (Op::Upload | Op::Download, TargetChanged | BothChanged | Differs) => Some(Concern::Drift),
         _ => None,

@@ -221,12 +221,13 @@ fn failed_or_suspicious_listings_never_delete() {
     let out = f.env.run(&job, 4);
     assert!(out.stderr.contains("refusing"), "{}", out.all());
     assert_eq!(snapshot(&f.env.local), before);
-    // A listing with unparseable lines: nothing below it is deleted.
+    // A listing with unparseable lines: nothing below it is deleted, and
+    // the withheld deletes make the run partial (exit 1).
     f.proxy.clear_rules();
     let broken = b"type=dir;modify=20260101000000; d0\r\nthis is not mlsd\r\n".to_vec();
     f.proxy
         .add_rule(Rule::new("MLSD", Action::ReplaceData(broken)).times(1));
-    let out = f.env.run(&job, 0);
+    let out = f.env.run(&job, 1);
     assert!(
         out.stderr.contains("unparseable listing line"),
         "{}",
@@ -731,7 +732,7 @@ fn resume_across_runs() {
 }
 
 #[test]
-fn emptied_server_directory_needs_force_delete_on_pull() {
+fn emptied_server_directory_is_confirmed_then_mirrored_on_pull() {
     let env = Env::builtin();
     write(&env.remote_disk, "keep.txt", "k\n");
     write(&env.remote_disk, "gone/a.txt", "a\n");
@@ -740,19 +741,10 @@ fn emptied_server_directory_needs_force_delete_on_pull() {
     env.run(&job, 0);
     fs::remove_file(env.remote_disk.join("gone/a.txt")).unwrap();
     fs::remove_file(env.remote_disk.join("gone/b.txt")).unwrap();
-    // The server's directory lists as empty where files were synced: kept, and said why.
+    // The server's directory lists as empty where files were synced: a
+    // second listing (LIST beside MLSD) agrees, so the deletes go ahead.
     let out = env.run(&job, 0);
-    assert!(
-        out.stderr.contains("run with --force-delete"),
-        "{}",
-        out.all()
-    );
-    assert!(env.local.join("gone/a.txt").exists());
-    let preview = env.ftpsync(&["plan", "--json", "--force-delete", job.to_str().unwrap()]);
-    assert_eq!(preview.code, 0, "{}", preview.all());
-    assert!(env.local.join("gone/a.txt").exists());
-    let out = env.ftpsync(&["run", "--force-delete", job.to_str().unwrap()]);
-    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(!out.all().contains("force-delete"), "{}", out.all());
     assert_same_tree(&env.remote_disk, &env.local);
 }
 

@@ -13,4 +13,5 @@ mod mirror;
 mod output;
 mod resume;
 mod stop;
+mod trust;
 mod verify;

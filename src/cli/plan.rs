@@ -82,8 +82,11 @@ async fn plan_one(
     let plan = &prepared.plan;
     let code = if !args.detailed {
         exit::OK
-    } else if !plan.skipped_untrusted.is_empty() {
-        // Part of the tree could not be listed: "nothing to do" is not known.
+    } else if !plan.skipped_untrusted.is_empty()
+        || plan.items.iter().any(|i| i.reason.withholds_delete())
+    {
+        // Part of the tree could not be listed, or not well enough to
+        // delete in it: "nothing to do" is not known.
         exit::PLAN_ERROR
     } else if plan.create_target_root || plan.changes().next().is_some() {
         exit::PLAN_CHANGES

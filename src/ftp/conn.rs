@@ -493,6 +493,14 @@ fn hashing_time(len: u64) -> Duration {
     Duration::from_secs(len / (32 << 20))
 }
 
+/// A command that lists a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListMethod {
+    Mlsd,
+    /// `LIST -a`, or plain `LIST` where the server refuses `-a`.
+    List,
+}
+
 /// One directory as listed.
 #[derive(Debug, Clone)]
 pub struct DirListing {
@@ -1253,6 +1261,27 @@ impl FtpConn {
         dir: &str,
         now: chrono::NaiveDateTime,
     ) -> Result<DirListing, FtpFailure> {
+        let method = self.list_methods().0;
+        self.list_dir_by(dir, now, method).await
+    }
+
+    /// The listing command used for a scan, and a second, independent one
+    /// if the server offers it (LIST beside MLSD), for confirming a listing.
+    pub fn list_methods(&self) -> (ListMethod, Option<ListMethod>) {
+        if self.features.mlsd {
+            (ListMethod::Mlsd, Some(ListMethod::List))
+        } else {
+            (ListMethod::List, None)
+        }
+    }
+
+    /// [`FtpConn::list_dir`] with a given listing command.
+    pub async fn list_dir_by(
+        &mut self,
+        dir: &str,
+        now: chrono::NaiveDateTime,
+        method: ListMethod,
+    ) -> Result<DirListing, FtpFailure> {
         let dir = checked(dir)?;
         let missing = DirListing {
             exists: false,
@@ -1277,7 +1306,7 @@ impl FtpConn {
                 Err(e) => return Err(e),
             }
         };
-        let (format, cmd) = if self.features.mlsd {
+        let (format, cmd) = if method == ListMethod::Mlsd {
             (ListFormat::Mlsd, "MLSD")
         } else if self.plain_list {
             (ListFormat::List, "LIST")

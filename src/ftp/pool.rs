@@ -204,6 +204,33 @@ impl Pool {
         Ok(pc)
     }
 
+    /// A connection logged in just now, not one that served earlier
+    /// commands: for a second listing that must not share the first one's
+    /// session. An idle connection is closed to make room, so the pool
+    /// stays within its size.
+    pub async fn get_fresh(&self) -> Result<PooledConn<'_>, FtpFailure> {
+        if self.gave_up() {
+            return Err(FtpFailure::Unreachable(self.give_up_after));
+        }
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
+        self.checked_out.fetch_add(1, Ordering::Relaxed);
+        let mut pc = PooledConn {
+            pool: self,
+            slot: None,
+            permit: Some(permit),
+            in_step: false,
+        };
+        let idle = self.idle_list().pop();
+        if let Some(old) = idle {
+            old.conn.quit().await;
+        }
+        pc.slot = Some(self.open().await?);
+        Ok(pc)
+    }
+
     /// Opens a connection, within the server limit, keeping track of how
     /// long attempts have been failing.
     async fn open(&self) -> Result<Slot, FtpFailure> {

@@ -1,21 +1,26 @@
 //! The remote scan: lists the tree under the remote root, directories in
 //! parallel over the connection pool, and turns listing entries into a
 //! [`RemoteTree`]. Names are validated here (see [`crate::path`]); anything
-//! that fails to list makes its subtree *untrusted*, never empty.
+//! that fails to list makes its subtree *untrusted*, never empty. Each
+//! directory's [`ListingFacts`] say how its listing was obtained (at the
+//! first try or after a failure, empty or not), and [`confirm`] lists again
+//! the directories the planner will not delete in on the strength of one
+//! listing.
 
-use std::collections::BTreeSet;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::conn::ListMethod;
 use super::list::EntryKind;
 use super::pool::Pool;
 use super::reply::FtpFailure;
 use crate::job::{Filters, RetryPolicy};
 use crate::local::is_temp_name;
 use crate::model::RelPath;
-use crate::model::{Entry, Problem, RemoteMeta, RemoteTree};
+use crate::model::{Entry, ListingFacts, Problem, RemoteMeta, RemoteTree, SecondListing};
 
 /// What the scan needs besides the pool.
 pub struct ScanInput {
@@ -23,9 +28,6 @@ pub struct ScanInput {
     pub root: String,
     pub filters: Filters,
     pub retry: RetryPolicy,
-    /// Directories under which the state remembers entries: an empty
-    /// listing for one of them is suspicious.
-    pub remembered_dirs: BTreeSet<RelPath>,
     /// Counts the entries found, for progress.
     pub events: crate::events::Events,
 }
@@ -34,6 +36,18 @@ pub struct ScanInput {
 struct Listed {
     dir: RelPath,
     result: Result<super::conn::DirListing, FtpFailure>,
+    /// Attempts made at the listing itself (connection failures not counted).
+    tries: u32,
+}
+
+/// The number of names in a listing and a digest of them, in any order:
+/// what a second listing must match.
+fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
+    let mut names: Vec<&[u8]> = listing.entries.iter().map(|e| e.name.as_slice()).collect();
+    names.sort_unstable();
+    let mut h = DefaultHasher::new();
+    names.hash(&mut h);
+    (names.len(), h.finish())
 }
 
 /// Scans the remote tree. Returns the tree and the temporary files of
@@ -49,16 +63,19 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         tasks.spawn(
             async move {
                 let abs = dir.to_remote(&input.root);
-                let result =
-                    crate::with_retry!(&pool, &input.retry, |c| c.list_dir(&abs, now).await);
-                Listed { dir, result }
+                let mut tries = 0u32;
+                let result = crate::with_retry!(&pool, &input.retry, |c| {
+                    tries += 1;
+                    c.list_dir(&abs, now).await
+                });
+                Listed { dir, result, tries }
             }
             .in_current_span(),
         );
     };
     spawn(&mut tasks, RelPath::root());
     while let Some(joined) = tasks.join_next().await {
-        let Ok(Listed { dir, result }) = joined else {
+        let Ok(Listed { dir, result, tries }) = joined else {
             continue;
         };
         let listing = match result {
@@ -96,7 +113,17 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
             // strength of this listing.
             tree.incomplete.insert(dir.clone());
         }
-        let mut kept = 0usize;
+        let (names, digest) = names_digest(&listing.listing);
+        tree.listings.insert(
+            dir.clone(),
+            ListingFacts {
+                retried: tries > 1,
+                empty: names == 0,
+                names,
+                digest,
+                second: SecondListing::NotAsked,
+            },
+        );
         let known = tree.entries.len();
         for e in listing.listing.entries {
             let rel = match dir.join(&e.name) {
@@ -115,7 +142,6 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                     continue;
                 }
             };
-            kept += 1;
             if let Some(mode) = e.mode
                 && matches!(e.kind, EntryKind::Dir | EntryKind::File)
             {
@@ -161,13 +187,88 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         input
             .events
             .remote_entries((tree.entries.len() - known) as u64);
-        if kept == 0 && input.remembered_dirs.contains(&dir) {
-            tree.suspect_empty.insert(dir.clone());
-            tree.problems.push(Problem {
-                path: dir.to_remote(&input.root),
-                message: "listed as empty although the last sync put files there; no deletes below it (if it really was emptied, run with --force-delete)".into(),
-            });
-        }
     }
     (tree, temps)
+}
+
+/// Lists each of `dirs` a second time, on a connection logged in for it and
+/// with the server's other listing command where it has one (LIST beside
+/// MLSD), and records in `tree` whether the names agree with the first
+/// listing. A second listing that fails, or has lines it cannot read,
+/// confirms nothing. One attempt each: a server that cannot list a
+/// directory twice in a row does not get deletes there this run.
+pub async fn confirm(
+    pool: Arc<Pool>,
+    input: Arc<ScanInput>,
+    tree: &mut RemoteTree,
+    dirs: &[RelPath],
+) {
+    let now = chrono::Utc::now().naive_utc();
+    let mut tasks: JoinSet<(
+        RelPath,
+        &'static str,
+        Result<super::conn::DirListing, FtpFailure>,
+    )> = JoinSet::new();
+    for dir in dirs.iter().filter(|d| tree.listings.contains_key(*d)) {
+        let (pool, input, dir) = (Arc::clone(&pool), Arc::clone(&input), dir.clone());
+        tasks.spawn(
+            async move {
+                let abs = dir.to_remote(&input.root);
+                let mut pc = match pool.get_fresh().await {
+                    Ok(pc) => pc,
+                    Err(e) => return (dir, "on a new connection", Err(e)),
+                };
+                let (first, second) = pc.conn().list_methods();
+                let method = second.unwrap_or(first);
+                let result = pc.conn().list_dir_by(&abs, now, method).await;
+                match &result {
+                    Err(e) if e.breaks_connection() => pc.discard(),
+                    _ => pc.release(),
+                }
+                let how = match method {
+                    ListMethod::Mlsd => "MLSD, on a new connection",
+                    ListMethod::List => "LIST, on a new connection",
+                };
+                (dir, how, result)
+            }
+            .in_current_span(),
+        );
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((dir, method, result)) = joined else {
+            continue;
+        };
+        let Some(facts) = tree.listings.get_mut(&dir) else {
+            continue;
+        };
+        let why = if facts.retried {
+            "needed a retry"
+        } else {
+            "came back empty"
+        };
+        let disagreement = match result {
+            Err(e) => Some(format!("failed: {e}")),
+            Ok(l) if !l.exists => Some("says the directory does not exist".into()),
+            Ok(l) if !l.listing.bad_lines.is_empty() => {
+                Some("has lines that could not be read".into())
+            }
+            Ok(l) => {
+                let (names, digest) = names_digest(&l.listing);
+                (names != facts.names || digest != facts.digest)
+                    .then(|| format!("has other names ({names} instead of {})", facts.names))
+            }
+        };
+        facts.second = match disagreement {
+            None => SecondListing::Agreed,
+            Some(how) => {
+                tree.problems.push(Problem {
+                    path: dir.to_remote(&input.root),
+                    message: format!(
+                        "its listing {why} and a second listing ({method}) {how}: no deletes below it this run"
+                    ),
+                });
+                SecondListing::Disagreed
+            }
+        };
+    }
 }

@@ -10,7 +10,10 @@ pub mod tree;
 
 pub use path::{NameError, RelPath, check_command_arg, validate_name};
 pub use time::RemoteTime;
-pub use tree::{Entry, Kind, LocalMeta, LocalTree, Problem, RemoteMeta, RemoteTree, Tree};
+pub use tree::{
+    Entry, Kind, ListingFacts, LocalMeta, LocalTree, Problem, RemoteMeta, RemoteTree,
+    SecondListing, Tree,
+};
 
 use serde::Serialize;
 

@@ -71,6 +71,35 @@ pub struct Problem {
     pub message: String,
 }
 
+/// How one directory's listing was obtained. A listing that needed a retry,
+/// or that came back empty, may be wrong in the way that matters most (a
+/// name missing from it reads as "deleted on the source"), so deletes rest
+/// on it only once a second, independent listing agreed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListingFacts {
+    /// An attempt failed before one came back.
+    pub retried: bool,
+    /// It held no entry at all.
+    pub empty: bool,
+    /// How many names it held (of every kind, refused names included).
+    pub names: usize,
+    /// A digest of those names, to compare a second listing with.
+    pub digest: u64,
+    pub second: SecondListing,
+}
+
+/// What a second listing of a directory said.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SecondListing {
+    /// None was made.
+    #[default]
+    NotAsked,
+    /// It held exactly the same names.
+    Agreed,
+    /// It held other names, failed, or could not be fully read.
+    Disagreed,
+}
+
 /// A scanned side. `untrusted` holds directories whose listing failed: nothing
 /// below them is known, so the planner neither deletes nor transfers there.
 #[derive(Debug, Clone)]
@@ -80,10 +109,10 @@ pub struct Tree<M> {
     /// Directories whose listing had unparseable lines or refused names: not
     /// everything in them is known, so deletes are never planned below them.
     pub incomplete: BTreeSet<RelPath>,
-    /// Directories that listed as empty although the state remembers
-    /// content under them: deletes are not planned below them unless the run
-    /// is told to trust such listings (`--force-delete`).
-    pub suspect_empty: BTreeSet<RelPath>,
+    /// How each listed directory's listing was obtained (the remote scan;
+    /// the local one reads the disk and records none): what the planner's
+    /// delete-trust rule asks about (see [`crate::plan`]).
+    pub listings: BTreeMap<RelPath, ListingFacts>,
     /// Directories that directly hold something not synced (excluded by the
     /// filters, a symlink, a special file): they cannot be removed.
     pub holds_unsynced: BTreeSet<RelPath>,
@@ -103,7 +132,7 @@ impl<M> Default for Tree<M> {
             entries: BTreeMap::new(),
             untrusted: BTreeSet::new(),
             incomplete: BTreeSet::new(),
-            suspect_empty: BTreeSet::new(),
+            listings: BTreeMap::new(),
             holds_unsynced: BTreeSet::new(),
             problems: Vec::new(),
             modes: BTreeMap::new(),
