@@ -65,6 +65,9 @@ pub enum Reason {
     Differs,
     /// Both exist, no state, same size and time.
     Identical,
+    /// Both exist, no state, same size, and the same time once the
+    /// server's offset (time zone, clock) learned in this run is allowed for.
+    SameTimeOffset,
     /// Both exist, no state, same size, and the server's hash of its file
     /// equals the local file's.
     SameHash,
@@ -110,6 +113,9 @@ impl Reason {
             (Reason::Differs, Push) => "differs on the server and was never synced: overwritten",
             (Reason::Differs, Pull) => "differs locally and was never synced: kept (conflict)",
             (Reason::Identical, _) => "already identical (same size and time)",
+            (Reason::SameTimeOffset, _) => {
+                "already identical (same size, and the same time once the server's offset is allowed for)"
+            }
             (Reason::SameHash, _) => "already identical (same size, same hash on the server)",
             (Reason::RecordRefresh, _) => "state refreshed from the listing",
             (Reason::SourceDeleted, Push) => "deleted locally",
@@ -144,6 +150,12 @@ pub struct PlanItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
+
+/// Files on both sides that the state does not know, already compared
+/// before planning (by time to the second, or by the server's hash):
+/// `Some(reason)` identical (adopted with that reason), `None` differs.
+/// Files not in it are judged by [`same_content`].
+pub type Verdicts = BTreeMap<RelPath, Option<Reason>>;
 
 /// Options that shape the plan.
 #[derive(Debug, Clone, Copy)]
@@ -211,27 +223,14 @@ pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> 
 
 /// Whether a local and a remote file seen for the first time (no state) can
 /// be taken as the same content: equal size, and (unless `compare: size`)
-/// equal time at the listing's precision. MLSD times are UTC; LIST times are
-/// taken as UTC too, and a server in another zone just means a transfer.
+/// equal time at the listing's precision, taken as UTC. Servers in another
+/// zone, or with days only, are compared before planning (see
+/// [`crate::adoption`]) and their verdicts override this.
 pub fn same_content(local: &LocalMeta, remote: &RemoteMeta, mode: CompareMode) -> bool {
     if remote.size != Some(local.size) {
         return false;
     }
-    if mode == CompareMode::Size {
-        return true;
-    }
-    let secs = local.mtime_ns.div_euclid(1_000_000_000);
-    let Some(local_t) = chrono::DateTime::from_timestamp(secs, 0).map(|t| t.naive_utc()) else {
-        return false;
-    };
-    match remote.mtime {
-        RemoteTime::Exact(t) => (t - local_t).num_seconds().abs() <= 1,
-        RemoteTime::Minute(t) => {
-            let floor = local_t - chrono::Duration::seconds(secs.rem_euclid(60));
-            floor == t
-        }
-        RemoteTime::Day(_) | RemoteTime::Unknown => false,
-    }
+    mode == CompareMode::Size || remote.mtime.agrees_with_local(local.mtime_ns, 0)
 }
 
 /// What is known about one path on the two sides, direction-neutral.
@@ -243,8 +242,8 @@ struct Facts {
     tgt_changed: bool,
     /// Same content although there is no state (adoption).
     identical: bool,
-    /// Same content by the server's hash (adoption; implies `identical`).
-    by_hash: bool,
+    /// Why `identical` (adoption).
+    adopt_reason: Reason,
     /// The recorded remote time is unknown and the listing now has one.
     refresh: bool,
     src_size: Option<u64>,
@@ -255,7 +254,7 @@ fn facts(
     remote: Option<&Entry<RemoteMeta>>,
     rec: Option<&StateRecord>,
     o: &PlanOptions,
-    by_hash: bool,
+    verdict: Option<Option<Reason>>,
 ) -> Facts {
     let lf = local.and_then(|e| e.meta.as_ref());
     let rf = remote.and_then(|e| e.meta.as_ref());
@@ -269,12 +268,11 @@ fn facts(
         (Some(_), None) => true,
         _ => false,
     };
-    let by_hash = by_hash && lf.is_some() && rf.is_some();
-    let identical = by_hash
-        || match (lf, rf) {
-            (Some(l), Some(r)) => same_content(l, r, o.compare),
-            _ => false,
-        };
+    let (identical, adopt_reason) = match (lf, rf, verdict) {
+        (Some(_), Some(_), Some(v)) => (v.is_some(), v.unwrap_or(Reason::Identical)),
+        (Some(l), Some(r), None) => (same_content(l, r, o.compare), Reason::Identical),
+        _ => (false, Reason::Identical),
+    };
     let remote_refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
         (Some(c), Some(r)) => r.mtime == RemoteTime::Unknown && c.mtime != RemoteTime::Unknown,
         _ => false,
@@ -309,7 +307,7 @@ fn facts(
         src_changed,
         tgt_changed,
         identical,
-        by_hash,
+        adopt_reason,
         refresh,
         src_size,
     }
@@ -322,18 +320,18 @@ pub fn plan(
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
 ) -> Plan {
-    plan_verified(local, remote, state, o, &BTreeSet::new())
+    plan_verified(local, remote, state, o, &Verdicts::new())
 }
 
-/// [`plan`], where `same_hash` holds the files found identical by the
-/// server's hash command: with no state, they are adopted although their
-/// times differ.
+/// [`plan`], where `verdicts` holds the files the state does not know that
+/// were compared before planning (by time to the second, by the server's
+/// hash): they are adopted, or not, as it says.
 pub fn plan_verified(
     local: &LocalTree,
     remote: &RemoteTree,
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
-    same_hash: &BTreeSet<RelPath>,
+    verdicts: &Verdicts,
 ) -> Plan {
     // Deletes on the target come from absences on the source, so an
     // incomplete or suspiciously empty source listing is what blocks them.
@@ -387,7 +385,7 @@ pub fn plan_verified(
             remote.entries.get(path),
             state.get(path),
             o,
-            same_hash.contains(path),
+            verdicts.get(path).copied(),
         );
         let item = |op: Op, side: Side, kind: Kind, reason: Reason| PlanItem {
             op,
@@ -413,12 +411,7 @@ pub fn plan_verified(
             (Some(Kind::File), Some(Kind::File)) => {
                 if f.rec != Some(Kind::File) {
                     if f.identical {
-                        let reason = if f.by_hash {
-                            Reason::SameHash
-                        } else {
-                            Reason::Identical
-                        };
-                        records.push(item(Op::Adopt, target_side, Kind::File, reason));
+                        records.push(item(Op::Adopt, target_side, Kind::File, f.adopt_reason));
                     } else if o.direction == Direction::Push {
                         transfers.push(PlanItem {
                             size: f.src_size,

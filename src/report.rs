@@ -32,6 +32,8 @@ pub struct PlanJson<'a> {
     /// The server's hash command used to compare files the state does not
     /// know (`HASH`, `XSHA256`, …), if it offers one.
     pub hash_command: Option<&'static str>,
+    /// What adoption by time learned: the server's offset, MDTM asked.
+    pub adoption: &'a crate::adoption::Adoption,
 }
 
 #[derive(Serialize)]
@@ -104,6 +106,7 @@ pub fn plan_json(p: &Prepared) -> String {
         state_reset: p.state_reset,
         compare: p.job.compare,
         hash_command: p.hash_command.map(|c| c.verb()),
+        adoption: &p.adoption,
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
@@ -177,6 +180,9 @@ pub fn plan_text(p: &Prepared) -> String {
             cmd.verb(),
             cmd.algo().name()
         );
+    }
+    for line in p.adoption.describe() {
+        let _ = writeln!(out, "{line}");
     }
     if p.state_reset {
         let _ = writeln!(
