@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | file | — | — | transfer (new) |
 //! | file | — | seen | transfer (target lost it) |
-//! | file | file | — | adopt if size/time match, else transfer (push) / conflict (pull) |
+//! | file | file | — | adopt if size/time match (time as [`crate::adoption`] judged it, where it did), else transfer (push) / conflict (pull) |
 //! | file | file | seen | transfer if source changed; if target changed: overwrite (push, reported as drift) or keep (pull, conflict) |
 //! | — | file | seen | delete if `delete: true`, else forget |
 //! | — | file | — | delete if `delete: true` (never synced), else leave |
@@ -887,6 +887,58 @@ mod tests {
             mtime: RemoteTime::Unknown,
         };
         assert!(remote_changed(&resized, &pending, CompareMode::Auto));
+    }
+
+    #[test]
+    fn verdicts_from_before_planning_override_the_time_rule() {
+        let mut l: LocalTree = Tree::default();
+        let mut r: RemoteTree = Tree::default();
+        // "same" matches as listed; "shifted" is an hour off; "odd" matches
+        // as listed but not by the server's learned offset.
+        for name in ["same", "shifted", "odd"] {
+            l.entries.insert(p(name), lf(5, "00"));
+        }
+        r.entries.insert(p("same"), rf(5, "00"));
+        r.entries.insert(
+            p("shifted"),
+            Entry::file(RemoteMeta {
+                size: Some(5),
+                mtime: RemoteTime::Exact(t("00") + chrono::Duration::hours(1)),
+            }),
+        );
+        r.entries.insert(p("odd"), rf(5, "00"));
+        let o = PlanOptions {
+            direction: Direction::Push,
+            delete: false,
+            compare: CompareMode::Auto,
+            trust_empty_listings: false,
+        };
+        let got = |v: &Verdicts| -> Vec<(Op, String, Reason)> {
+            plan_verified(&l, &r, &BTreeMap::new(), &o, v)
+                .items
+                .into_iter()
+                .map(|i| (i.op, i.path.to_string(), i.reason))
+                .collect()
+        };
+        assert_eq!(
+            got(&Verdicts::new()),
+            vec![
+                (Op::Upload, "shifted".into(), Reason::Differs),
+                (Op::Adopt, "odd".into(), Reason::Identical),
+                (Op::Adopt, "same".into(), Reason::Identical),
+            ]
+        );
+        let mut v = Verdicts::new();
+        v.insert(p("shifted"), Some(Reason::SameTimeOffset));
+        v.insert(p("odd"), None);
+        assert_eq!(
+            got(&v),
+            vec![
+                (Op::Upload, "odd".into(), Reason::Differs),
+                (Op::Adopt, "same".into(), Reason::Identical),
+                (Op::Adopt, "shifted".into(), Reason::SameTimeOffset),
+            ]
+        );
     }
 
     #[test]

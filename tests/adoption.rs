@@ -234,13 +234,22 @@ fn pyftpdlib_clock_off() {
 /// the next plan has only the file that differs.
 #[test]
 fn adopt_command_on_local_time_server() {
-    let Some(server) = start_vsftpd_localtime("<-03:30>3:30") else {
+    let Some(server) = start_vsftpd_localtime("<-0330>3:30") else {
         return;
     };
     seed_remote(&server, 0);
     let env = Env::external(server);
     seed_local(&env.local);
     let job = env.job("push", false, "");
+    let plan = env.ftpsync(&["plan", job.to_str().unwrap()]);
+    assert!(
+        plan.stdout
+            .lines()
+            .any(|l| l
+                == "adoption: server reports local time, UTC−3:30 (5 of 6 same-size files agree)"),
+        "{}",
+        plan.stdout
+    );
     let before = inodes(&env.remote_disk);
     let out = env.ftpsync(&["adopt", job.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.all());
