@@ -78,6 +78,8 @@ pub struct Prepared {
     /// The server's hash command, if it offers one: files the state does
     /// not know are compared with it (see [`adopt_by_server_hash`]).
     pub hash_command: Option<HashCommand>,
+    /// What adoption by time learned (MDTM asked, the server's offset).
+    pub adoption: crate::adoption::Adoption,
     /// With `state: remote`: where the state lives on the server, for the
     /// saves during the run.
     pub remote_state: Option<RemoteState>,
@@ -221,6 +223,7 @@ async fn prepare_limited(
             .with_server_limit(server_limit),
     );
     let hash_command = first.features.hash;
+    let has_mdtm = first.features.mdtm;
     pool.put_idle(first, first_permit);
     if job.verify == VerifyMode::Hash && hash_command.is_none() {
         return Err(Error::Usage(format!(
@@ -306,12 +309,20 @@ async fn prepare_limited(
     if job.compare == CompareMode::Hash {
         fill_hashes(job, &mut local, &state).await;
     }
-    let verified = match hash_command {
-        Some(cmd) => {
-            adopt_by_server_hash(&pool, job, &root, cmd, &mut local, &remote, &state).await
-        }
-        None => BTreeSet::new(),
+    let time_input = crate::adoption::TimeInput {
+        pool: &pool,
+        retry: job.retry,
+        root: &root,
+        compare: job.compare,
+        mdtm: has_mdtm,
     };
+    let adoption = crate::adoption::by_time(&time_input, &local, &remote, &state).await;
+    let mut verdicts = adoption.verdicts.clone();
+    if let Some(cmd) = hash_command {
+        let todo = unsettled_by_time(job.compare, &local, &remote, &state, &verdicts);
+        let same = adopt_by_server_hash(&pool, job, &root, cmd, &mut local, todo).await;
+        verdicts.extend(same.into_iter().map(|p| (p, Some(plan::Reason::SameHash))));
+    }
 
     // Refuse the dangerous cases before planning anything.
     match job.direction {
@@ -354,7 +365,7 @@ async fn prepare_limited(
         delete: job.delete,
         compare: job.compare,
     };
-    let mut plan = plan::plan_verified(&local, &remote, &state, &options, &verified);
+    let mut plan = plan::plan_verified(&local, &remote, &state, &options, &verdicts);
     if !plan.unconfirmed.is_empty() {
         // Deletes wait on listings that needed a retry or came back empty:
         // list those directories again, and plan with what that says.
@@ -363,7 +374,7 @@ async fn prepare_limited(
         for p in remote.problems.iter().skip(problems_before_confirm) {
             events.emit(Event::Warning(p));
         }
-        plan = plan::plan_verified(&local, &remote, &state, &options, &verified);
+        plan = plan::plan_verified(&local, &remote, &state, &options, &verdicts);
     }
     // `--force-delete` lifts the delete limit (a plan previews that).
     let delete_limit = if force_delete {
@@ -386,6 +397,7 @@ async fn prepare_limited(
         state_reset,
         delete_limit,
         hash_command,
+        adoption,
         remote_state: if for_run { remote_state } else { None },
     })
 }
@@ -408,22 +420,17 @@ fn effective_compare(job: &Job, state: &BTreeMap<RelPath, StateRecord>) -> Compa
     }
 }
 
-/// With a server hash command, the files on both sides that the state does
-/// not know and that are the same size but not the same time: hashed on
-/// both sides, and those whose digests match are returned, to be adopted
-/// without a transfer. Their local SHA-256 is filled in for the record. A
-/// file the server will not hash is simply not in the set (it is
-/// transferred, or reported as differing).
-async fn adopt_by_server_hash(
-    pool: &Arc<Pool>,
-    job: &Job,
-    root: &str,
-    cmd: HashCommand,
-    local: &mut LocalTree,
+/// The files on both sides that the state does not know and that are the
+/// same size but not the same time (by the `verdicts` of adoption by time,
+/// else by the planner's rule): what only a hash can settle.
+fn unsettled_by_time(
+    compare: CompareMode,
+    local: &LocalTree,
     remote: &RemoteTree,
     state: &BTreeMap<RelPath, StateRecord>,
-) -> BTreeSet<RelPath> {
-    let mut tasks = tokio::task::JoinSet::new();
+    verdicts: &plan::Verdicts,
+) -> Vec<RelPath> {
+    let mut todo = Vec::new();
     for (p, e) in &local.entries {
         let (Some(lm), Some(rm)) = (
             e.meta.as_ref(),
@@ -431,15 +438,43 @@ async fn adopt_by_server_hash(
         ) else {
             continue;
         };
-        if state.get(p).is_some_and(|r| r.kind == Kind::File)
-            || rm.size != Some(lm.size)
-            || plan::same_content(lm, rm, job.compare)
-        {
+        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size != Some(lm.size) {
             continue;
         }
+        let same_time = match verdicts.get(p) {
+            Some(v) => v.is_some(),
+            None => plan::same_content(lm, rm, compare),
+        };
+        if !same_time {
+            todo.push(p.clone());
+        }
+    }
+    todo
+}
+
+/// With a server hash command, the files of `todo` (see
+/// [`unsettled_by_time`]) are hashed on both sides, and those whose digests
+/// match are returned, to be adopted without a transfer. Their local
+/// SHA-256 is filled in for the record. A file the server will not hash is
+/// simply not in the set (it is transferred, or reported as differing).
+async fn adopt_by_server_hash(
+    pool: &Arc<Pool>,
+    job: &Job,
+    root: &str,
+    cmd: HashCommand,
+    local: &mut LocalTree,
+    todo: Vec<RelPath>,
+) -> BTreeSet<RelPath> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in todo {
         let (pool, retry) = (Arc::clone(pool), job.retry);
-        let (rel, file, abs) = (p.clone(), p.to_local(&job.local_root), p.to_remote(root));
-        let len = lm.size;
+        let (file, abs) = (p.to_local(&job.local_root), p.to_remote(root));
+        let len = local
+            .entries
+            .get(&p)
+            .and_then(|e| e.meta.as_ref())
+            .map_or(0, |m| m.size);
+        let rel = p;
         tasks.spawn(async move {
             let algo = cmd.algo();
             let ours = tokio::task::spawn_blocking(move || local::digests_file(&file, algo));

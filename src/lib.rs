@@ -14,6 +14,8 @@
 //! - [`ftp`]: connections, listing parsers, reply classes, the connection
 //!   pool and the remote scan.
 //! - [`state`]: the state store (trait and SQLite), the run history and the job lock.
+//! - [`adoption`]: files the state does not know, compared by time before
+//!   planning: MDTM where a listing is coarse, the server's time offset learned.
 //! - [`plan`]: the pure three-way planner.
 //! - [`exec`]: runs a plan through the stores and records each result.
 //! - [`store`]: the two sides behind one seam: the local disk and the FTP
@@ -26,6 +28,7 @@
 //! - [`daemon`]: `ftpsync daemon`: the scheduler, metrics, health, hooks, systemd.
 //! - [`error`]: the top-level error and exit codes.
 
+pub mod adoption;
 pub mod daemon;
 pub mod engine;
 pub mod error;

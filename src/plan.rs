@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | file | — | — | transfer (new) |
 //! | file | — | seen | transfer (target lost it) |
-//! | file | file | — | adopt if size/time match, else transfer (push) / conflict (pull) |
+//! | file | file | — | adopt if size/time match (time as [`crate::adoption`] judged it, where it did), else transfer (push) / conflict (pull) |
 //! | file | file | seen | transfer if source changed; if target changed: overwrite (push, reported as drift) or keep (pull, conflict) |
 //! | — | file | seen | delete if `delete: true`, else forget |
 //! | — | file | — | delete if `delete: true` (never synced), else leave |
@@ -76,6 +76,9 @@ pub enum Reason {
     Differs,
     /// Both exist, no state, same size and time.
     Identical,
+    /// Both exist, no state, same size, and the same time once the
+    /// server's offset (time zone, clock) learned in this run is allowed for.
+    SameTimeOffset,
     /// Both exist, no state, same size, and the server's hash of its file
     /// equals the local file's.
     SameHash,
@@ -124,6 +127,9 @@ impl Reason {
             (Reason::Differs, Push) => "differs on the server and was never synced: overwritten",
             (Reason::Differs, Pull) => "differs locally and was never synced: kept (conflict)",
             (Reason::Identical, _) => "already identical (same size and time)",
+            (Reason::SameTimeOffset, _) => {
+                "already identical (same size, and the same time once the server's offset is allowed for)"
+            }
             (Reason::SameHash, _) => "already identical (same size, same hash on the server)",
             (Reason::RecordRefresh, _) => "state refreshed from the listing",
             (Reason::SourceDeleted, Push) => "deleted locally",
@@ -165,6 +171,12 @@ pub struct PlanItem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
 }
+
+/// Files on both sides that the state does not know, already compared
+/// before planning (by time to the second, or by the server's hash):
+/// `Some(reason)` identical (adopted with that reason), `None` differs.
+/// Files not in it are judged by [`same_content`].
+pub type Verdicts = BTreeMap<RelPath, Option<Reason>>;
 
 /// Options that shape the plan.
 #[derive(Debug, Clone, Copy)]
@@ -233,27 +245,14 @@ pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> 
 
 /// Whether a local and a remote file seen for the first time (no state) can
 /// be taken as the same content: equal size, and (unless `compare: size`)
-/// equal time at the listing's precision. MLSD times are UTC; LIST times are
-/// taken as UTC too, and a server in another zone just means a transfer.
+/// equal time at the listing's precision, taken as UTC. Servers in another
+/// zone, or with days only, are compared before planning (see
+/// [`crate::adoption`]) and their verdicts override this.
 pub fn same_content(local: &LocalMeta, remote: &RemoteMeta, mode: CompareMode) -> bool {
     if remote.size != Some(local.size) {
         return false;
     }
-    if mode == CompareMode::Size {
-        return true;
-    }
-    let secs = local.mtime_ns.div_euclid(1_000_000_000);
-    let Some(local_t) = chrono::DateTime::from_timestamp(secs, 0).map(|t| t.naive_utc()) else {
-        return false;
-    };
-    match remote.mtime {
-        RemoteTime::Exact(t) => (t - local_t).num_seconds().abs() <= 1,
-        RemoteTime::Minute(t) => {
-            let floor = local_t - chrono::Duration::seconds(secs.rem_euclid(60));
-            floor == t
-        }
-        RemoteTime::Day(_) | RemoteTime::Unknown => false,
-    }
+    mode == CompareMode::Size || remote.mtime.agrees_with_local(local.mtime_ns, 0)
 }
 
 /// What is known about one path on the two sides, direction-neutral.
@@ -265,8 +264,8 @@ struct Facts {
     tgt_changed: bool,
     /// Same content although there is no state (adoption).
     identical: bool,
-    /// Same content by the server's hash (adoption; implies `identical`).
-    by_hash: bool,
+    /// Why `identical` (adoption).
+    adopt_reason: Reason,
     /// The recorded remote time is unknown and the listing now has one.
     refresh: bool,
     src_size: Option<u64>,
@@ -277,7 +276,7 @@ fn facts(
     remote: Option<&Entry<RemoteMeta>>,
     rec: Option<&StateRecord>,
     o: &PlanOptions,
-    by_hash: bool,
+    verdict: Option<Option<Reason>>,
 ) -> Facts {
     let lf = local.and_then(|e| e.meta.as_ref());
     let rf = remote.and_then(|e| e.meta.as_ref());
@@ -291,12 +290,11 @@ fn facts(
         (Some(_), None) => true,
         _ => false,
     };
-    let by_hash = by_hash && lf.is_some() && rf.is_some();
-    let identical = by_hash
-        || match (lf, rf) {
-            (Some(l), Some(r)) => same_content(l, r, o.compare),
-            _ => false,
-        };
+    let (identical, adopt_reason) = match (lf, rf, verdict) {
+        (Some(_), Some(_), Some(v)) => (v.is_some(), v.unwrap_or(Reason::Identical)),
+        (Some(l), Some(r), None) => (same_content(l, r, o.compare), Reason::Identical),
+        _ => (false, Reason::Identical),
+    };
     let remote_refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
         (Some(c), Some(r)) => r.mtime == RemoteTime::Unknown && c.mtime != RemoteTime::Unknown,
         _ => false,
@@ -331,7 +329,7 @@ fn facts(
         src_changed,
         tgt_changed,
         identical,
-        by_hash,
+        adopt_reason,
         refresh,
         src_size,
     }
@@ -381,18 +379,18 @@ pub fn plan(
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
 ) -> Plan {
-    plan_verified(local, remote, state, o, &BTreeSet::new())
+    plan_verified(local, remote, state, o, &Verdicts::new())
 }
 
-/// [`plan`], where `same_hash` holds the files found identical by the
-/// server's hash command: with no state, they are adopted although their
-/// times differ.
+/// [`plan`], where `verdicts` holds the files the state does not know that
+/// were compared before planning (by time to the second, by the server's
+/// hash): they are adopted, or not, as it says.
 pub fn plan_verified(
     local: &LocalTree,
     remote: &RemoteTree,
     state: &BTreeMap<RelPath, StateRecord>,
     o: &PlanOptions,
-    same_hash: &BTreeSet<RelPath>,
+    verdicts: &Verdicts,
 ) -> Plan {
     let (target_side, transfer) = match o.direction {
         Direction::Push => (Side::Remote, Op::Upload),
@@ -430,7 +428,7 @@ pub fn plan_verified(
             remote.entries.get(path),
             state.get(path),
             o,
-            same_hash.contains(path),
+            verdicts.get(path).copied(),
         );
         let item = |op: Op, side: Side, kind: Kind, reason: Reason| PlanItem {
             op,
@@ -455,12 +453,7 @@ pub fn plan_verified(
             (Some(Kind::File), Some(Kind::File)) => {
                 if f.rec != Some(Kind::File) {
                     if f.identical {
-                        let reason = if f.by_hash {
-                            Reason::SameHash
-                        } else {
-                            Reason::Identical
-                        };
-                        records.push(item(Op::Adopt, target_side, Kind::File, reason));
+                        records.push(item(Op::Adopt, target_side, Kind::File, f.adopt_reason));
                     } else if o.direction == Direction::Push {
                         transfers.push(PlanItem {
                             size: f.src_size,
@@ -941,6 +934,57 @@ mod tests {
             mtime: RemoteTime::Unknown,
         };
         assert!(remote_changed(&resized, &pending, CompareMode::Auto));
+    }
+
+    #[test]
+    fn verdicts_from_before_planning_override_the_time_rule() {
+        let mut l: LocalTree = Tree::default();
+        let mut r: RemoteTree = Tree::default();
+        // "same" matches as listed; "shifted" is an hour off; "odd" matches
+        // as listed but not by the server's learned offset.
+        for name in ["same", "shifted", "odd"] {
+            l.entries.insert(p(name), lf(5, "00"));
+        }
+        r.entries.insert(p("same"), rf(5, "00"));
+        r.entries.insert(
+            p("shifted"),
+            Entry::file(RemoteMeta {
+                size: Some(5),
+                mtime: RemoteTime::Exact(t("00") + chrono::Duration::hours(1)),
+            }),
+        );
+        r.entries.insert(p("odd"), rf(5, "00"));
+        let o = PlanOptions {
+            direction: Direction::Push,
+            delete: false,
+            compare: CompareMode::Auto,
+        };
+        let got = |v: &Verdicts| -> Vec<(Op, String, Reason)> {
+            plan_verified(&l, &r, &BTreeMap::new(), &o, v)
+                .items
+                .into_iter()
+                .map(|i| (i.op, i.path.to_string(), i.reason))
+                .collect()
+        };
+        assert_eq!(
+            got(&Verdicts::new()),
+            vec![
+                (Op::Upload, "shifted".into(), Reason::Differs),
+                (Op::Adopt, "odd".into(), Reason::Identical),
+                (Op::Adopt, "same".into(), Reason::Identical),
+            ]
+        );
+        let mut v = Verdicts::new();
+        v.insert(p("shifted"), Some(Reason::SameTimeOffset));
+        v.insert(p("odd"), None);
+        assert_eq!(
+            got(&v),
+            vec![
+                (Op::Upload, "odd".into(), Reason::Differs),
+                (Op::Adopt, "same".into(), Reason::Identical),
+                (Op::Adopt, "shifted".into(), Reason::SameTimeOffset),
+            ]
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct PlanJson<'a> {
     /// How transfers are checked in this run: `size`, or `hash` (the
     /// size and the server's hash command; see `verify` in the README).
     pub verify: &'static str,
+    /// What adoption by time learned: the server's offset, MDTM asked.
+    pub adoption: &'a crate::adoption::Adoption,
 }
 
 #[derive(Serialize)]
@@ -125,6 +127,7 @@ pub fn plan_json(p: &Prepared) -> String {
         } else {
             "size"
         },
+        adoption: &p.adoption,
     };
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
@@ -206,6 +209,9 @@ pub fn plan_text(p: &Prepared) -> String {
             cmd.verb(),
             cmd.algo().name()
         );
+    }
+    for line in p.adoption.describe() {
+        let _ = writeln!(out, "{line}");
     }
     if p.state_reset {
         let _ = writeln!(

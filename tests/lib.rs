@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adoption;
 mod ci_flow;
 mod cli;
 mod daemon;

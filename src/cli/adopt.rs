@@ -50,8 +50,8 @@ pub async fn adopt_job(j: &Job) -> Result<i32, Error> {
         out,
         "{}: {} files adopted ({} by size and time, {} by the server's hash), {} items left for the next run",
         j.name,
-        adopted(Reason::Identical) + adopted(Reason::SameHash),
-        adopted(Reason::Identical),
+        adopted(Reason::Identical) + adopted(Reason::SameTimeOffset) + adopted(Reason::SameHash),
+        adopted(Reason::Identical) + adopted(Reason::SameTimeOffset),
         adopted(Reason::SameHash),
         finished.left.len(),
     );

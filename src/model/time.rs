@@ -1,7 +1,9 @@
 //! Timestamps as precise as their source gave them. A remote listing may
 //! say seconds (MLSD, UTC), minutes or only a day (LIST, server-local), and
 //! the precision is part of the value so that comparisons never invent
-//! digits the server did not send.
+//! digits the server did not send. It also learns a server's time offset
+//! (a time zone, or a clock that is off) from files seen on both sides, for
+//! adopting an existing tree on a first run.
 
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
@@ -106,6 +108,175 @@ impl RemoteTime {
             _ => false,
         }
     }
+
+    /// Whether this remote time and a local file's modification time
+    /// (`local_ns`, nanoseconds since the epoch, UTC) can be the same
+    /// moment, given that the server reports times `offset_s` seconds
+    /// later than they are (0: a server that reports UTC, as RFC 3659 asks).
+    ///
+    /// - Exact: within [`TOLERANCE_S`] (the server drops the fraction).
+    /// - Minute: the local time, shifted, falls in that minute.
+    /// - Day, Unknown: never. A day says too little to call two files the
+    ///   same; such files need a second-precision time (MDTM) first.
+    pub fn agrees_with_local(&self, local_ns: i64, offset_s: i64) -> bool {
+        let Some(local) = local_secs(local_ns).checked_add(offset_s) else {
+            return false;
+        };
+        match *self {
+            RemoteTime::Exact(t) => (t.and_utc().timestamp() - local).abs() <= TOLERANCE_S,
+            RemoteTime::Minute(t) => {
+                truncate_to_minute(t).and_utc().timestamp() == local - local.rem_euclid(60)
+            }
+            RemoteTime::Day(_) | RemoteTime::Unknown => false,
+        }
+    }
+}
+
+/// A local modification time (nanoseconds) in whole seconds, rounded down
+/// as servers round their times.
+fn local_secs(ns: i64) -> i64 {
+    ns.div_euclid(1_000_000_000)
+}
+
+/// How far apart two second-precision times of the same unchanged file may
+/// be: a server drops the fraction of a second, and FAT-backed or
+/// Windows servers round to even seconds.
+pub const TOLERANCE_S: i64 = 1;
+
+/// The fewest files that must agree on an offset before it is believed:
+/// one or two odd files never define how a server reports time.
+pub const MIN_AGREEING: usize = 3;
+
+/// Offsets beyond this are not a time zone (UTC−12 to UTC+14) or a clock
+/// that drifted: they are files that differ.
+pub const MAX_OFFSET_S: i64 = 26 * 3600;
+
+/// Time zones are whole quarter-hours (UTC+5:45 is the oddest in use).
+const ZONE_STEP_S: i64 = 900;
+
+/// What kind of offset a server's times have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetKind {
+    /// A whole number of quarter-hours: the server reports local time.
+    Zone,
+    /// Anything else: the times are shifted as by a clock that is off.
+    Clock,
+}
+
+/// A server's time offset, learned from files seen on both sides: the
+/// server's time of a file minus the local file's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TimeOffset {
+    pub seconds: i64,
+    pub kind: OffsetKind,
+    /// Files whose times agree on it, of the files compared.
+    pub agreeing: usize,
+    pub compared: usize,
+}
+
+impl TimeOffset {
+    /// What was learned, for the plan: `server reports local time, UTC+5`,
+    /// `server clock is 3 min 12 s ahead`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            OffsetKind::Zone => {
+                let sign = if self.seconds < 0 { '−' } else { '+' };
+                let m = self.seconds.abs() / 60;
+                let zone = if m % 60 == 0 {
+                    format!("{}", m / 60)
+                } else {
+                    format!("{}:{:02}", m / 60, m % 60)
+                };
+                format!("server reports local time, UTC{sign}{zone}")
+            }
+            OffsetKind::Clock => {
+                let s = self.seconds.abs();
+                let (h, m, sec) = (s / 3600, s / 60 % 60, s % 60);
+                let mut parts = Vec::new();
+                if h > 0 {
+                    parts.push(format!("{h} h"));
+                }
+                if m > 0 {
+                    parts.push(format!("{m} min"));
+                }
+                if sec > 0 {
+                    parts.push(format!("{sec} s"));
+                }
+                let way = if self.seconds < 0 { "behind" } else { "ahead" };
+                format!("server clock is {} {way}", parts.join(" "))
+            }
+        }
+    }
+}
+
+/// Learns a server's time offset from files seen on both sides with the
+/// same size: each pair is (local modification time in ns, the server's
+/// time of the file to the second).
+///
+/// The rule: the offset on which the most files agree (within
+/// [`TOLERANCE_S`]) is believed when at least [`MIN_AGREEING`] files and a
+/// strict majority of those compared agree on it, and it is within
+/// [`MAX_OFFSET_S`]. A whole number of quarter-hours is a time zone. Any
+/// other offset (a clock that is off) is believed only when the agreeing
+/// files have at least [`MIN_AGREEING`] different local times: a tree
+/// checked out in one second and uploaded in one burst without keeping
+/// times would otherwise look like a consistent offset. `None` when the
+/// times agree as they are, or nothing is consistent enough.
+pub fn learn_offset(pairs: &[(i64, NaiveDateTime)]) -> Option<TimeOffset> {
+    let mut deltas: Vec<(i64, i64)> = pairs
+        .iter()
+        .filter_map(|&(local_ns, remote)| {
+            let local = local_secs(local_ns);
+            let delta = remote.and_utc().timestamp().checked_sub(local)?;
+            Some((delta, local))
+        })
+        .collect();
+    deltas.sort_unstable();
+    let within = |center: i64| {
+        let lo = deltas.partition_point(|&(d, _)| d < center - TOLERANCE_S);
+        let hi = deltas.partition_point(|&(d, _)| d <= center + TOLERANCE_S);
+        &deltas[lo..hi]
+    };
+    // Candidate centers: every delta, and the quarter-hour next to it.
+    let mut best: Option<(usize, bool, i64)> = None;
+    for &(d, _) in &deltas {
+        let q = (d as f64 / ZONE_STEP_S as f64).round() as i64 * ZONE_STEP_S;
+        for center in [q, d] {
+            let support = within(center).len();
+            let zone = center % ZONE_STEP_S == 0 && center.abs() <= 14 * 3600;
+            let key = (support, zone, -center.abs());
+            if best.is_none_or(|(s, z, c)| key > (s, z, -c.abs())) {
+                best = Some((support, zone, center));
+            }
+        }
+    }
+    let (support, zone, center) = best?;
+    if center.abs() <= TOLERANCE_S
+        || center.abs() > MAX_OFFSET_S
+        || support < MIN_AGREEING
+        || support * 2 <= deltas.len()
+    {
+        return None;
+    }
+    if !zone {
+        let mut times: Vec<i64> = within(center).iter().map(|&(_, l)| l).collect();
+        times.sort_unstable();
+        times.dedup();
+        if times.len() < MIN_AGREEING {
+            return None;
+        }
+    }
+    Some(TimeOffset {
+        seconds: center,
+        kind: if zone {
+            OffsetKind::Zone
+        } else {
+            OffsetKind::Clock
+        },
+        agreeing: support,
+        compared: deltas.len(),
+    })
 }
 
 fn truncate_to_second(t: NaiveDateTime) -> NaiveDateTime {
@@ -126,4 +297,117 @@ fn num(d: &[u8]) -> Option<u32> {
 fn date_from_digits(d: &[u8]) -> Option<NaiveDate> {
     let year = i32::try_from(num(d.get(..4)?)?).ok()?;
     NaiveDate::from_ymd_opt(year, num(d.get(4..6)?)?, num(d.get(6..8)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: i64 = 1_000_000_000;
+
+    fn at(secs: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    /// A local time with a fraction of a second, as file systems keep it.
+    fn local(secs: i64) -> i64 {
+        secs * NS + 456_789_000
+    }
+
+    /// Files with different times (an hour apart), the server's copies
+    /// `offset` seconds later.
+    fn shifted(n: i64, offset: i64) -> Vec<(i64, NaiveDateTime)> {
+        let base = 1_700_000_000;
+        (0..n)
+            .map(|i| (local(base + i * 3600), at(base + i * 3600 + offset)))
+            .collect()
+    }
+
+    #[test]
+    fn each_precision_agrees_only_as_far_as_it_says() {
+        let t = 1_700_000_000; // 2023-11-14 22:13:20 UTC
+        let l = local(t);
+        assert!(RemoteTime::Exact(at(t)).agrees_with_local(l, 0));
+        assert!(RemoteTime::Exact(at(t + 1)).agrees_with_local(l, 0));
+        assert!(!RemoteTime::Exact(at(t + 2)).agrees_with_local(l, 0));
+        assert!(!RemoteTime::Exact(at(t - 2)).agrees_with_local(l, 0));
+        // Shifted by the server's offset.
+        assert!(RemoteTime::Exact(at(t + 18_000)).agrees_with_local(l, 18_000));
+        assert!(!RemoteTime::Exact(at(t + 18_000)).agrees_with_local(l, 0));
+        // Minute: 22:13 holds 22:13:20; 22:14 does not.
+        assert!(RemoteTime::Minute(at(t - 20)).agrees_with_local(l, 0));
+        assert!(!RemoteTime::Minute(at(t + 40)).agrees_with_local(l, 0));
+        assert!(RemoteTime::Minute(at(t - 20 + 3600)).agrees_with_local(l, 3600));
+        // A day never settles it, nor an unknown time.
+        assert!(!RemoteTime::Day(at(t).date()).agrees_with_local(l, 0));
+        assert!(!RemoteTime::Unknown.agrees_with_local(l, 0));
+        // Overflow is "no", not a panic.
+        assert!(!RemoteTime::Exact(at(t)).agrees_with_local(i64::MAX, i64::MAX));
+    }
+
+    #[test]
+    fn a_time_zone_is_learned_from_several_files() {
+        let got = learn_offset(&shifted(4, 5 * 3600)).unwrap();
+        assert_eq!(
+            got,
+            TimeOffset {
+                seconds: 18_000,
+                kind: OffsetKind::Zone,
+                agreeing: 4,
+                compared: 4
+            }
+        );
+        assert_eq!(got.describe(), "server reports local time, UTC+5");
+        // A second off either way (a dropped fraction) is still the zone.
+        let mut pairs = shifted(4, -(3 * 3600 + 1800));
+        pairs[1].1 += chrono::Duration::seconds(1);
+        let got = learn_offset(&pairs).unwrap();
+        assert_eq!((got.seconds, got.kind), (-12_600, OffsetKind::Zone));
+        assert_eq!(got.describe(), "server reports local time, UTC−3:30");
+    }
+
+    #[test]
+    fn a_clock_offset_needs_files_with_different_times() {
+        let got = learn_offset(&shifted(3, 192)).unwrap();
+        assert_eq!((got.seconds, got.kind), (192, OffsetKind::Clock));
+        assert_eq!(got.describe(), "server clock is 3 min 12 s ahead");
+        let behind = learn_offset(&shifted(5, -3723)).unwrap();
+        assert_eq!(behind.describe(), "server clock is 1 h 2 min 3 s behind");
+        // A tree checked out in one second and uploaded in one burst: a
+        // consistent offset, but it says nothing.
+        let burst: Vec<(i64, NaiveDateTime)> = (0..10)
+            .map(|i| (local(1_700_000_000), at(1_700_000_192 + i % 2)))
+            .collect();
+        assert_eq!(learn_offset(&burst), None);
+        // ...unless it is a whole zone, which a burst hits only by chance.
+        let zone: Vec<(i64, NaiveDateTime)> = (0..10)
+            .map(|_| (local(1_700_000_000), at(1_700_003_600)))
+            .collect();
+        assert_eq!(learn_offset(&zone).map(|o| o.seconds), Some(3600));
+    }
+
+    #[test]
+    fn one_odd_file_never_defines_the_offset() {
+        // Times that agree as they are: nothing to learn, whatever one file says.
+        let mut pairs = shifted(4, 0);
+        pairs.push((local(1_600_000_000), at(1_600_018_000)));
+        assert_eq!(learn_offset(&pairs), None);
+        // Two files are not enough, even when they are all there is.
+        assert_eq!(learn_offset(&shifted(2, 18_000)), None);
+        assert_eq!(learn_offset(&[]), None);
+        // Three of six is no majority; four of six is.
+        let scattered =
+            |n: i64| (0..n).map(|i| (local(1_600_000_000 + i * 7), at(1_650_000_000 + i * 1001)));
+        let mut half: Vec<_> = shifted(3, 3600);
+        half.extend(scattered(3));
+        assert_eq!(learn_offset(&half), None);
+        let mut most: Vec<_> = shifted(4, 3600);
+        most.extend(scattered(2));
+        let got = learn_offset(&most).unwrap();
+        assert_eq!((got.seconds, got.agreeing, got.compared), (3600, 4, 6));
+        // Days apart is not a zone or a clock.
+        assert_eq!(learn_offset(&shifted(5, 3 * 86_400)), None);
+    }
 }

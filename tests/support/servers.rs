@@ -224,6 +224,17 @@ pub fn start_vsftpd_local_user() -> Option<ExternalServer> {
     unavailable_or(try_start_vsftpd(opts), "vsftpd (local user)")
 }
 
+/// [`start_vsftpd`] listing in local time (`use_localtime=YES`) with the
+/// server process in the POSIX time zone `tz` (e.g. `"<+05>-5"`, UTC+5).
+/// vsftpd then reports local time in both LIST and MDTM.
+pub fn start_vsftpd_localtime(tz: &'static str) -> Option<ExternalServer> {
+    let opts = Vsftpd {
+        localtime: Some(tz),
+        ..Vsftpd::default()
+    };
+    unavailable_or(try_start_vsftpd(opts), "vsftpd (local time)")
+}
+
 /// [`start_vsftpd`] with explicit FTPS offered (the test certificate,
 /// tests/data/localhost-*.pem) and vsftpd's default `require_ssl_reuse=YES`:
 /// data connections must resume the control connection's TLS session.
@@ -273,6 +284,8 @@ struct Vsftpd {
     tls: bool,
     /// A local user's login (see [`start_vsftpd_local_user`]) instead of anonymous.
     local_user: bool,
+    /// `use_localtime=YES` with this `TZ` (see [`start_vsftpd_localtime`]).
+    localtime: Option<&'static str>,
 }
 
 /// The PAM service of [`start_vsftpd_local_user`].
@@ -443,6 +456,9 @@ vsftpd_log_file={log}
             super::harness::test_data("localhost-key.pem").display(),
         ));
     }
+    if opts.localtime.is_some() {
+        conf = conf.replace("use_localtime=NO", "use_localtime=YES");
+    }
     // vsftpd insists the config file is owned by the user running it.
     write_file(&conf_path, conf.as_bytes(), 0o600).map_err(fatal)?;
 
@@ -455,7 +471,7 @@ vsftpd_log_file={log}
         .arg(&oops_path)
         .arg(bin)
         .arg(&conf_path)
-        .env("TZ", "UTC");
+        .env("TZ", opts.localtime.unwrap_or("UTC"));
     let mut server = spawn_watched(cmd, &stderr_path, |child| ExternalServer {
         kind: "vsftpd",
         port,
