@@ -180,8 +180,8 @@ impl Pool {
         self.gave_up.load(Ordering::Relaxed)
     }
 
-    /// Checks out a connection, opening a new one if none is idle.
-    pub async fn get(&self) -> Result<PooledConn<'_>, FtpFailure> {
+    /// A permit for one connection, checked out with no connection in it yet.
+    async fn checkout(&self) -> Result<PooledConn<'_>, FtpFailure> {
         if self.gave_up() {
             return Err(FtpFailure::Unreachable(self.give_up_after));
         }
@@ -190,12 +190,17 @@ impl Pool {
             .await
             .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
         self.checked_out.fetch_add(1, Ordering::Relaxed);
-        let mut pc = PooledConn {
+        Ok(PooledConn {
             pool: self,
             slot: None,
             permit: Some(permit),
             in_step: false,
-        };
+        })
+    }
+
+    /// Checks out a connection, opening a new one if none is idle.
+    pub async fn get(&self) -> Result<PooledConn<'_>, FtpFailure> {
+        let mut pc = self.checkout().await?;
         let idle = self.idle_list().pop();
         pc.slot = Some(match idle {
             Some(s) => s,
@@ -209,20 +214,7 @@ impl Pool {
     /// session. An idle connection is closed to make room, so the pool
     /// stays within its size.
     pub async fn get_fresh(&self) -> Result<PooledConn<'_>, FtpFailure> {
-        if self.gave_up() {
-            return Err(FtpFailure::Unreachable(self.give_up_after));
-        }
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
-        self.checked_out.fetch_add(1, Ordering::Relaxed);
-        let mut pc = PooledConn {
-            pool: self,
-            slot: None,
-            permit: Some(permit),
-            in_step: false,
-        };
+        let mut pc = self.checkout().await?;
         let idle = self.idle_list().pop();
         if let Some(old) = idle {
             old.conn.quit().await;
