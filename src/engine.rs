@@ -21,7 +21,7 @@ use crate::events::{Event, Events};
 use crate::exec::{self, ExecInput, RunReport, StopReason, StopSignals};
 use crate::ftp::conn::{ConnectOptions, FtpConn, HashCommand, RateLimit};
 use crate::ftp::pool::Pool;
-use crate::ftp::reply::ReplyClass;
+use crate::ftp::reply::{FtpFailure, ReplyClass};
 use crate::ftp::scan::{self, ScanInput};
 use crate::job::{CompareMode, DeleteLimit, Direction, Job, StateLocation, VerifyMode};
 use crate::local;
@@ -559,7 +559,11 @@ async fn connect_first(opts: &ConnectOptions, job: &Job, server: &str) -> Result
                         failure,
                     });
                 }
-                if !failure.retryable() || attempt >= job.retry.max_attempts {
+                // A TLS failure on the first connection is mostly a setting
+                // that cannot work (implicit FTPS to a plain port): one more
+                // try covers a hiccup without making a wrong setting slow.
+                let tls_again = !matches!(failure, FtpFailure::Tls(_)) || attempt < 2;
+                if !failure.retryable() || !tls_again || attempt >= job.retry.max_attempts {
                     return Err(Error::Connect {
                         server: server.to_owned(),
                         failure,

@@ -118,7 +118,7 @@ fn connect_advice(f: &FtpFailure) -> &'static str {
             "No user name or password was sent. The server does not offer FTPS: enable TLS on the server, or set `remote.tls: none` to connect without encryption"
         }
         FtpFailure::Certificate { .. } => "No user name or password was sent",
-        FtpFailure::Tls(_) => {
+        FtpFailure::Tls(_) | FtpFailure::TlsSetup(_) => {
             "No user name or password was sent. For a server with a certificate of its own, give its CA in remote.tls_ca_file"
         }
         FtpFailure::Network(_) => {

@@ -543,14 +543,14 @@ async fn tls_connector(
             let settings = o.trust.clone();
             match tokio::task::spawn_blocking(move || Trust::load(settings)).await {
                 Ok(Ok(trust)) => Ok(Arc::new(trust)),
-                Ok(Err(e)) => Err(FtpFailure::Tls(e.to_string())),
-                Err(e) => Err(FtpFailure::Tls(e.to_string())),
+                Ok(Err(e)) => Err(FtpFailure::TlsSetup(e.to_string())),
+                Err(e) => Err(FtpFailure::TlsSetup(e.to_string())),
             }
         })
         .await?;
     let (config, verifier) = trust
         .client_config()
-        .map_err(|e| FtpFailure::Tls(e.to_string()))?;
+        .map_err(|e| FtpFailure::TlsSetup(e.to_string()))?;
     Ok((
         AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config)),
         verifier,
@@ -577,7 +577,7 @@ async fn protect_data(stream: &mut AsyncRustlsFtpStream, t: Duration) -> Result<
         match timed(t, stream.custom_command(cmd, &[Status::CommandOk])).await {
             Ok(_) => {}
             Err(FtpFailure::Reply { code, text }) => {
-                return Err(FtpFailure::Tls(format!(
+                return Err(FtpFailure::TlsSetup(format!(
                     "the server refused {cmd} ({code} {text}): data connections would not be encrypted"
                 )));
             }

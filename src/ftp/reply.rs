@@ -28,9 +28,15 @@ pub enum FtpFailure {
     /// The operation took longer than the configured timeout.
     #[error("timed out after {0:?}")]
     Timeout(std::time::Duration),
-    /// TLS negotiation failed.
+    /// TLS failed on a connection: the handshake (other than a refused
+    /// certificate) or a record that could not be read. The connection is
+    /// given up; a new one may work, so this is retried.
     #[error("TLS error: {0}")]
     Tls(String),
+    /// TLS cannot work as configured: the trust settings cannot be loaded,
+    /// or the server refuses to encrypt data connections. Not retried.
+    #[error("TLS error: {0}")]
+    TlsSetup(String),
     /// The server answered AUTH TLS (or PBSZ/PROT) with a reply other than
     /// success: it does not offer FTPS. Nothing more was sent.
     #[error("the server refused AUTH TLS ({code} {text})")]
@@ -79,8 +85,9 @@ impl FtpFailure {
             FtpFailure::Network(_)
             | FtpFailure::Timeout(_)
             | FtpFailure::Verify(_)
-            | FtpFailure::RestartRefused { .. } => ReplyClass::Transient,
-            FtpFailure::Tls(_)
+            | FtpFailure::RestartRefused { .. }
+            | FtpFailure::Tls(_) => ReplyClass::Transient,
+            FtpFailure::TlsSetup(_)
             | FtpFailure::TlsRefused { .. }
             | FtpFailure::Certificate { .. }
             | FtpFailure::Protocol(_)
@@ -117,6 +124,7 @@ impl FtpFailure {
             | FtpFailure::Timeout(_)
             | FtpFailure::Protocol(_)
             | FtpFailure::Tls(_)
+            | FtpFailure::TlsSetup(_)
             | FtpFailure::TlsRefused { .. }
             | FtpFailure::Certificate { .. } => true,
             _ => false,
@@ -242,5 +250,19 @@ mod tests {
         };
         assert_eq!(f.class(), ReplyClass::Permanent);
         assert!(!f.retryable());
+        // A TLS record that cannot be read breaks that connection only: a
+        // new one is tried. Settings that cannot work and refused
+        // certificates are not retried.
+        let f = FtpFailure::Tls("received corrupt message of type InvalidContentType".into());
+        assert!(f.retryable() && f.breaks_connection());
+        for f in [
+            FtpFailure::TlsSetup("the server refused PROT P (534 no)".into()),
+            FtpFailure::Certificate {
+                reason: "UnknownIssuer".into(),
+                fingerprint: "sha256:00".into(),
+            },
+        ] {
+            assert!(!f.retryable() && f.breaks_connection(), "{f}");
+        }
     }
 }
