@@ -7,7 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use crate::support::fault_proxy::{Action, FaultProxy, Rule};
-use crate::support::harness::{Env, assert_same_tree, snapshot, write};
+use crate::support::harness::{Env, assert_same_tree, snapshot, snapshot_live, write};
 
 /// An environment whose jobs talk to the server through a fault proxy.
 pub(crate) struct Faulty {
@@ -115,8 +115,9 @@ fn permanent_failure_fails_the_item_and_skips_deletes() {
     assert!(
         out.stdout
             .contains("FAILED upload d1/f04.txt: 553 Not allowed"),
-        "{}",
-        out.all()
+        "{}\ncommands: {:#?}",
+        out.all(),
+        f.proxy.commands()
     );
     assert!(out.stdout.contains("skipped 1 deletes"), "{}", out.all());
     // The other files arrived, the stray was not deleted, no temp file is left.
@@ -132,6 +133,35 @@ fn permanent_failure_fails_the_item_and_skips_deletes() {
     f.proxy.clear_rules();
     f.env.run(&job, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
+
+/// A refused RNTO is checked by listing the directory (is the target
+/// there, to be replaced?). When that listing fails too, as libunftp's does
+/// while another file in the directory is renamed, the rename's refusal is
+/// what the item reports.
+#[test]
+fn refused_rename_is_reported_when_the_check_cannot_list() {
+    let f = faulty();
+    write(&f.env.local, "d1/a.txt", "a\n");
+    f.proxy
+        .add_rule(Rule::new("RNTO", Action::Reply("553 Not allowed".into())).arg("a.txt"));
+    // The scan lists only /www (d1 is new): the second MLSD is the check's.
+    f.proxy.add_rule(
+        Rule::new("MLSD", Action::Reply("550 File not found".into()))
+            .skip(1)
+            .times(1),
+    );
+    let job = f.env.job("push", false, "");
+    let out = f.env.run(&job, 1);
+    assert!(
+        out.stdout
+            .contains("FAILED upload d1/a.txt: 553 Not allowed"),
+        "{}\ncommands: {:#?}",
+        out.all(),
+        f.proxy.commands()
+    );
+    assert_eq!(f.proxy.fired(), 2);
+    no_temp_files(&f.env.remote_disk);
 }
 
 #[test]
@@ -353,7 +383,8 @@ fn sigkill_at_random_points_converges() {
         let _ = child.kill();
         let _ = child.wait();
         // No file on the server ever has partial content under its final name.
-        for (k, v) in snapshot(&env.remote_disk) {
+        // (The server may still be finishing a rename the client sent.)
+        for (k, v) in snapshot_live(&env.remote_disk) {
             if let Some(content) = v
                 && !k.contains(".ftpsync-")
             {

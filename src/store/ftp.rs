@@ -252,8 +252,14 @@ impl RemoteSession for FtpSession<'_> {
                 // accepted: a refused RNFR says nothing about the target. A crash
                 // in between leaves the new content under the journaled temporary
                 // name and the path absent, so the next run uploads it again.
-                if !exists_remote(c, final_path).await? {
-                    return Err(e);
+                // A check that cannot be made (a listing refused, as libunftp
+                // does while another file in the directory is renamed) proves
+                // nothing: the rename's own refusal is what to report.
+                match exists_remote(c, final_path).await {
+                    Ok(true) => {}
+                    Ok(false) => return Err(e),
+                    Err(check) if check.breaks_connection() => return Err(check),
+                    Err(_) => return Err(e),
                 }
                 delete_remote(c, final_path).await?;
                 c.rename(temp, final_path)

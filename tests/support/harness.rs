@@ -295,6 +295,38 @@ pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8
     out
 }
 
+/// Like [`snapshot`], for a tree a server may still be changing (its client
+/// just killed): an entry that vanishes while it is read, a temporary file
+/// renamed meanwhile, is left out.
+pub fn snapshot_live(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) if e.io_error().is_some_and(gone) => continue,
+            Err(e) => panic!("{e}"),
+        };
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let v = if e.file_type().is_file() {
+            match fs::read(e.path()) {
+                Ok(v) => Some(v),
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("{rel}: {e}"),
+            }
+        } else {
+            None
+        };
+        out.insert(rel, v);
+    }
+    out
+}
+
 /// Asserts two trees are byte-identical (same paths, same contents, same dirs).
 pub fn assert_same_tree(a: &Path, b: &Path) {
     let (sa, sb) = (snapshot(a), snapshot(b));
