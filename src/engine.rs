@@ -178,6 +178,7 @@ async fn prepare_limited(
         timeout: job.timeout,
         pipelining: Default::default(),
         chmod: Default::default(),
+        tls_versions: Default::default(),
         list_modes: job.direction == Direction::Pull
             && job.modes.permissions == crate::job::Permissions::Preserve,
         rate: RateLimit::new(bwlimit.or(job.bwlimit)),

@@ -219,3 +219,76 @@ fn vsftpd_ftps_push_and_pull() {
     let log = env.server_log();
     assert!(log.contains("AUTH TLS") && log.contains("PROT P"), "{log}");
 }
+
+/// ProFTPD refuses a data connection that does not resume the control
+/// connection's TLS session (its default). With TLS 1.3 a session ticket
+/// is good for one resumption and the server sends two after the control
+/// connection's handshake: a push and a pull of hundreds of files over four
+/// connections must still have every data connection resumed, and none
+/// refused.
+fn proftpd_tls_session_reuse_holds(protocol: &'static str, negotiated: &str) {
+    use crate::support::harness::{assert_same_tree, write};
+    let Some(server) = crate::support::servers::start_proftpd_tls_only(protocol) else {
+        return;
+    };
+    let ca = server.tls_ca_file().expect("a self-signed certificate");
+    let mut env = Env::external(server);
+    env.remote_extra = format!("  tls: explicit\n  tls_ca_file: {}\n", ca.display());
+    for i in 0..300 {
+        write(
+            &env.local,
+            &format!("d{}/f{i:03}.txt", i % 6),
+            format!("file {i}\n"),
+        );
+    }
+    let job = env.job("push", true, "concurrency: 4\n");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    let pulled = env.dir.path().join("pulled");
+    std::fs::create_dir_all(&pulled).unwrap();
+    let original = std::mem::replace(&mut env.local, pulled);
+    let state = env.dir.path().join("pull.db");
+    let job = env.job(
+        "pull",
+        false,
+        &format!("concurrency: 4\nstate: {}\n", state.display()),
+    );
+    env.run(&job, 0);
+    assert_same_tree(&original, &env.local);
+    let (log, tls) = (env.server_log(), env.tls_log());
+    let refused = tls.matches("did not reuse").count();
+    assert_eq!(refused, 0, "{refused} data connections refused:\n{tls}");
+    // Nor refused by reply (an EPSV may find the server's few passive
+    // ports all in TIME_WAIT: that 425 is the test server's, and retried).
+    let refused_replies: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("-> 425") && !l.starts_with("EPSV"))
+        .collect();
+    assert!(refused_replies.is_empty(), "{refused_replies:#?}");
+    // 300 uploads, 300 downloads and the listings: each one resumed.
+    let reused = tls
+        .matches("client reused TLS session for data connection")
+        .count();
+    assert!(reused >= 600, "{reused} resumed data connections:\n{tls}");
+    // The data connections used the version expected.
+    let want = format!("{negotiated} data connection accepted");
+    assert!(tls.contains(&want), "no {want:?} in:\n{tls}");
+}
+
+#[test]
+fn proftpd_tls12_session_reuse_holds() {
+    proftpd_tls_session_reuse_holds("TLSv1.2", "TLSv1.2");
+}
+
+/// TLS 1.3 only: each connection that runs out of tickets is replaced.
+#[test]
+fn proftpd_tls13_session_reuse_holds() {
+    proftpd_tls_session_reuse_holds("TLSv1.3", "TLSv1.3");
+}
+
+/// Both (ProFTPD's usual setting): TLS 1.3 first, then TLS 1.2 once the
+/// server is seen not to renew tickets.
+#[test]
+fn proftpd_tls12_and_13_session_reuse_holds() {
+    proftpd_tls_session_reuse_holds("TLSv1.2 TLSv1.3", "TLSv1.2");
+}

@@ -220,6 +220,7 @@ fn pool_shrink_caps_connections_even_when_all_are_checked_out() {
             timeout: Duration::from_secs(10),
             pipelining: Default::default(),
             chmod: Default::default(),
+            tls_versions: Default::default(),
             list_modes: false,
             rate: Default::default(),
         };

@@ -30,7 +30,7 @@ use tokio::time::timeout;
 
 use super::list::{ListFormat, Listing, parse_listing, parse_mlsd_time};
 use super::reply::{FtpFailure, Reply};
-use super::tls::{ConnVerifier, Trust, TrustSettings};
+use super::tls::{ConnVerifier, Tickets, Trust, TrustSettings};
 use crate::job::{Secret, TlsMode};
 use crate::model::RemoteTime;
 use crate::model::check_command_arg;
@@ -211,6 +211,8 @@ pub struct ConnectOptions {
     pub pipelining: Arc<PipelineVerdict>,
     /// Whether the server refused SITE CHMOD, shared by a pool's connections.
     pub chmod: Arc<ChmodVerdict>,
+    /// Which TLS versions to offer, shared by a pool's connections.
+    pub tls_versions: Arc<TlsVersions>,
     /// Ask MLSD for the `UNIX.mode` fact where the server offers it (a pull
     /// that keeps the server's modes).
     pub list_modes: bool,
@@ -230,6 +232,46 @@ impl ChmodVerdict {
     /// Records a refusal; true for the first one.
     fn refuse(&self) -> bool {
         !self.0.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Which TLS versions a pool's connections offer. All that rustls
+/// supports, until a TLS 1.3 connection runs out of session tickets (see
+/// [`crate::ftp::tls::Tickets`]): then TLS 1.2, whose session every data
+/// connection can resume, unless the server does not speak TLS 1.2 (then
+/// the pool replaces each connection that runs out of tickets).
+#[derive(Debug, Default)]
+pub struct TlsVersions(AtomicU8);
+
+impl TlsVersions {
+    // 0: every version rustls supports.
+    const TLS12: u8 = 1;
+    const TLS13_ONLY: u8 = 2;
+
+    fn tls12_only(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TLS12
+    }
+
+    /// After a TLS 1.3 connection ran out of tickets: new connections offer
+    /// TLS 1.2 only, unless the server turned out not to speak it. True
+    /// the first time.
+    pub fn prefer_tls12(&self) -> bool {
+        self.0
+            .compare_exchange(0, Self::TLS12, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// A TLS 1.2 handshake failed: the server speaks TLS 1.3 only. True if
+    /// TLS 1.2 was being offered alone.
+    fn tls12_failed(&self) -> bool {
+        self.0
+            .compare_exchange(
+                Self::TLS12,
+                Self::TLS13_ONLY,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 }
 
@@ -443,6 +485,8 @@ pub struct FtpConn {
     data_mode: DataMode,
     /// The control connection's peer: where data connections go.
     peer: IpAddr,
+    /// The TLS sessions its data connections resume (None in clear text).
+    tickets: Option<Arc<Tickets>>,
 }
 
 /// A failed rename, and which half failed: RNFR (the source) or RNTO (the
@@ -536,7 +580,7 @@ fn resolve(host: &str, port: u16) -> Result<SocketAddr, FtpFailure> {
 /// and the verifier that tells why a certificate was refused.
 async fn tls_connector(
     o: &ConnectOptions,
-) -> Result<(AsyncRustlsConnector, Arc<ConnVerifier>), FtpFailure> {
+) -> Result<(AsyncRustlsConnector, Arc<ConnVerifier>, Arc<Tickets>), FtpFailure> {
     let trust = o
         .loaded_trust
         .get_or_try_init(|| async {
@@ -548,12 +592,13 @@ async fn tls_connector(
             }
         })
         .await?;
-    let (config, verifier) = trust
-        .client_config()
+    let tls = trust
+        .client_config(o.tls_versions.tls12_only())
         .map_err(|e| FtpFailure::TlsSetup(e.to_string()))?;
     Ok((
-        AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config)),
-        verifier,
+        AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(tls.config)),
+        tls.verifier,
+        tls.tickets,
     ))
 }
 
@@ -591,7 +636,15 @@ impl FtpConn {
     /// Connects and logs in. A 530 at login is returned as a `Reply` failure
     /// with code 530 (the caller decides whether that ends the run).
     pub async fn connect(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
-        let mut conn = Self::connect_once(o).await?;
+        let mut conn = match Self::connect_once(o).await {
+            Err(FtpFailure::Tls(e)) if o.tls_versions.tls12_failed() => {
+                tracing::info!(
+                    "the server refused a TLS 1.2 handshake ({e}); offering TLS 1.3 again"
+                );
+                Self::connect_once(o).await?
+            }
+            r => r?,
+        };
         if !conn.pipeline || o.pipelining.get() == PipelineVerdict::WORKS {
             return Ok(conn);
         }
@@ -629,8 +682,10 @@ impl FtpConn {
     async fn connect_once(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
         let addr = resolve(&o.host, o.port)?;
         let t = o.timeout;
+        let mut tickets = None;
         let mut stream = if o.tls == TlsMode::Implicit {
-            let (connector, verifier) = tls_connector(o).await?;
+            let (connector, verifier, t13) = tls_connector(o).await?;
+            tickets = Some(t13);
             let connect = AsyncRustlsFtpStream::connect_secure_implicit(addr, connector, &o.host);
             let mut stream = match timeout(t, connect).await {
                 Err(_) => return Err(FtpFailure::Timeout(t)),
@@ -646,7 +701,8 @@ impl FtpConn {
             }
         };
         if o.tls == TlsMode::Explicit {
-            let (connector, verifier) = tls_connector(o).await?;
+            let (connector, verifier, t13) = tls_connector(o).await?;
+            tickets = Some(t13);
             stream = match timeout(t, stream.into_secure(connector, &o.host)).await {
                 Err(_) => return Err(FtpFailure::Timeout(t)),
                 Ok(Ok(s)) => s,
@@ -768,7 +824,15 @@ impl FtpConn {
             rate: o.rate.clone(),
             data_mode,
             peer: addr.ip(),
+            tickets,
         })
+    }
+
+    /// Whether this TLS 1.3 connection has used its last session ticket:
+    /// its next data connection could not resume the control connection's
+    /// session ([`Tickets`]).
+    pub fn out_of_tls_sessions(&self) -> bool {
+        self.tickets.as_ref().is_some_and(|t| t.exhausted())
     }
 
     /// Writes raw command bytes on a plaintext control connection.

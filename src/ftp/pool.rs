@@ -203,6 +203,27 @@ impl Pool {
         let mut pc = self.checkout().await?;
         let idle = self.idle_list().pop();
         pc.slot = Some(match idle {
+            Some(s) if s.conn.out_of_tls_sessions() => {
+                // Its next data connection could not resume the control
+                // connection's TLS session, which servers that require reuse
+                // refuse: replace it with one on TLS 1.2, whose session lasts
+                // (or, on a server with TLS 1.3 only, with fresh tickets).
+                if self.opts.tls_versions.prefer_tls12() {
+                    tracing::info!(
+                        "the server sends no new TLS 1.3 session tickets, and each is good for one \
+                         data connection: using TLS 1.2 for this server's connections"
+                    );
+                } else {
+                    tracing::debug!("out of TLS 1.3 session tickets: a new control connection");
+                }
+                let Slot {
+                    conn,
+                    _server_permit: permit,
+                } = s;
+                conn.quit().await;
+                drop(permit);
+                self.open().await?
+            }
             Some(s) => s,
             None => self.open().await?,
         });

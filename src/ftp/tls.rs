@@ -20,6 +20,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
@@ -174,15 +175,18 @@ impl Trust {
     /// A client configuration for one control connection and its data
     /// connections: its own verifier (to report a refusal) and its own
     /// session cache.
-    pub fn client_config(
-        self: &Arc<Self>,
-    ) -> Result<(Arc<rustls::ClientConfig>, Arc<ConnVerifier>), TrustError> {
+    pub fn client_config(self: &Arc<Self>, tls12_only: bool) -> Result<ClientTls, TrustError> {
         let verifier = Arc::new(ConnVerifier {
             trust: Arc::clone(self),
             refused: Mutex::new(None),
         });
+        let versions: &[&rustls::SupportedProtocolVersion] = if tls12_only {
+            &[&rustls::version::TLS12]
+        } else {
+            rustls::DEFAULT_VERSIONS
+        };
         let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&self.provider))
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .map_err(|e| TrustError::Setup(e.to_string()))?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
@@ -190,8 +194,13 @@ impl Trust {
         // A fresh config per connection gives each one its own session cache:
         // a shared cache makes data channels resume another connection's
         // session, which servers that require reuse refuse (rclone#7234).
-        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
-        Ok((Arc::new(config), verifier))
+        let tickets = Arc::new(Tickets::default());
+        config.resumption = rustls::client::Resumption::store(tickets.clone());
+        Ok(ClientTls {
+            config: Arc::new(config),
+            verifier,
+            tickets,
+        })
     }
 
     fn verify(
@@ -460,7 +469,7 @@ mod tests {
 
     /// What the verifier of one connection says, and the refusal it keeps.
     fn verify(t: &Arc<Trust>, cert: &str, host: &str, at: UnixTime) -> Result<(), Refusal> {
-        let (_, v) = t.client_config().unwrap();
+        let v = t.client_config(false).unwrap().verifier;
         match v.verify_server_cert(&der(cert), &[], &name(host), &[], at) {
             Ok(_) => {
                 assert_eq!(v.refusal(), None);
@@ -707,5 +716,122 @@ mod tests {
                 ]
             );
         }
+    }
+}
+
+/// What [`Trust::client_config`] makes for one control connection.
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// Tells why a certificate was refused.
+    pub verifier: Arc<ConnVerifier>,
+    /// The sessions its data connections resume.
+    pub tickets: Arc<Tickets>,
+}
+
+/// One control connection's TLS sessions: rustls's in-memory cache, and
+/// how many TLS 1.3 tickets it holds.
+///
+/// A TLS 1.2 session is resumed as often as needed. A TLS 1.3 ticket is
+/// used once (rustls follows RFC 8446 §C.4), and a server that keeps
+/// sessions in its own cache (ProFTPD, whose `TLSSessionTickets` is off by
+/// default) sends two after the control connection's handshake and no new
+/// ones when a data connection resumes: the third data connection would
+/// start a full handshake, which servers that require session reuse
+/// refuse. [`Tickets::exhausted`] tells the pool so before it happens.
+#[derive(Debug)]
+pub struct Tickets {
+    inner: rustls::client::ClientSessionMemoryCache,
+    /// TLS 1.3 tickets received.
+    received: AtomicUsize,
+    /// TLS 1.3 tickets held (received and not yet used), at most [`Self::MAX`].
+    held: AtomicUsize,
+}
+
+impl Tickets {
+    /// rustls's cache keeps this many TLS 1.3 tickets per server.
+    const MAX: usize = 8;
+
+    /// Whether this is a TLS 1.3 connection with no ticket left: the next
+    /// data connection could not resume its session.
+    pub fn exhausted(&self) -> bool {
+        self.received.load(Ordering::Relaxed) > 0 && self.held.load(Ordering::Relaxed) == 0
+    }
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets {
+            inner: rustls::client::ClientSessionMemoryCache::new(32),
+            received: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for Tickets {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n + 1).min(Self::MAX))
+            });
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        let t = self.inner.take_tls13_ticket(name);
+        if t.is_some() {
+            let _ = self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(1))
+                });
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod ticket_tests {
+    use super::*;
+    use rustls::client::ClientSessionStore;
+
+    #[test]
+    fn exhausted_only_after_tls13_tickets_ran_out() {
+        let t = Tickets::default();
+        let name = ServerName::try_from("127.0.0.1").unwrap();
+        // No TLS 1.3 ticket ever (a TLS 1.2 connection, or none yet).
+        assert!(!t.exhausted());
+        assert!(t.take_tls13_ticket(&name).is_none());
+        assert!(!t.exhausted());
     }
 }

@@ -147,6 +147,14 @@ impl Env {
         }
     }
 
+    /// The external server's TLS log ([`ExternalServer::tls_log`]).
+    pub fn tls_log(&self) -> String {
+        match &self.server {
+            Server::External(s) => s.tls_log(),
+            _ => String::new(),
+        }
+    }
+
     /// The real server's port (not the proxy's).
     pub fn server_port(&self) -> u16 {
         match &self.server {

@@ -107,6 +107,11 @@ impl ExternalServer {
         path.is_file().then_some(path)
     }
 
+    /// ProFTPD's TLS log (`TLSLog`), empty for other servers.
+    pub fn tls_log(&self) -> String {
+        fs::read_to_string(self._dir.path().join("tls.log")).unwrap_or_default()
+    }
+
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -603,7 +608,7 @@ const UNPACKED_SERVERS: &str = "/opt/ftpsync-servers";
 /// (hidden)`). `None` (with a `SKIPPED:` line) when ProFTPD cannot run
 /// here; panics instead when `FTPSYNC_REQUIRE_INTEROP=1`.
 pub fn start_proftpd() -> Option<ExternalServer> {
-    unavailable_or(try_start(|| spawn_proftpd(false)), "ProFTPD")
+    unavailable_or(try_start(|| spawn_proftpd(None)), "ProFTPD")
 }
 
 /// [`start_proftpd`] with mod_tls: `TLSRequired on` (control and data),
@@ -612,7 +617,17 @@ pub fn start_proftpd() -> Option<ExternalServer> {
 /// self-signed certificate for 127.0.0.1/localhost made at start, which
 /// [`ExternalServer::tls_ca_file`] returns.
 pub fn start_proftpd_tls() -> Option<ExternalServer> {
-    unavailable_or(try_start(|| spawn_proftpd(true)), "ProFTPD (TLS)")
+    unavailable_or(
+        try_start(|| spawn_proftpd(Some("TLSv1.2 TLSv1.3"))),
+        "ProFTPD (TLS)",
+    )
+}
+
+/// [`start_proftpd_tls`] offering only `protocol` (ProFTPD's `TLSProtocol`
+/// spelling: `TLSv1.2` or `TLSv1.3`). Its TLS log is
+/// [`ExternalServer::tls_log`].
+pub fn start_proftpd_tls_only(protocol: &'static str) -> Option<ExternalServer> {
+    unavailable_or(try_start(|| spawn_proftpd(Some(protocol))), "ProFTPD (TLS)")
 }
 
 /// Start a private Pure-FTPd on 127.0.0.1: virtual user `ftpsync` with a
@@ -759,7 +774,8 @@ fn make_self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((cert, key))
 }
 
-fn spawn_proftpd(tls: bool) -> Result<ExternalServer, StartError> {
+fn spawn_proftpd(tls_protocols: Option<&str>) -> Result<ExternalServer, StartError> {
+    let tls = tls_protocols.is_some();
     let fatal = StartError::Fatal;
     let bin = find_server_binary("FTPSYNC_PROFTPD", "proftpd", "proftpd-core").map_err(fatal)?;
     // Modules live beside the binary: <prefix>/usr/sbin -> <prefix>/usr/lib/proftpd.
@@ -878,10 +894,10 @@ TimeoutIdle 1200
         passwd = passwd.display(),
         group = group.display(),
     );
-    if tls {
+    if let Some(protocols) = tls_protocols {
         let (cert, key) = make_self_signed_cert(&base).map_err(fatal)?;
         conf.push_str(&format!(
-            "LoadModule mod_tls.c\nTLSEngine on\nTLSRequired on\nTLSProtocol TLSv1.2 TLSv1.3\n\
+            "LoadModule mod_tls.c\nTLSEngine on\nTLSRequired on\nTLSProtocol {protocols}\n\
              TLSRSACertificateFile {}\nTLSRSACertificateKeyFile {}\nTLSVerifyClient off\n\
              TLSLog {b}/tls.log\n",
             cert.display(),
