@@ -125,7 +125,7 @@ fn connect_advice(f: &FtpFailure) -> &'static str {
             "Check remote.host and remote.port, and that the FTP server is running and reachable from here"
         }
         FtpFailure::Timeout(_) => {
-            "The server did not answer within `timeout`: check remote.host and remote.port, and any firewall on the way"
+            "The server did not answer within `timeout`: check remote.host and remote.port, and any firewall on the way. A port for implicit FTPS (usually 990) says nothing until TLS starts: for it, set `remote.tls: implicit`"
         }
         FtpFailure::Unreachable(_) => "Check that the server is up, then run again",
         FtpFailure::Reply { code, .. } if (400..500).contains(code) => {

@@ -292,3 +292,89 @@ fn proftpd_tls13_session_reuse_holds() {
 fn proftpd_tls12_and_13_session_reuse_holds() {
     proftpd_tls_session_reuse_holds("TLSv1.2 TLSv1.3", "TLSv1.2");
 }
+
+/// Implicit FTPS (`tls: implicit`, TLS from the first byte) against
+/// ProFTPD's `UseImplicitSSL`: push, no-op re-run; no AUTH TLS was sent
+/// and the data connections were protected.
+#[test]
+fn proftpd_implicit_ftps_push() {
+    use crate::support::harness::{assert_same_tree, sample_tree};
+    use crate::support::servers::{ProftpdTls, start_proftpd_tls_with};
+    let Some(server) = start_proftpd_tls_with(ProftpdTls {
+        implicit: true,
+        ..ProftpdTls::default()
+    }) else {
+        return;
+    };
+    let ca = server.tls_ca_file().expect("a self-signed certificate");
+    let mut env = Env::external(server);
+    env.remote_extra = format!("  tls: implicit\n  tls_ca_file: {}\n", ca.display());
+    sample_tree(&env.local);
+    let job = env.job("push", true, "");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    assert_eq!(env.plan_ops(&job), vec![]);
+    let log = env.server_log();
+    assert!(!log.contains("AUTH TLS"), "{log}");
+    assert!(log.contains("PROT P -> 200"), "{log}");
+    // Explicit FTPS to the implicit port: no greeting comes, the run stops
+    // with exit 3 and says what to set; no user name was sent.
+    env.remote_extra = format!("  tls: explicit\n  tls_ca_file: {}\n", ca.display());
+    let job = env.job("push", true, "timeout: 2s\nretry:\n  max_attempts: 1\n");
+    let out = env.run(&job, 3);
+    assert!(
+        out.stderr.contains("set `remote.tls: implicit`"),
+        "{}",
+        out.all()
+    );
+    let users = env.server_log().matches("USER ").count();
+    assert_eq!(users, log.matches("USER ").count());
+}
+
+/// A self-signed certificate made as people make them (`CA:TRUE`, as
+/// `openssl req -x509` and Debian's proftpd-gencert do) works when given as
+/// `tls_ca_file`; without it the run stops with exit 3, nothing sent, and
+/// the fingerprint it prints pins the certificate.
+#[test]
+fn proftpd_ca_true_certificate_trusted_or_pinned() {
+    use crate::support::harness::{assert_same_tree, sample_tree};
+    use crate::support::servers::{ProftpdTls, start_proftpd_tls_with};
+    let Some(server) = start_proftpd_tls_with(ProftpdTls {
+        ca_true: true,
+        ..ProftpdTls::default()
+    }) else {
+        return;
+    };
+    let ca = server.tls_ca_file().expect("a self-signed certificate");
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    let mut env = Env::external(server);
+    sample_tree(&env.local);
+    env.remote_extra = format!("  tls: explicit\n  tls_ca_file: {}\n", ca.display());
+    let job = env.job("push", true, "");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    assert!(pem.contains("BEGIN CERTIFICATE"));
+
+    // Not trusted: refused, with the fingerprint to pin.
+    crate::support::harness::write(&env.local, "new.txt", "new\n");
+    env.remote_extra = "  tls: explicit\n".into();
+    let job = env.job("push", true, "");
+    let out = env.run(&job, 3);
+    let logins = env.server_log().matches("USER ").count();
+    let marker = "pin it with `remote.tls_fingerprint: ";
+    let at = out
+        .stderr
+        .find(marker)
+        .unwrap_or_else(|| panic!("{}", out.all()))
+        + marker.len();
+    let pin: String = out.stderr[at..].chars().take_while(|c| *c != '`').collect();
+    assert!(pin.starts_with("sha256:"), "{pin}");
+    assert!(!env.remote_disk.join("new.txt").exists());
+
+    // Pinned: it works, and nothing else about the chain is checked.
+    env.remote_extra = format!("  tls: explicit\n  tls_fingerprint: {pin}\n");
+    let job = env.job("push", true, "");
+    env.run(&job, 0);
+    assert_same_tree(&env.local, &env.remote_disk);
+    assert!(env.server_log().matches("USER ").count() > logins);
+}

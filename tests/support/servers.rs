@@ -618,7 +618,7 @@ pub fn start_proftpd() -> Option<ExternalServer> {
 /// [`ExternalServer::tls_ca_file`] returns.
 pub fn start_proftpd_tls() -> Option<ExternalServer> {
     unavailable_or(
-        try_start(|| spawn_proftpd(Some("TLSv1.2 TLSv1.3"))),
+        try_start(|| spawn_proftpd(Some(ProftpdTls::default()))),
         "ProFTPD (TLS)",
     )
 }
@@ -627,7 +627,38 @@ pub fn start_proftpd_tls() -> Option<ExternalServer> {
 /// spelling: `TLSv1.2` or `TLSv1.3`). Its TLS log is
 /// [`ExternalServer::tls_log`].
 pub fn start_proftpd_tls_only(protocol: &'static str) -> Option<ExternalServer> {
-    unavailable_or(try_start(|| spawn_proftpd(Some(protocol))), "ProFTPD (TLS)")
+    let tls = ProftpdTls {
+        protocols: protocol,
+        ..ProftpdTls::default()
+    };
+    unavailable_or(try_start(|| spawn_proftpd(Some(tls))), "ProFTPD (TLS)")
+}
+
+/// How [`start_proftpd_tls_with`] sets up TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ProftpdTls {
+    /// `TLSProtocol`.
+    pub protocols: &'static str,
+    /// Implicit FTPS (`TLSOptions UseImplicitSSL`): TLS from the first byte.
+    pub implicit: bool,
+    /// A certificate made the way people usually make one
+    /// (`openssl req -x509` with `CA:TRUE`) instead of a leaf certificate.
+    pub ca_true: bool,
+}
+
+impl Default for ProftpdTls {
+    fn default() -> Self {
+        ProftpdTls {
+            protocols: "TLSv1.2 TLSv1.3",
+            implicit: false,
+            ca_true: false,
+        }
+    }
+}
+
+/// [`start_proftpd_tls`] set up as `tls` says.
+pub fn start_proftpd_tls_with(tls: ProftpdTls) -> Option<ExternalServer> {
+    unavailable_or(try_start(|| spawn_proftpd(Some(tls))), "ProFTPD (TLS)")
 }
 
 /// Start a private Pure-FTPd on 127.0.0.1: virtual user `ftpsync` with a
@@ -737,18 +768,28 @@ fn run_tool(program: &Path, args: &[&str], stdin: &str) -> Result<String, String
 
 /// A self-signed end-entity certificate (not `CA:TRUE`) for 127.0.0.1 and
 /// localhost, valid for two days, with its key: (cert, key) in `dir`.
-fn make_self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+fn make_self_signed_cert(dir: &Path, ca_true: bool) -> Result<(PathBuf, PathBuf), String> {
     let cert = dir.join(SELF_SIGNED_CERT);
     let key = dir.join("server-key.pem");
     let conf = dir.join("openssl-req.cnf");
     write_file(
         &conf,
-        b"[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
-          [dn]\nCN = localhost\n\
-          [ext]\nbasicConstraints = critical, CA:FALSE\n\
-          keyUsage = critical, digitalSignature, keyEncipherment\n\
-          extendedKeyUsage = serverAuth\n\
-          subjectAltName = IP:127.0.0.1, DNS:localhost\n",
+        if ca_true {
+            // What `openssl req -x509` gives by default (and Debian's
+            // proftpd-gencert): a CA certificate used as the server's own.
+            &b"[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+              [dn]\nCN = localhost\n\
+              [ext]\nbasicConstraints = critical, CA:TRUE\n\
+              subjectKeyIdentifier = hash\n\
+              subjectAltName = IP:127.0.0.1, DNS:localhost\n"[..]
+        } else {
+            &b"[req]\ndistinguished_name = dn\nx509_extensions = ext\nprompt = no\n\
+              [dn]\nCN = localhost\n\
+              [ext]\nbasicConstraints = critical, CA:FALSE\n\
+              keyUsage = critical, digitalSignature, keyEncipherment\n\
+              extendedKeyUsage = serverAuth\n\
+              subjectAltName = IP:127.0.0.1, DNS:localhost\n"[..]
+        },
         0o600,
     )?;
     let path = |p: &Path| p.to_str().map(str::to_string).ok_or("non-UTF-8 temp path");
@@ -774,8 +815,8 @@ fn make_self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((cert, key))
 }
 
-fn spawn_proftpd(tls_protocols: Option<&str>) -> Result<ExternalServer, StartError> {
-    let tls = tls_protocols.is_some();
+fn spawn_proftpd(tls_setup: Option<ProftpdTls>) -> Result<ExternalServer, StartError> {
+    let tls = tls_setup.is_some();
     let fatal = StartError::Fatal;
     let bin = find_server_binary("FTPSYNC_PROFTPD", "proftpd", "proftpd-core").map_err(fatal)?;
     // Modules live beside the binary: <prefix>/usr/sbin -> <prefix>/usr/lib/proftpd.
@@ -894,8 +935,9 @@ TimeoutIdle 1200
         passwd = passwd.display(),
         group = group.display(),
     );
-    if let Some(protocols) = tls_protocols {
-        let (cert, key) = make_self_signed_cert(&base).map_err(fatal)?;
+    if let Some(setup) = tls_setup {
+        let protocols = setup.protocols;
+        let (cert, key) = make_self_signed_cert(&base, setup.ca_true).map_err(fatal)?;
         conf.push_str(&format!(
             "LoadModule mod_tls.c\nTLSEngine on\nTLSRequired on\nTLSProtocol {protocols}\n\
              TLSRSACertificateFile {}\nTLSRSACertificateKeyFile {}\nTLSVerifyClient off\n\
@@ -903,6 +945,9 @@ TimeoutIdle 1200
             cert.display(),
             key.display()
         ));
+        if setup.implicit {
+            conf.push_str("TLSOptions UseImplicitSSL\n");
+        }
     }
     write_file(&base.join("proftpd.conf"), conf.as_bytes(), 0o600).map_err(fatal)?;
 
@@ -930,7 +975,10 @@ TimeoutIdle 1200
         owner: (effective_uid() == 0).then_some((uid, gid)),
         _dir: dir,
     })?;
-    if tls {
+    if tls_setup.is_some_and(|t| t.implicit) {
+        // TLS from the first byte: wait for the port to take connections.
+        wait_ready_with(&mut server, probe_listening)?;
+    } else if tls {
         // The plain-text probe cannot log in (TLSRequired): wait for the banner.
         wait_banner(&mut server)?;
     } else {
@@ -1210,6 +1258,13 @@ fn probe(server: &ExternalServer) -> Result<(), String> {
 }
 
 /// Banner, `AUTH TLS` -> 234 (then drops the connection before the handshake).
+fn probe_listening(server: &ExternalServer) -> Result<(), String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map(drop)
+        .map_err(|e| format!("connect: {e}"))
+}
+
 fn probe_auth_tls(server: &ExternalServer) -> Result<(), String> {
     let addr: SocketAddr = ([127, 0, 0, 1], server.port).into();
     let timeout = Duration::from_secs(5);
