@@ -29,7 +29,7 @@ BIG_FILES=${BENCH_BIG_FILES:-8}   # case d: number of big files
 BIG_MIB=${BENCH_BIG_MIB:-64}      # ... of this many MiB each
 CONC=${BENCH_CONCURRENCY:-8}      # connections/transfers per tool
 TOOLS=${BENCH_TOOLS:-"ftpsync lftp rclone"}
-CASES=${BENCH_CASES:-"a b c d"}
+CASES=${BENCH_CASES:-"a b c d e"}  # e: pull of the small tree (after a, b or c)
 FTPSYNC_BIN=${FTPSYNC_BIN:-$REPO/target/release/ftpsync}
 OUT=${BENCH_OUT:-}                # optional file to also write the table to
 RTT_MS=${BENCH_RTT_MS:-0}         # >0: go through bench/delay_relay.py with this round-trip time
@@ -252,19 +252,22 @@ LFTP_SETTINGS="set cmd:fail-exit true; set net:max-retries 2; set net:reconnect-
 LFTP_SETTINGS+="; set net:timeout 30; set ftp:ssl-allow false; set ftp:sync-mode false"
 LFTP_SETTINGS+="; set ftp:use-site-utime false; set ftp:use-site-utime2 false; set ftp:use-mdtm-overloaded true"
 LFTP_SETTINGS+="; set ftp:list-options -a"
-# run_tool TOOL TREE REMOTE_SUBDIR LOGFILE: runs one sync under /usr/bin/time,
-# sets T_SECS, T_KIB, T_RC.
+# run_tool TOOL TREE REMOTE_SUBDIR LOGFILE [pull]: runs one sync under
+# /usr/bin/time (a push of TREE, or with "pull" a download into TREE), sets
+# T_SECS, T_KIB, T_RC.
 RCLONE_OBSCURED=""
 run_tool() {
-    local tool=$1 tree=$2 sub=$3 logf=$4 remote=$REMOTE_BASE/$3
+    local tool=$1 tree=$2 sub=$3 logf=$4 remote=$REMOTE_BASE/$3 pull=${5:-}
     local tfile=$WORK/time.out
     rm -f "$tfile"
     if [ -n "$COUNTS_FILE" ]; then : >"$COUNTS_FILE"; fi
     set +e
     case "$tool" in
     ftpsync)
+        local direction=push state=$WORK/state-$sub.db
+        if [ -n "$pull" ]; then direction=pull state=$WORK/state-pull-$sub.db; fi
         cat >"$WORK/job-$sub.yaml" <<EOF
-direction: push
+direction: $direction
 delete: true
 local:
   path: $tree
@@ -275,16 +278,18 @@ remote:
   password_env: FTP_PASSWORD
   root: $remote
 concurrency: $CONC
-state: $WORK/state-$sub.db
+state: $state
 EOF
         /usr/bin/time -f '%e %M' -o "$tfile" \
             "$FTPSYNC_BIN" run "$WORK/job-$sub.yaml" >"$logf" 2>&1
         ;;
     lftp)
         # See bench/README.md for why these settings.
+        local mirror="mirror -R --delete --no-perms --parallel=$CONC '$tree' '$remote'"
+        if [ -n "$pull" ]; then mirror="mirror --delete --no-perms --parallel=$CONC '$remote' '$tree'"; fi
         /usr/bin/time -f '%e %M' -o "$tfile" \
             lftp -u "$FTP_USER_NAME,$FTP_PASSWORD" -p "$PORT" \
-            -e "$LFTP_SETTINGS$LFTP_LATENCY; mirror -R --delete --no-perms --parallel=$CONC '$tree' '$remote'; quit" \
+            -e "$LFTP_SETTINGS$LFTP_LATENCY; $mirror; quit" \
             "$HOST" </dev/null >"$logf" 2>&1
         ;;
     rclone)
@@ -298,7 +303,8 @@ EOF
             RCLONE_CONFIG_BENCH_WRITING_MDTM=true \
             RCLONE_CONFIG_BENCH_CONCURRENCY=$((2 * CONC + 1)) \
             /usr/bin/time -f '%e %M' -o "$tfile" \
-            rclone --config "$WORK/rclone.conf" sync "$tree" "bench:$remote" \
+            rclone --config "$WORK/rclone.conf" sync \
+            $(if [ -n "$pull" ]; then echo "bench:$remote $tree"; else echo "$tree bench:$remote"; fi) \
             --transfers "$CONC" --checkers "$CONC" --retries 1 --low-level-retries 2 \
             --stats 0 </dev/null >"$logf" 2>&1
         ;;
@@ -332,13 +338,24 @@ run_case() { # run_case CASE TREE SUBDIR_SUFFIX
             if [ "$IS_ROOT" = 1 ]; then chown "$FTP_OWNER:" "$DISK/$sub"; fi
             rm -f "$WORK/state-$sub.db"
         fi
+        local pull="" dest=$tree
+        if [ "$c" = e ]; then
+            # Download the pushed small tree into a fresh local directory.
+            pull=pull dest=$WORK/pulled-$tool
+            rm -rf "$dest" "$WORK/state-pull-$sub.db"
+            mkdir -p "$dest"
+        fi
         sync
-        run_tool "$tool" "$tree" "$sub" "$logf"
+        run_tool "$tool" "$dest" "$sub" "$logf" $pull
         if [ "$T_RC" -ne 0 ]; then
             SECS[$c,$tool]="FAILED (exit $T_RC)"
             log "case $c $tool: exit $T_RC after ${T_SECS}s; last lines of $logf:"
             tail -5 "$logf" >&2 || true
-        elif ! verify "$tree" "$sub"; then
+        elif [ -n "$pull" ] && ! diff -r -q "$tree" "$dest" >"$WORK/diff.out" 2>&1; then
+            SECS[$c,$tool]="FAILED (tree differs)"
+            log "case $c $tool: pulled tree differs after ${T_SECS}s:"
+            head -5 "$WORK/diff.out" >&2
+        elif [ -z "$pull" ] && ! verify "$tree" "$sub"; then
             SECS[$c,$tool]="FAILED (tree differs)"
             log "case $c $tool: remote tree differs after ${T_SECS}s:"
             head -5 "$WORK/diff.out" >&2
@@ -384,6 +401,7 @@ for c in $CASES; do
         run_case d "$BIG" -big
         for tool in $TOOLS; do rm -rf "${DISK:?}/$tool-big"; done
         ;;
+    e) run_case e "$SMALL" -small ;;
     *) die "unknown case $c" ;;
     esac
 done
@@ -395,6 +413,7 @@ case_name() {
     b) echo "(b) same, no-op re-run" ;;
     c) echo "(c) 1% changed, re-run" ;;
     d) echo "(d) $BIG_FILES x $BIG_MIB MiB, full push" ;;
+    e) echo "(e) pull of the small tree into an empty directory" ;;
     esac
 }
 cell() { # numeric seconds or the failure text, "n/a" for tools not run
@@ -445,7 +464,7 @@ isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
         echo "|---|---|---|---|---|---|---|---|"
         for c in $CASES; do
             case "$c" in
-            a | b) per=$FILES ;;
+            a | b | e) per=$FILES ;;
             c) per=${CHANGED:-1} ;;
             d) per=$BIG_FILES ;;
             esac
