@@ -279,6 +279,11 @@ async fn prepare_limited(
         ..job.clone()
     };
 
+    // The scan lists each directory on its own: log in, ahead of it, as
+    // many connections as the last run's directories can use.
+    let dirs = state.values().filter(|r| r.kind == Kind::Dir).count();
+    pool.warm(dirs.min(job.concurrency.saturating_sub(1)));
+
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool.
     let filters = job.filters.clone();

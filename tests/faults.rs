@@ -164,6 +164,30 @@ fn refused_rename_is_reported_when_the_check_cannot_list() {
     no_temp_files(&f.env.remote_disk);
 }
 
+/// A re-run logs in, ahead of the scan, as many connections as the last
+/// run's directories can use: with the root listing held back, all of them
+/// have sent USER before the first subdirectory is listed.
+#[test]
+fn rerun_logs_in_connections_ahead_of_the_scan() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let job = f.env.job("push", false, "concurrency: 4\n");
+    f.env.run(&job, 0);
+    let done = f.proxy.commands().len();
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::Delay(Duration::from_millis(400))).times(1));
+    f.env.run(&job, 0);
+    let cmds = f.proxy.commands()[done..].to_vec();
+    let early = cmds
+        .iter()
+        .take_while(|c| !c.starts_with("CWD /www/d"))
+        .filter(|c| c.starts_with("USER "))
+        .count();
+    // The first connection, and one for each of the three directories.
+    assert_eq!(early, 4, "{cmds:#?}");
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("USER ")).count(), 4);
+}
+
 #[test]
 fn dropped_connections_and_cut_data_recover() {
     let f = faulty();

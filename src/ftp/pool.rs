@@ -230,6 +230,35 @@ impl Pool {
         Ok(pc)
     }
 
+    /// Opens up to `n` more connections in the background, each returned to
+    /// the pool as soon as it has logged in: over a link with latency a
+    /// login is several round trips, and a scan that will list many
+    /// directories need not wait for them one wave at a time. Each holds a
+    /// checkout permit while it logs in, so the pool stays within its size;
+    /// a failed login is left for the next `get` to meet.
+    pub fn warm(self: &Arc<Self>, n: usize) {
+        let n = n.min(self.size().saturating_sub(self.idle_count()));
+        for _ in 0..n {
+            let pool = Arc::clone(self);
+            tokio::spawn(async move {
+                let warmed = async {
+                    let mut pc = pool.checkout().await?;
+                    pc.slot = Some(pool.open().await?);
+                    pc.release();
+                    Ok::<(), FtpFailure>(())
+                };
+                tokio::select! {
+                    _ = pool.halted() => {}
+                    r = warmed => {
+                        if let Err(e) = r {
+                            tracing::debug!("opening a connection ahead of time failed: {e}");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
     /// A connection logged in just now, not one that served earlier
     /// commands: for a second listing that must not share the first one's
     /// session. An idle connection is closed to make room, so the pool
