@@ -284,30 +284,18 @@ pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
 
 /// Every entry under `root`: relative path → `Some(content)` for files, `None` for directories.
 pub fn snapshot(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
-    let mut out = std::collections::BTreeMap::new();
-    for e in walkdir::WalkDir::new(root).min_depth(1) {
-        let e = e.unwrap();
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let v = if e.file_type().is_file() {
-            Some(fs::read(e.path()).unwrap())
-        } else {
-            None
-        };
-        out.insert(rel, v);
-    }
-    out
+    walk(root, false)
 }
 
 /// Like [`snapshot`], for a tree a server may still be changing (its client
 /// just killed): an entry that vanishes while it is read, a temporary file
 /// renamed meanwhile, is left out.
 pub fn snapshot_live(root: &Path) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
-    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    walk(root, true)
+}
+
+fn walk(root: &Path, live: bool) -> std::collections::BTreeMap<String, Option<Vec<u8>>> {
+    let gone = |e: &std::io::Error| live && e.kind() == std::io::ErrorKind::NotFound;
     let mut out = std::collections::BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1) {
         let e = match e {
