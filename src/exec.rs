@@ -895,6 +895,14 @@ impl Attempt for UploadAttempt<'_> {
                     }
                     Ok(st) => break (tmp, st),
                     Err(e @ FtpFailure::RestartRefused { .. }) => e.to_string(),
+                    Err(e) if !e.retryable() && !e.breaks_connection() => {
+                        // No attempt follows (a server that took the data, then
+                        // said 552): remove what it kept, on this connection.
+                        if s.remove(&tmp).await.is_ok() {
+                            ctx.send(StateChange::PendingRemove(tmp));
+                        }
+                        return Err(e);
+                    }
                     Err(e) => {
                         // The next attempt resumes or removes it (and the next run, if none).
                         self.partial = Some((tmp, before.len(), mtime));

@@ -879,6 +879,96 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
     assert_eq!(f.env.plan_ops(&job), vec![]);
 }
 
+/// A STOR whose data went through but whose final reply is negative, with
+/// the checks that follow it (MDTM, SIZE) already sent behind it: a 4xx is
+/// retried, a 5xx fails that file alone, the replies after it stay in step,
+/// and no temporary file is left; small files and sendfile'd big ones alike.
+fn refused_store_with_its_checks_in_flight(f: &Faulty, checks_in_flight: bool) {
+    small_tree(&f.env, 9);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    write(&f.env.local, "big/big.bin", &big);
+    let root = f.env.remote_root.trim_end_matches('/').to_string();
+    let rules = [
+        Rule::new(
+            "STOR",
+            Action::ReplaceFinal("452 Insufficient storage".into()),
+        )
+        .arg("/d0/")
+        .times(2),
+        Rule::new("STOR", Action::ReplaceFinal("451 Aborted".into()))
+            .arg("/big/")
+            .times(1),
+        Rule::new(
+            "STOR",
+            Action::ReplaceFinal("552 Exceeded storage allocation".into()),
+        )
+        .arg("/d1/")
+        .times(1),
+    ];
+    for r in rules {
+        f.proxy.add_rule(r);
+    }
+    let job = f.env.job(
+        "push",
+        false,
+        "concurrency: 1\nretry:\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
+    );
+    let out = f.env.run(&job, 1);
+    let failed: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("FAILED"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", out.all());
+    assert!(
+        failed[0].contains("552 Exceeded storage allocation"),
+        "{}",
+        out.all()
+    );
+    no_temp_files(&f.env.remote_disk);
+    let cmds = f.proxy.commands();
+    // Each STOR was followed by its checks, sent before its reply came, on
+    // vsftpd, which leaves them unread during the transfer; pyftpdlib would
+    // answer them during it, so there they wait for the 226.
+    let at = f.proxy.pipelined_at();
+    let mut checked = 0;
+    for (i, c) in cmds.iter().enumerate() {
+        let Some(temp) = c.strip_prefix("STOR ") else {
+            continue;
+        };
+        // The first check (SITE CHMOD, MDTM or MFMT) names the same file;
+        // without checks in flight, a refused STOR gets none.
+        let next = &cmds[i + 1];
+        if !next.ends_with(temp) {
+            assert!(!checks_in_flight, "{c} then {next}");
+            continue;
+        }
+        assert_eq!(at.contains(&(i + 1)), checks_in_flight, "{next}: {cmds:#?}");
+        checked += 1;
+    }
+    // With checks in flight, all 13 STORs; else the 9 placed (8 small
+    // files and big.bin), and the DELE that removed the 552'd copy.
+    assert_eq!(
+        checked,
+        if checks_in_flight { 13 } else { 9 + 1 },
+        "{cmds:#?}"
+    );
+    assert_eq!(
+        count(&cmds, &format!("DELE {root}/d1/.ftpsync-")),
+        1,
+        "{cmds:#?}"
+    );
+    // The two 452s and the 451 were retried: 3 + 2 more STORs in d0, 2 for big.bin.
+    assert_eq!(count(&cmds, &format!("STOR {root}/d0/")), 5, "{cmds:#?}");
+    assert_eq!(count(&cmds, &format!("STOR {root}/big/")), 2, "{cmds:#?}");
+    // The refused copies were never renamed into place.
+    assert_eq!(count(&cmds, &format!("RNTO {root}/d0/")), 3, "{cmds:#?}");
+    f.proxy.clear_rules();
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    no_temp_files(&f.env.remote_disk);
+}
+
 /// A server that answers pipelined commands out of order (here: a second
 /// 350 where RNTO's reply belongs) is caught; the item is retried and
 /// nothing is pipelined from then on.
@@ -1085,6 +1175,21 @@ on_server!(
     crate::support::servers::start_pyftpdlib,
     pipelined_exchanges_survive_faults
 );
+#[test]
+fn vsftpd_refused_store_with_its_checks_in_flight() {
+    let Some(server) = crate::support::servers::start_vsftpd() else {
+        return;
+    };
+    refused_store_with_its_checks_in_flight(&faulty_external(server), true);
+}
+
+#[test]
+fn pyftpdlib_refused_store_with_its_checks_in_flight() {
+    let Some(server) = crate::support::servers::start_pyftpdlib() else {
+        return;
+    };
+    refused_store_with_its_checks_in_flight(&faulty_external(server), false);
+}
 on_server!(
     vsftpd_out_of_order_replies_stop_pipelining,
     crate::support::servers::start_vsftpd,

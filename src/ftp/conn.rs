@@ -296,6 +296,12 @@ impl PipelineVerdict {
 /// welcome banner (lowercase): the only ones that get pipelined commands.
 const IN_ORDER_SERVERS: [&str; 4] = ["vsftpd", "proftpd", "pure-ftpd", "pyftpdlib"];
 
+/// Of those, the servers that do not read the control connection while a
+/// transfer runs, so commands sent behind a STOR's data wait for its final
+/// reply. ProFTPD and Pure-FTPd answer commands during a transfer (ABOR,
+/// STAT, or "450 transfer in progress"), and pyftpdlib runs them as they come.
+const QUIET_IN_TRANSFER_SERVERS: [&str; 1] = ["vsftpd"];
+
 /// How data connections are opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DataMode {
@@ -475,6 +481,10 @@ pub struct FtpConn {
     /// Commands may be pipelined (plaintext, passive, an in-order server
     /// that passed the probe).
     pipeline: bool,
+    /// With `pipeline`: the server leaves commands unread while a transfer
+    /// runs ([`QUIET_IN_TRANSFER_SERVERS`]), so a STOR's checks can follow
+    /// its data without waiting for the 226.
+    quiet_in_transfer: bool,
     /// A transfer was abandoned (dropped before its final reply): suppaftp
     /// reads that reply before its next command, and raw writes must wait
     /// for it too.
@@ -528,6 +538,16 @@ pub struct AfterStore {
     pub mode: Option<u32>,
     /// Ask the server's hash of the file.
     pub hash: bool,
+}
+
+/// The commands that follow a STOR (see [`FtpConn::finish_store`]), and
+/// which replies to expect.
+struct Finish {
+    cmds: Vec<String>,
+    chmod: bool,
+    set: Option<chrono::NaiveDateTime>,
+    size: bool,
+    hash: Option<HashCommand>,
 }
 
 /// How long a server may take to hash `len` bytes, beyond the usual
@@ -777,6 +797,7 @@ impl FtpConn {
             && o.passive
             && o.pipelining.get() != PipelineVerdict::BROKEN
             && IN_ORDER_SERVERS.iter().any(|b| banner.contains(b));
+        let quiet_in_transfer = QUIET_IN_TRANSFER_SERVERS.iter().any(|b| banner.contains(b));
         let data_mode = if !o.passive {
             DataMode::Active
         } else if features.epsv || addr.is_ipv6() {
@@ -818,6 +839,7 @@ impl FtpConn {
             mdtm_write,
             plain,
             pipeline,
+            quiet_in_transfer,
             abandoned: false,
             verdict: Arc::clone(&o.pipelining),
             chmod: Arc::clone(&o.chmod),
@@ -1039,7 +1061,10 @@ impl FtpConn {
         let remote = checked(remote)?;
         let t = self.timeout;
         if self.plain && self.data_mode != DataMode::Active {
-            self.store_direct(remote, Payload::Bytes(data), 0).await?;
+            let finish = self.finish_commands(remote, after);
+            return self
+                .store_direct(remote, Payload::Bytes(data), 0, &finish)
+                .await;
         } else {
             let mut stream = timed(t, self.stream.put_with_stream(remote)).await?;
             write_paced(t, &mut stream, data, &self.rate).await?;
@@ -1059,6 +1084,24 @@ impl FtpConn {
         after: AfterStore,
     ) -> Result<Stored, FtpFailure> {
         let remote = checked(remote)?;
+        let finish = self.finish_commands(remote, after);
+        if finish.cmds.is_empty() {
+            return self.finish_replies(&finish, &[], sent, false);
+        }
+        let piped = self.pipelining();
+        // The server reads the whole file to hash it: allow for that.
+        let base = self.timeout;
+        if finish.hash.is_some() {
+            self.timeout = base + hashing_time(sent);
+        }
+        let replies = self.batch_with(&finish.cmds, piped).await;
+        self.timeout = base;
+        let replies = replies?;
+        self.finish_replies(&finish, &replies, sent, piped)
+    }
+
+    /// The commands that follow a STOR of `remote` (see [`Self::finish_store`]).
+    fn finish_commands(&self, remote: &str, after: AfterStore) -> Finish {
         let chmod = self.chmod_command(remote, after.mode);
         let set = after
             .mtime
@@ -1077,43 +1120,45 @@ impl FtpConn {
         if let Some(cmd) = hash {
             cmds.push(format!("{} {remote}", cmd.verb()));
         }
-        if cmds.is_empty() {
-            return Ok(Stored {
-                sent,
-                size: None,
-                mtime: None,
-                digest: None,
-            });
+        Finish {
+            cmds,
+            chmod: chmod.is_some(),
+            set: set.map(|(utc, _)| utc),
+            size: self.features.size,
+            hash,
         }
-        let piped = self.pipelining();
-        // The server reads the whole file to hash it: allow for that.
-        let base = self.timeout;
-        if hash.is_some() {
-            self.timeout = base + hashing_time(sent);
-        }
-        let replies = self.batch_with(&cmds, piped).await;
-        self.timeout = base;
-        let replies = replies?;
+    }
+
+    /// Reads the replies to [`Self::finish_commands`]' commands, one each,
+    /// in order. `piped`: they were pipelined, so a reply that cannot be
+    /// its command's means the server answers out of order.
+    fn finish_replies(
+        &mut self,
+        finish: &Finish,
+        replies: &[Reply],
+        sent: u64,
+        piped: bool,
+    ) -> Result<Stored, FtpFailure> {
         let mut replies = replies.iter();
         let mut next = || replies.next().expect("one reply per command");
-        if chmod.is_some() {
+        if finish.chmod {
             let r = next();
             self.chmod_done(r);
         }
-        let mtime = match set {
-            Some((utc, _)) => {
+        let mtime = match finish.set {
+            Some(utc) => {
                 let r = next();
                 self.mtime_set(r, utc)
             }
             None => None,
         };
-        let size = if self.features.size {
+        let size = if finish.size {
             let r = next();
             match r.code {
                 213 => match r.text.trim().parse::<u64>() {
                     Ok(n) => Some(n),
                     // A pipelined MDTM's "213 File modification time set" in SIZE's place.
-                    Err(_) if set.is_some() && piped => return Err(self.out_of_order()),
+                    Err(_) if finish.set.is_some() && piped => return Err(self.out_of_order()),
                     Err(_) => {
                         return Err(FtpFailure::Protocol(format!("bad SIZE reply {:?}", r.text)));
                     }
@@ -1124,7 +1169,7 @@ impl FtpConn {
         } else {
             None
         };
-        let digest = match hash {
+        let digest = match finish.hash {
             Some(cmd) => {
                 let r = next();
                 if (400..500).contains(&r.code) {
@@ -1152,13 +1197,16 @@ impl FtpConn {
     /// out as soon as the connection is up, the 150 read with the 226;
     /// otherwise the bytes wait for the 150. With `rest`,
     /// the server is told to write from that byte on (REST, not pipelined).
-    /// Returns the bytes sent.
+    /// Then `finish`'s commands: when pipelining, they go out as soon as the
+    /// data is sent, so their replies come right after the transfer's 226
+    /// instead of a round trip later.
     async fn store_direct(
         &mut self,
         remote: &str,
         payload: Payload<'_>,
         rest: u64,
-    ) -> Result<u64, FtpFailure> {
+        finish: &Finish,
+    ) -> Result<Stored, FtpFailure> {
         let t = self.timeout;
         let pasv = self.pasv_verb();
         let stor = format!("STOR {remote}\r\n");
@@ -1235,8 +1283,62 @@ impl FtpConn {
         drop(sock);
         match sent {
             Ok(n) => {
-                self.transfer_outcome().await?;
-                Ok(n)
+                let n = n + rest;
+                let piped = self.pipelining() && self.quiet_in_transfer && !finish.cmds.is_empty();
+                if piped {
+                    let mut wire = String::new();
+                    for c in &finish.cmds {
+                        tracing::trace!("-> {c}");
+                        wire.push_str(c);
+                        wire.push_str("\r\n");
+                    }
+                    self.write_raw(wire.as_bytes()).await?;
+                }
+                match self.transfer_outcome().await {
+                    // A check's reply (200, 213) where the transfer's belongs.
+                    Ok(code) if piped && code != 226 && code != 250 => {
+                        return Err(self.out_of_order());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if piped && matches!(e, FtpFailure::Reply { .. }) {
+                            // The server goes on to answer what followed: stay in step.
+                            for _ in &finish.cmds {
+                                self.read_reply().await?;
+                            }
+                        }
+                        return Err(e);
+                    }
+                }
+                // The server reads the whole file to hash it: allow for that.
+                let base = self.timeout;
+                if finish.hash.is_some() {
+                    self.timeout = base + hashing_time(n);
+                }
+                let replies = if piped {
+                    let mut replies = Vec::with_capacity(finish.cmds.len());
+                    let mut read = Ok(());
+                    for _ in &finish.cmds {
+                        match self.read_reply().await {
+                            Ok(r) if r.code == 421 => {
+                                read = Err(r.failure());
+                                break;
+                            }
+                            Ok(r) => replies.push(r),
+                            Err(e) => {
+                                read = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    read.map(|()| replies)
+                } else {
+                    self.batch_with(&finish.cmds, self.pipelining()).await
+                };
+                self.timeout = base;
+                let replies = replies?;
+                let piped = self.pipelining();
+                self.finish_replies(finish, &replies, n, piped)
             }
             Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
                 Err(self.refusal_or(e).await)
@@ -1288,8 +1390,8 @@ impl FtpConn {
     }
 
     /// Reads a transfer's replies: any preliminary ones (150, 125), then the
-    /// final one, which must be positive.
-    async fn transfer_outcome(&mut self) -> Result<(), FtpFailure> {
+    /// final one, which must be positive; returns its code.
+    async fn transfer_outcome(&mut self) -> Result<u32, FtpFailure> {
         let mut r = self.read_reply().await?;
         let mut preliminary = 0;
         while (100..200).contains(&r.code) {
@@ -1303,7 +1405,7 @@ impl FtpConn {
             r = self.read_reply().await?;
         }
         match r.code {
-            200..=299 => Ok(()),
+            200..=299 => Ok(r.code),
             400..=599 => Err(r.failure()),
             _ => Err(FtpFailure::Protocol(format!(
                 "unexpected final reply to a transfer: {} {}",
@@ -1573,8 +1675,9 @@ impl FtpConn {
 
     /// Uploads `local` to `remote` (STOR), from byte `offset` on (REST, to
     /// resume a verified partial upload; a negative reply to that `REST` or
-    /// to the `STOR` after it is [`FtpFailure::RestartRefused`]). Returns
-    /// the file's total size as sent (offset included).
+    /// to the `STOR` after it is [`FtpFailure::RestartRefused`]); then
+    /// [`Self::finish_store`]'s commands. [`Stored::sent`] is the file's
+    /// total size as sent (offset included).
     /// `len` is the file's size as just checked by the caller.
     pub async fn upload(
         &mut self,
@@ -1582,7 +1685,8 @@ impl FtpConn {
         len: u64,
         remote: &str,
         offset: u64,
-    ) -> Result<u64, FtpFailure> {
+        after: AfterStore,
+    ) -> Result<Stored, FtpFailure> {
         use tokio::io::AsyncSeekExt;
         let t = self.timeout;
         let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
@@ -1594,7 +1698,8 @@ impl FtpConn {
                 offset,
                 len: len.saturating_sub(offset),
             };
-            return Ok(offset + self.store_direct(remote, payload, offset).await?);
+            let finish = self.finish_commands(remote, after);
+            return self.store_direct(remote, payload, offset, &finish).await;
         }
         let mut file = tokio::fs::File::open(local).await.map_err(local_err)?;
         let refusal = |e: FtpFailure| {
@@ -1627,7 +1732,7 @@ impl FtpConn {
             crate::events::transferred(n as u64);
         }
         timed(t, stream.finish()).await?;
-        Ok(total)
+        self.finish_store(remote, total, after).await
     }
 
     /// Reads `remote` from byte `offset` to its end (REST + RETR): used to

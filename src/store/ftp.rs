@@ -205,8 +205,7 @@ impl RemoteSession for FtpSession<'_> {
                 .map_err(local_err)?;
             return c.store_small(remote, &data, after).await;
         }
-        let sent = c.upload(local, len, remote, offset).await?;
-        c.finish_store(remote, sent, after).await
+        c.upload(local, len, remote, offset, after).await
     }
 
     async fn set_mtime(

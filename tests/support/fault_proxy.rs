@@ -73,6 +73,10 @@ pub enum Action {
     /// (non-1xx) reply to it arrives, without passing that reply to the client (the "reply was
     /// lost" case: the server did the DELE/RNTO, the client never heard).
     DropAfterForward,
+    /// Forward, and relay this line in place of the server's final (non-1xx) reply: the
+    /// server did the work, the client hears otherwise (e.g. "452 Insufficient storage"
+    /// after a STOR's data went through).
+    ReplaceFinal(String),
     /// Forward; on its data connection, pass this many bytes (counted over both directions)
     /// then reset both data sockets (and, if `kill_control` is true, also drop the control
     /// connection; the server's final reply to the command, if it comes before the cut, is held
@@ -499,6 +503,8 @@ enum Fate {
     Relay,
     /// `DropAfterForward`: close the control connection instead.
     Drop,
+    /// `ReplaceFinal`: relay this reply instead.
+    Replace(Vec<u8>),
     /// A `CutData { kill_control: true }` command: wait until its data connection reports
     /// whether it was cut (true: close instead of relaying) or ended without a cut.
     Hold(oneshot::Receiver<bool>),
@@ -698,6 +704,10 @@ impl Session {
             }
             Some(Action::DropControl) => return Ok(Flow::Close),
             Some(Action::DropAfterForward) => fate = Fate::Drop,
+            Some(Action::ReplaceFinal(reply)) => {
+                let reply = reply.trim_end_matches(['\r', '\n']).replace('\n', "\r\n");
+                fate = Fate::Replace(format!("{reply}\r\n").into_bytes());
+            }
             Some(Action::CutData {
                 after_bytes,
                 kill_control,
@@ -761,6 +771,10 @@ impl Session {
         {
             match fate {
                 Fate::Drop => return Ok(Flow::Close),
+                Fate::Replace(reply) => {
+                    self.client_w.write_all(&reply).await?;
+                    return self.flush().await;
+                }
                 Fate::Hold(cut) => {
                     if let Ok(Ok(true)) = tokio::time::timeout(HOLD_LIMIT, cut).await {
                         return Ok(Flow::Close);
@@ -1569,6 +1583,25 @@ mod tests {
         let mut ftp = login(&proxy, Mode::ExtendedPassive).await;
         t(ftp.cwd("/")).await.unwrap();
         assert_eq!(proxy.connections(), 2);
+        assert_eq!(proxy.fired(), 1);
+    }
+
+    #[tokio::test]
+    async fn replace_final_changes_the_reply_not_the_effect() {
+        let Some((server, proxy)) = setup("replace_final").await else {
+            return;
+        };
+        std::fs::write(server.root.join("victim.txt"), b"x").unwrap();
+        proxy.add_rule(Rule::new("DELE", Action::ReplaceFinal("452 Not today".into())).times(1));
+        let mut ftp = login(&proxy, Mode::ExtendedPassive).await;
+        let err = t(ftp.rm("victim.txt")).await.unwrap_err();
+        assert!(err.to_string().contains("452"), "{err}");
+        assert!(
+            !server.root.join("victim.txt").exists(),
+            "the server did it"
+        );
+        // The session stays in step: the next command gets its own reply.
+        assert_eq!(t(ftp.pwd()).await.unwrap(), "/");
         assert_eq!(proxy.fired(), 1);
     }
 
