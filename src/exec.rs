@@ -1143,10 +1143,22 @@ impl Attempt for DownloadAttempt<'_> {
             t
         };
         let mut tmp = tmp.unwrap_or_else(new_temp);
+        // The listing's time when it has seconds (MLSD); else the server's
+        // MDTM, asked with the RETR.
+        let listed = remote_meta
+            .as_ref()
+            .map_or(RemoteTime::Unknown, |m| m.mtime);
+        let ask_time = !matches!(listed, RemoteTime::Exact(_));
+        let mut told = None;
         // At most two passes: a refused resume goes once more from zero.
         let bytes = loop {
             let resumed = resume.as_ref().map(|r| r.keep);
-            let refusal = match s.fetch(&remote, &tmp, resume.take()).await {
+            let fetched = s.fetch(&remote, &tmp, resume.take(), ask_time).await;
+            let fetched = fetched.map(|(b, t)| {
+                told = t;
+                b
+            });
+            let refusal = match fetched {
                 Ok(b) if resumed.is_some() && expected.is_some_and(|e| e != b) => format!(
                     "received {b} bytes after resuming at byte {}, the listing said {}",
                     resumed.unwrap_or_default(),
@@ -1203,10 +1215,7 @@ impl Attempt for DownloadAttempt<'_> {
             }
         }
         // The server's time and mode on the local copy, as a mirror should.
-        let listed = remote_meta
-            .as_ref()
-            .map_or(RemoteTime::Unknown, |m| m.mtime);
-        let mtime = server_time(s, &remote, listed).await?;
+        let mtime = server_time(listed, told);
         let mode = job.modes.file_mode(
             ctx.input.remote.modes.get(path).copied(),
             crate::local::umask(),
@@ -1233,17 +1242,15 @@ impl Attempt for DownloadAttempt<'_> {
 }
 
 /// The modification time to give a downloaded file: the listing's when it
-/// has seconds (MLSD), else MDTM's (one command, on the connection that
-/// downloaded it), else what the listing shows (a minute, or the start of
-/// a day), read as UTC.
-async fn server_time(
-    s: &mut dyn RemoteSession,
-    remote: &str,
+/// has seconds (MLSD), else MDTM's (`told`, asked with the RETR), else what
+/// the listing shows (a minute, or the start of a day), read as UTC.
+fn server_time(
     listed: RemoteTime,
-) -> Result<Option<std::time::SystemTime>, FtpFailure> {
+    told: Option<chrono::NaiveDateTime>,
+) -> Option<std::time::SystemTime> {
     let utc = match listed {
         RemoteTime::Exact(t) => Some(t),
-        coarse => match s.mtime(remote).await? {
+        coarse => match told {
             Some(t) => Some(t),
             None => match coarse {
                 RemoteTime::Minute(t) => Some(t),
@@ -1252,14 +1259,14 @@ async fn server_time(
             },
         },
     };
-    Ok(utc.map(|t| {
+    utc.map(|t| {
         let secs = t.and_utc().timestamp();
         if secs >= 0 {
             std::time::UNIX_EPOCH + Duration::from_secs(secs as u64)
         } else {
             std::time::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
         }
-    }))
+    })
 }
 
 /// Re-lists the directories that received uploads and records the remote

@@ -111,6 +111,50 @@ async fn read_timed(
     }
 }
 
+/// Reads a download's data into `file` (whose length is `total`), paced
+/// by `rate`. The first bytes must equal `overlap` (the tail of a partial
+/// copy being resumed) and are not written again. Returns the new length.
+async fn receive(
+    t: Duration,
+    data: &mut (impl tokio::io::AsyncRead + Unpin),
+    file: &mut tokio::fs::File,
+    mut total: u64,
+    mut overlap: &[u8],
+    rate: &RateLimit,
+    local: &Path,
+) -> Result<u64, FtpFailure> {
+    let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
+    let mut buf = vec![0u8; rate.chunk(256 * 1024)];
+    loop {
+        let n = read_timed(t, data, &mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        rate.take(n).await;
+        let mut chunk = &buf[..n];
+        if !overlap.is_empty() {
+            let k = overlap.len().min(chunk.len());
+            if chunk[..k] != overlap[..k] {
+                return Err(FtpFailure::Verify(
+                    "the partial download does not match the server's file; starting over".into(),
+                ));
+            }
+            overlap = &overlap[k..];
+            chunk = &chunk[k..];
+        }
+        file.write_all(chunk).await.map_err(local_err)?;
+        total += chunk.len() as u64;
+        crate::events::transferred(chunk.len() as u64);
+    }
+    if !overlap.is_empty() {
+        return Err(FtpFailure::Verify(
+            "the server's file is shorter than the partial download".into(),
+        ));
+    }
+    file.flush().await.map_err(local_err)?;
+    Ok(total)
+}
+
 /// What a STOR sends.
 enum Payload<'a> {
     Bytes(&'a [u8]),
@@ -1779,18 +1823,22 @@ impl FtpConn {
     /// of what is kept, or the download fails (and restarts from zero). A
     /// negative reply to that `REST` or to the `RETR` after it is
     /// [`FtpFailure::RestartRefused`].
-    /// Returns the file's total size.
+    /// With `mdtm`, the file's time is asked too (MDTM, in the same write as
+    /// EPSV and RETR when pipelining).
+    /// Returns the file's total size, and the time MDTM gave.
     pub async fn download(
         &mut self,
         remote: &str,
         local: &Path,
         resume: Option<Resume>,
-    ) -> Result<u64, FtpFailure> {
+        mdtm: bool,
+    ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure> {
         use tokio::io::AsyncSeekExt;
         let t = self.timeout;
         let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
         let remote = checked(remote)?;
-        let (mut file, mut total, mut overlap) = match &resume {
+        let mdtm = mdtm && self.features.mdtm;
+        let (mut file, total, overlap, start) = match &resume {
             Some(r) => {
                 let mut f = tokio::fs::OpenOptions::new()
                     .write(true)
@@ -1802,61 +1850,156 @@ impl FtpConn {
                     .await
                     .map_err(local_err)?;
                 let start = r.keep - r.overlap.len() as u64;
-                timed(t, self.stream.resume_transfer(start as usize))
-                    .await
-                    .map_err(FtpFailure::as_restart_refusal)?;
-                (f, r.keep, r.overlap.as_slice())
+                (f, r.keep, r.overlap.as_slice(), start)
             }
             None => (
                 tokio::fs::File::create(local).await.map_err(local_err)?,
                 0,
                 &[][..],
+                0,
             ),
         };
         let resumed = resume.is_some();
+        let refusal = |e: FtpFailure| if resumed { e.as_restart_refusal() } else { e };
+        if self.plain && self.data_mode != DataMode::Active {
+            let (mut sock, mut time) = self.open_retr(remote, start, mdtm).await?;
+            let rate = self.rate.clone();
+            let received = receive(t, &mut sock, &mut file, total, overlap, &rate, local).await;
+            drop(sock);
+            let total = match received {
+                Ok(n) => n,
+                Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
+                    return Err(self.refusal_or(e).await);
+                }
+                Err(e) => {
+                    // Ours (the disk, a mismatch): the data connection is
+                    // closed early, and the server's answer read to stay in step.
+                    let _ = self.transfer_outcome().await.map_err(|f| {
+                        if f.breaks_connection() {
+                            self.abandoned = true;
+                        }
+                    });
+                    return Err(e);
+                }
+            };
+            drop(file);
+            self.transfer_outcome().await.map_err(refusal)?;
+            if mdtm && time.is_none() && !self.pipelining() {
+                time = self.mdtm(remote).await?;
+            }
+            return Ok((total, time));
+        }
+        if resumed {
+            timed(t, self.stream.resume_transfer(start as usize))
+                .await
+                .map_err(FtpFailure::as_restart_refusal)?;
+        }
         let mut stream = timed(t, self.stream.retr_as_stream(remote))
             .await
-            .map_err(|e| if resumed { e.as_restart_refusal() } else { e })?;
+            .map_err(refusal)?;
         let rate = self.rate.clone();
-        let received = async {
-            let mut buf = vec![0u8; rate.chunk(256 * 1024)];
-            loop {
-                let n = read_timed(t, &mut stream, &mut buf).await?;
-                if n == 0 {
-                    break;
-                }
-                rate.take(n).await;
-                let mut chunk = &buf[..n];
-                if !overlap.is_empty() {
-                    let k = overlap.len().min(chunk.len());
-                    if chunk[..k] != overlap[..k] {
-                        return Err(FtpFailure::Verify(
-                            "the partial download does not match the server's file; starting over"
-                                .into(),
-                        ));
-                    }
-                    overlap = &overlap[k..];
-                    chunk = &chunk[k..];
-                }
-                file.write_all(chunk).await.map_err(local_err)?;
-                total += chunk.len() as u64;
-                crate::events::transferred(chunk.len() as u64);
+        let received = receive(t, &mut stream, &mut file, total, overlap, &rate, local).await;
+        let total = match received {
+            Ok(n) => n,
+            Err(e) => {
+                self.abandoned = true;
+                return Err(e);
             }
-            if !overlap.is_empty() {
-                return Err(FtpFailure::Verify(
-                    "the server's file is shorter than the partial download".into(),
-                ));
-            }
-            file.flush().await.map_err(local_err)
-        }
-        .await;
-        if let Err(e) = received {
-            self.abandoned = true;
-            return Err(e);
-        }
+        };
         drop(file);
         timed(t, stream.finish()).await?;
-        Ok(total)
+        let time = if mdtm { self.mdtm(remote).await? } else { None };
+        Ok((total, time))
+    }
+
+    /// Starts a RETR of `remote` on a data connection of our own (plaintext,
+    /// passive), from byte `rest` (REST) when it is not zero, and returns
+    /// that connection, ready to read. With `mdtm`, MDTM is asked first.
+    /// When pipelining (and not resuming), MDTM, EPSV and RETR go in one
+    /// write and the data is read as soon as the connection is up (the 150
+    /// is read with the final reply); else one command at a time.
+    async fn open_retr(
+        &mut self,
+        remote: &str,
+        rest: u64,
+        mdtm: bool,
+    ) -> Result<(tokio::net::TcpStream, Option<chrono::NaiveDateTime>), FtpFailure> {
+        let pasv = self.pasv_verb();
+        let retr = format!("RETR {remote}\r\n");
+        let pipelined = self.pipelining() && rest == 0;
+        let mut time = None;
+        if pipelined {
+            let ask = if mdtm {
+                format!("MDTM {remote}\r\n")
+            } else {
+                String::new()
+            };
+            tracing::trace!(
+                "-> {}{pasv}; RETR {remote}",
+                if mdtm { "MDTM; " } else { "" }
+            );
+            self.write_raw(format!("{ask}{pasv}\r\n{retr}").as_bytes())
+                .await?;
+            if mdtm {
+                let r = self.read_reply().await?;
+                match r.code {
+                    213 => match parse_mlsd_time(r.text.trim().as_bytes()) {
+                        Some(t) => time = Some(t),
+                        // EPSV's or PASV's reply in MDTM's place.
+                        None if passive_port(&r).is_some() => return Err(self.out_of_order()),
+                        None => {}
+                    },
+                    227 | 229 => return Err(self.out_of_order()),
+                    _ => {}
+                }
+            }
+        } else {
+            if mdtm {
+                time = self.mdtm(remote).await?;
+            }
+            tracing::trace!("-> {pasv}");
+            self.write_raw(format!("{pasv}\r\n").as_bytes()).await?;
+        }
+        let opened = self.read_reply().await?;
+        let port = match port_of(&opened) {
+            Ok(port) => port,
+            Err(failure) => {
+                if pipelined {
+                    // RETR was sent too: its reply must be read to stay in step.
+                    let r = self.read_reply().await?;
+                    if r.code < 200 {
+                        return Err(FtpFailure::Protocol(format!(
+                            "unexpected reply to {pasv}: {} {}",
+                            opened.code, opened.text
+                        )));
+                    }
+                }
+                return Err(failure);
+            }
+        };
+        if rest > 0 {
+            tracing::trace!("-> REST {rest}");
+            self.write_raw(format!("REST {rest}\r\n").as_bytes())
+                .await?;
+            let r = self.read_reply().await?;
+            if r.code != 350 {
+                return Err(r.failure().as_restart_refusal());
+            }
+        }
+        if !pipelined {
+            tracing::trace!("-> RETR {remote}");
+            self.write_raw(retr.as_bytes()).await?;
+        }
+        let sock = match self.connect_data(port).await {
+            Ok(sock) => sock,
+            Err(e) if rest > 0 => return Err(self.refusal_or(e).await.as_restart_refusal()),
+            Err(e) => return Err(e),
+        };
+        if !pipelined {
+            let opened = self.expect_preliminary("RETR").await;
+            opened.map_err(|e| if rest > 0 { e.as_restart_refusal() } else { e })?;
+        }
+        Ok((sock, time))
     }
 
     /// Says goodbye (best effort).

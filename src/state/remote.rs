@@ -281,7 +281,7 @@ struct Download<'a> {
 impl Attempt for Download<'_> {
     type Output = u64;
     async fn run(&mut self, s: &mut dyn RemoteSession) -> Result<u64, FtpFailure> {
-        s.fetch(self.remote, self.local, None).await
+        Ok(s.fetch(self.remote, self.local, None, false).await?.0)
     }
 }
 

@@ -278,8 +278,9 @@ impl RemoteSession for FtpSession<'_> {
         remote: &str,
         local: &Path,
         resume: Option<Resume>,
-    ) -> Result<u64, FtpFailure> {
-        self.conn.download(remote, local, resume).await
+        mtime: bool,
+    ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure> {
+        self.conn.download(remote, local, resume, mtime).await
     }
 }
 

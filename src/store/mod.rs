@@ -118,13 +118,15 @@ pub trait RemoteSession: Send {
     /// Removes a file (a temporary one this attempt or an earlier one wrote).
     async fn remove(&mut self, remote: &str) -> Result<(), FtpFailure>;
     /// Receives `remote` into the local file `local`, resuming per `resume`;
-    /// returns the file's total size.
+    /// returns the file's total size and, with `mtime`, the file's time as
+    /// the server tells it to the second (MDTM), when it does.
     async fn fetch(
         &mut self,
         remote: &str,
         local: &Path,
         resume: Option<Resume>,
-    ) -> Result<u64, FtpFailure>;
+        mtime: bool,
+    ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure>;
 }
 
 /// One attempt of a transfer, which [`FtpStore::retrying`] may run several
