@@ -1131,16 +1131,13 @@ fn out_of_order_replies_stop_pipelining(f: &Faulty) {
 }
 
 /// A server (or a router in front of it) that loses the second of two
-/// commands sent in one packet fails the NOOP NOOP probe: ftpsync starts
-/// over on a new connection and sends one command at a time.
+/// commands sent in one packet never answers the pipelined login's PASS
+/// (here: held back past ftpsync's patience, 5 s): ftpsync starts over on a
+/// new connection and sends one command at a time.
 fn failed_probe_means_one_command_at_a_time(f: &Faulty) {
     small_tree(&f.env, 3);
-    // The probe's second NOOP is held back past the probe's patience (5 s).
-    f.proxy.add_rule(
-        Rule::new("NOOP", Action::Delay(Duration::from_secs(6)))
-            .skip(1)
-            .times(1),
-    );
+    f.proxy
+        .add_rule(Rule::new("PASS", Action::Delay(Duration::from_secs(6))).times(1));
     let job = f.env.job("push", false, "concurrency: 2\n");
     let out = f.env.ftpsync(&["-v", "run", job.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.all());
@@ -1150,9 +1147,42 @@ fn failed_probe_means_one_command_at_a_time(f: &Faulty) {
         out.all()
     );
     assert_same_tree(&f.env.local, &f.env.remote_disk);
-    assert_eq!(count(&f.proxy.commands(), "NOOP"), 2, "one probe only");
-    // Only the probe went pipelined (and the QUIT that retires its connection).
-    assert_eq!(f.proxy.pipelined(), ["NOOP", "QUIT"]);
+    // Only the first login went pipelined (what followed the held PASS
+    // never reached the server: ftpsync gave up on that connection).
+    assert_eq!(f.proxy.pipelined(), ["PASS ****"]);
+    assert_eq!(count(&f.proxy.commands(), "NOOP"), 0);
+}
+
+/// The login goes in one write (USER, PASS, TYPE I, FEAT, OPTS UTF8 ON) on
+/// servers that answer in order; a wrong password is still reported as such.
+fn login_is_one_write(f: &Faulty) {
+    small_tree(&f.env, 3);
+    let job = f.env.job("push", false, "concurrency: 2\n");
+    f.env.run(&job, 0);
+    let cmds = f.proxy.commands();
+    let users = count(&cmds, "USER ");
+    assert!(users >= 1, "{cmds:#?}");
+    let piped = f.proxy.pipelined();
+    for c in ["PASS ****", "TYPE I", "FEAT", "OPTS UTF8 ON"] {
+        assert_eq!(
+            piped.iter().filter(|p| *p == c).count(),
+            users,
+            "{c}: {piped:?}"
+        );
+    }
+    assert_eq!(count(&cmds, "NOOP"), 0, "{cmds:#?}");
+    let text = fs::read_to_string(&job).unwrap();
+    if text.contains("user: anonymous") {
+        return; // any password will do
+    }
+    let bad = text.replace(
+        "password_env: FTPSYNC_TEST_PASSWORD",
+        "password: wrong-password",
+    );
+    fs::write(&job, bad).unwrap();
+    let out = f.env.ftpsync(&["run", job.to_str().unwrap()]);
+    assert!(out.stderr.contains("530"), "{}", out.all());
+    assert!(!out.all().contains("wrong-password"), "{}", out.all());
 }
 
 /// libunftp (the built-in server) works on several commands at once, so it
@@ -1342,6 +1372,16 @@ on_server!(
     vsftpd_out_of_order_replies_stop_pipelining,
     crate::support::servers::start_vsftpd,
     out_of_order_replies_stop_pipelining
+);
+on_server!(
+    vsftpd_login_is_one_write,
+    crate::support::servers::start_vsftpd,
+    login_is_one_write
+);
+on_server!(
+    pyftpdlib_login_is_one_write,
+    crate::support::servers::start_pyftpdlib,
+    login_is_one_write
 );
 on_server!(
     vsftpd_failed_probe_means_one_command_at_a_time,

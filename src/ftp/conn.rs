@@ -8,13 +8,15 @@
 //! uploads use a data connection of ftpsync's own (files over 1 MiB go with
 //! sendfile). With servers known to answer commands strictly in order (vsftpd,
 //! ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on each other's
-//! replies are pipelined (`CWD`+`EPSV`, `EPSV`+`STOR`, `MDTM`+`SIZE`,
-//! `RNFR`+`RNTO` in one write, as lftp does with `ftp:sync-mode off`), and a
-//! small upload's bytes go out without waiting for the 150. Other servers
-//! (libunftp among them works on several commands at once, and answered RNTO
-//! before RNFR) get one command at a time. A `NOOP NOOP` probe and checks on
-//! the replies guard that choice; when they fail, the pool goes back to one
-//! command at a time.
+//! replies are pipelined (the login, `CWD`+`EPSV`, `EPSV`+`STOR`,
+//! `MDTM`+`SIZE`, `RNFR`+`RNTO`, `MDTM`+`EPSV`+`RETR` in one write, as lftp
+//! does with `ftp:sync-mode off`), and a small upload's bytes go out without
+//! waiting for the 150; on vsftpd an upload's checks follow its data without
+//! waiting for the 226. Downloads read on a data connection of their own too.
+//! Other servers (libunftp among them works on several commands at once, and
+//! answered RNTO before RNFR) get one command at a time. The pipelined login
+//! doubles as the probe, and checks on the replies guard the choice; when
+//! they fail, the pool goes back to one command at a time.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -696,51 +698,141 @@ async fn protect_data(stream: &mut AsyncRustlsFtpStream, t: Duration) -> Result<
     Ok(())
 }
 
+/// Writes `bytes` on a plaintext control connection's socket.
+async fn write_all_raw(
+    sock: &tokio::net::TcpStream,
+    bytes: &[u8],
+    t: Duration,
+) -> Result<(), FtpFailure> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match timeout(t, sock.writable()).await {
+            Err(_) => return Err(FtpFailure::Timeout(t)),
+            Ok(Err(e)) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        match sock.try_write(&bytes[done..]) {
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Logs in with USER, PASS, TYPE I, FEAT and OPTS UTF8 ON in one write
+/// (servers known to answer in order, plaintext): one round trip where one
+/// command at a time takes five. The write is also the pipelining probe: a
+/// server that reads one command per packet never answers PASS, and then
+/// the pool stops pipelining ([`PipelineVerdict::BROKEN`]) and the caller
+/// logs in again one command at a time. Returns FEAT's features (or its
+/// refusal).
+async fn login_pipelined(
+    stream: &mut AsyncRustlsFtpStream,
+    o: &ConnectOptions,
+) -> Result<Result<Vec<(String, Option<String>)>, FtpFailure>, FtpFailure> {
+    let t = o.timeout;
+    let wire = format!(
+        "USER {}\r\nPASS {}\r\nTYPE I\r\nFEAT\r\nOPTS UTF8 ON\r\n",
+        o.user,
+        o.password.expose()
+    );
+    tracing::trace!("-> USER {}; PASS ****; TYPE I; FEAT; OPTS UTF8 ON", o.user);
+    {
+        let sock = stream.get_ref().await;
+        write_all_raw(&sock, wire.as_bytes(), t).await?;
+    }
+    async fn next(
+        stream: &mut AsyncRustlsFtpStream,
+        t: Duration,
+    ) -> Result<(Reply, Vec<u8>), FtpFailure> {
+        match timeout(t, stream.read_response_in(&[])).await {
+            Err(_) => Err(FtpFailure::Timeout(t)),
+            Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
+                let reply = Reply::parse(&r.body)?;
+                tracing::trace!("<- {} {}", reply.code, reply.text);
+                Ok((reply, r.body))
+            }
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+    let (user, _) = next(stream, t).await?;
+    let limit = t.min(Duration::from_secs(5));
+    let pass = match next(stream, limit).await {
+        Err(FtpFailure::Timeout(_)) if o.pipelining.get() != PipelineVerdict::WORKS => {
+            o.pipelining.set(PipelineVerdict::BROKEN);
+            return Err(FtpFailure::Timeout(limit));
+        }
+        r => r?.0,
+    };
+    match user.code {
+        // No password needed: PASS gets a 503 or a 230.
+        230 if pass.code != 421 => {}
+        331 if pass.code == 230 || pass.code == 202 => {}
+        331 | 230 => return Err(pass.failure()),
+        _ => return Err(user.failure()),
+    }
+    let (type_i, _) = next(stream, t).await?;
+    let (feat, body) = next(stream, t).await?;
+    let (utf8, _) = next(stream, t).await?;
+    for r in [&type_i, &feat, &utf8] {
+        if r.code == 421 {
+            return Err(r.failure());
+        }
+    }
+    if !(200..300).contains(&type_i.code) {
+        return Err(type_i.failure());
+    }
+    o.pipelining.set(PipelineVerdict::WORKS);
+    if feat.code != 211 {
+        return Ok(Err(feat.failure()));
+    }
+    Ok(Ok(feat_lines(&body)))
+}
+
+/// The features in a FEAT reply (RFC 2389 §3.2): the lines between the
+/// first and the last, each a space, a name and maybe its parameters.
+fn feat_lines(body: &[u8]) -> Vec<(String, Option<String>)> {
+    let text = String::from_utf8_lossy(body);
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .skip(1)
+        .take(lines.len().saturating_sub(2))
+        .filter_map(|l| {
+            let l = l.strip_prefix(' ')?.trim_end();
+            match l.split_once(' ') {
+                Some((name, params)) => Some((name.to_string(), Some(params.to_string()))),
+                None if !l.is_empty() => Some((l.to_string(), None)),
+                None => None,
+            }
+        })
+        .collect()
+}
+
 impl FtpConn {
     /// Connects and logs in. A 530 at login is returned as a `Reply` failure
     /// with code 530 (the caller decides whether that ends the run).
     pub async fn connect(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
-        let mut conn = match Self::connect_once(o).await {
+        let verdict = o.pipelining.get();
+        let conn = match Self::connect_once(o).await {
             Err(FtpFailure::Tls(e)) if o.tls_versions.tls12_failed() => {
                 tracing::info!(
                     "the server refused a TLS 1.2 handshake ({e}); offering TLS 1.3 again"
                 );
                 Self::connect_once(o).await?
             }
+            // The pipelined login went unanswered ([`login_pipelined`]).
+            Err(FtpFailure::Timeout(_))
+                if verdict != PipelineVerdict::BROKEN
+                    && o.pipelining.get() == PipelineVerdict::BROKEN =>
+            {
+                tracing::info!("the server mishandles pipelined commands; sending one at a time");
+                Self::connect_once(o).await?
+            }
             r => r?,
         };
-        if !conn.pipeline || o.pipelining.get() == PipelineVerdict::WORKS {
-            return Ok(conn);
-        }
-        match conn.probe_pipelining().await {
-            Ok(true) => {
-                o.pipelining.set(PipelineVerdict::WORKS);
-                Ok(conn)
-            }
-            Ok(false) => {
-                // A reply may still be on its way: start afresh, one command at a time.
-                tracing::info!("the server mishandles pipelined commands; sending one at a time");
-                o.pipelining.set(PipelineVerdict::BROKEN);
-                conn.quit().await;
-                let mut conn = Self::connect_once(o).await?;
-                conn.pipeline = false;
-                Ok(conn)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Sends two NOOPs in one write: a server that reads one command per
-    /// packet answers only the first.
-    async fn probe_pipelining(&mut self) -> Result<bool, FtpFailure> {
-        self.write_raw(b"NOOP\r\nNOOP\r\n").await?;
-        self.read_reply().await?;
-        let limit = self.timeout.min(Duration::from_secs(5));
-        match timeout(limit, self.stream.read_response_in(&[])).await {
-            Err(_) => Ok(false),
-            Ok(Err(suppaftp::FtpError::UnexpectedResponse(_))) | Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e.into()),
-        }
+        Ok(conn)
     }
 
     async fn connect_once(o: &ConnectOptions) -> Result<FtpConn, FtpFailure> {
@@ -786,12 +878,26 @@ impl FtpConn {
         let _ = stream.get_ref().await.set_nodelay(true);
         checked(&o.user)?;
         checked(o.password.expose())?;
-        timed(t, stream.login(o.user.as_str(), o.password.expose())).await?;
-        timed(t, stream.transfer_type(FileType::Binary)).await?;
+        let banner = stream
+            .get_welcome_msg()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let plain = o.tls == TlsMode::None;
+        let in_order = plain && o.passive && IN_ORDER_SERVERS.iter().any(|b| banner.contains(b));
+        let piped_login = in_order && o.pipelining.get() != PipelineVerdict::BROKEN;
+        let feat = if piped_login {
+            login_pipelined(&mut stream, o).await?
+        } else {
+            timed(t, stream.login(o.user.as_str(), o.password.expose())).await?;
+            timed(t, stream.transfer_type(FileType::Binary)).await?;
+            timed(t, stream.feat())
+                .await
+                .map(|f| f.into_iter().collect::<Vec<_>>())
+        };
         let mut hash_select = None;
-        let (mut features, mlst_facts) = match timed(t, stream.feat()).await {
+        let (mut features, mlst_facts) = match feat {
             Ok(f) => {
-                let has = |k: &str| f.keys().any(|key| key.eq_ignore_ascii_case(k));
+                let has = |k: &str| f.iter().any(|(key, _)| key.eq_ignore_ascii_case(k));
                 hash_select =
                     HashCommand::from_feat(f.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
                 let mlst = f
@@ -814,7 +920,7 @@ impl FtpConn {
             Err(FtpFailure::Reply { .. }) => (Features::default(), None),
             Err(e) => return Err(e),
         };
-        if features.utf8 {
+        if features.utf8 && !piped_login {
             let _ = timed(t, stream.opts("UTF8", Some("ON"))).await;
         }
         if o.list_modes
@@ -831,16 +937,8 @@ impl FtpConn {
             }
             other => other.map(|(cmd, _)| cmd),
         };
-        let banner = stream
-            .get_welcome_msg()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
         let mdtm_write = !features.mfmt && banner.contains("vsftpd");
-        let plain = o.tls == TlsMode::None;
-        let pipeline = plain
-            && o.passive
-            && o.pipelining.get() != PipelineVerdict::BROKEN
-            && IN_ORDER_SERVERS.iter().any(|b| banner.contains(b));
+        let pipeline = in_order && o.pipelining.get() != PipelineVerdict::BROKEN;
         let quiet_in_transfer = QUIET_IN_TRANSFER_SERVERS.iter().any(|b| banner.contains(b));
         let data_mode = if !o.passive {
             DataMode::Active
@@ -911,20 +1009,7 @@ impl FtpConn {
             self.abandoned = false;
         }
         let sock = self.stream.get_ref().await;
-        let mut done = 0;
-        while done < bytes.len() {
-            match timeout(t, sock.writable()).await {
-                Err(_) => return Err(FtpFailure::Timeout(t)),
-                Ok(Err(e)) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
-                Ok(Ok(())) => {}
-            }
-            match sock.try_write(&bytes[done..]) {
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(FtpFailure::Network(format!("control connection: {e}"))),
-            }
-        }
-        Ok(())
+        write_all_raw(&sock, bytes, t).await
     }
 
     /// Reads the next reply, whatever its code.
@@ -2098,6 +2183,21 @@ fn passive_port(r: &Reply) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_in_a_feat_reply() {
+        let body = b"211-Features:\r\n EPSV\r\n MLST type*;size*;modify*;\r\n UTF8\r\n REST STREAM\r\n211 End\r\n";
+        assert_eq!(
+            feat_lines(body),
+            [
+                ("EPSV".to_string(), None),
+                ("MLST".to_string(), Some("type*;size*;modify*;".to_string())),
+                ("UTF8".to_string(), None),
+                ("REST".to_string(), Some("STREAM".to_string())),
+            ]
+        );
+        assert_eq!(feat_lines(b"211 No features\r\n"), []);
+    }
 
     #[test]
     fn best_hash_command_from_feat() {
