@@ -20,14 +20,19 @@ use ftpsync::plan::{PlanOptions, plan};
 use ftpsync::state::sqlite::StateDb;
 use ftpsync::state::{StateChange, StateRecord};
 
-/// Peak resident memory of this process so far, in MiB (Linux).
-fn peak_mib() -> f64 {
+/// A memory figure of this process (`VmHWM`: the peak so far; `VmRSS`:
+/// now), in MiB (Linux).
+fn status_mib(key: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn peak_mib() -> f64 {
+    status_mib("VmHWM:")
 }
 
 fn main() {
@@ -40,73 +45,94 @@ fn main() {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .expect("a valid date");
 
-    let t = Instant::now();
-    let mut local = LocalTree::default();
-    let mut remote = RemoteTree::default();
-    let mut records = Vec::with_capacity(files + files / per_dir);
-    for d in 0..files.div_ceil(per_dir) {
-        let dir = RelPath::parse(&format!("d{:03}/sub{d:05}", d % 997)).expect("a valid path");
-        for p in [dir.parent().unwrap_or_default(), dir.clone()] {
-            local.entries.insert(p.clone(), Entry::dir());
-            remote.entries.insert(p.clone(), Entry::dir());
-            records.push(StateChange::Put(
-                p,
-                StateRecord {
-                    kind: Kind::Dir,
-                    local: None,
-                    remote: None,
-                },
-            ));
-        }
-        for i in 0..per_dir.min(files - d * per_dir) {
-            let path = dir
-                .join(format!("file-{i:03}.html").as_bytes())
-                .expect("a valid name");
-            let n = (d * per_dir + i) as i64;
-            let lm = LocalMeta {
-                size: 1000 + (n as u64 % 7000),
-                mtime_ns: 1_704_067_200_000_000_000 + n * 1_000_000_000,
-                sha256: None,
-            };
-            let rm = RemoteMeta {
-                size: Some(lm.size),
-                mtime: RemoteTime::Exact(base + chrono::Duration::seconds(n)),
-            };
-            local.entries.insert(path.clone(), Entry::file(lm.clone()));
-            remote.entries.insert(path.clone(), Entry::file(rm.clone()));
-            records.push(StateChange::Put(
-                path,
-                StateRecord {
-                    kind: Kind::File,
-                    local: Some(lm),
-                    remote: Some(rm),
-                },
-            ));
-        }
-    }
-    println!(
-        "built trees of {} entries in {:.2} s (peak {:.0} MiB)",
-        local.entries.len(),
-        t.elapsed().as_secs_f64(),
-        peak_mib()
-    );
-
+    let dirs = files.div_ceil(per_dir);
+    let dir_path =
+        |d: usize| RelPath::parse(&format!("d{:03}/sub{d:05}", d % 997)).expect("a valid path");
+    let file_path = |dir: &RelPath, i: usize| {
+        dir.join(format!("file-{i:03}.html").as_bytes())
+            .expect("a valid name")
+    };
+    let metas = |n: i64| {
+        let lm = LocalMeta {
+            size: 1000 + (n as u64 % 7000),
+            mtime_ns: 1_704_067_200_000_000_000 + n * 1_000_000_000,
+            sha256: None,
+        };
+        let rm = RemoteMeta {
+            size: Some(lm.size),
+            mtime: RemoteTime::Exact(base + chrono::Duration::seconds(n)),
+        };
+        (lm, rm)
+    };
+    // The state first, on its own: the records it is written from are gone
+    // (their memory free for the trees) before the trees are built, so the
+    // peak below is that of a real `plan`: two trees, the state, the plan.
     let dir = tempfile::tempdir().expect("a temp dir");
     let db_path = dir.path().join("state.db");
     let t = Instant::now();
     {
+        let mut records = Vec::with_capacity(files + dirs);
+        for d in 0..dirs {
+            let dir = dir_path(d);
+            for p in [dir.parent().unwrap_or_default(), dir.clone()] {
+                records.push(StateChange::Put(
+                    p,
+                    StateRecord {
+                        kind: Kind::Dir,
+                        local: None,
+                        remote: None,
+                    },
+                ));
+            }
+            for i in 0..per_dir.min(files - d * per_dir) {
+                let (lm, rm) = metas((d * per_dir + i) as i64);
+                records.push(StateChange::Put(
+                    file_path(&dir, i),
+                    StateRecord {
+                        kind: Kind::File,
+                        local: Some(lm),
+                        remote: Some(rm),
+                    },
+                ));
+            }
+        }
         let mut db = StateDb::open(&db_path, true)
             .expect("state opens")
             .expect("state created");
         db.apply(&records).expect("state written");
     }
-    drop(records);
     println!(
-        "wrote the state ({:.0} MiB on disk) in {:.2} s",
+        "wrote the state ({:.0} MiB on disk) in {:.2} s (peak {:.0} MiB)",
         std::fs::metadata(&db_path).map_or(0, |m| m.len()) as f64 / (1 << 20) as f64,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        peak_mib()
     );
-
+    let t = Instant::now();
+    let mut local = LocalTree::default();
+    let mut remote = RemoteTree::default();
+    for d in 0..dirs {
+        let dir = dir_path(d);
+        for p in [dir.parent().unwrap_or_default(), dir.clone()] {
+            local.entries.insert(p.clone(), Entry::dir());
+            remote.entries.insert(p, Entry::dir());
+        }
+        for i in 0..per_dir.min(files - d * per_dir) {
+            let (lm, rm) = metas((d * per_dir + i) as i64);
+            let path = file_path(&dir, i);
+            local.entries.insert(path.clone(), Entry::file(lm));
+            remote.entries.insert(path, Entry::file(rm));
+        }
+    }
+    // As the scans leave them.
+    local.compact();
+    remote.compact();
+    println!(
+        "built trees of {} entries in {:.2} s (peak {:.0} MiB, resident now {:.0} MiB)",
+        local.entries.len(),
+        t.elapsed().as_secs_f64(),
+        peak_mib(),
+        status_mib("VmRSS:")
+    );
     let before = peak_mib();
     let t = Instant::now();
     let db = StateDb::open(&db_path, false)
@@ -128,7 +154,7 @@ fn main() {
         .filter(|i| i.reason != ftpsync::plan::Reason::RecordRefresh)
         .count();
     println!(
-        "warm plan of {} state records: load {load:.2} s + plan {planning:.2} s = {:.2} s, {} items ({changes} changes); peak {:.0} MiB (trees and records built: {before:.0} MiB)",
+        "warm plan of {} state records: load {load:.2} s + plan {planning:.2} s = {:.2} s, {} items ({changes} changes); peak {:.0} MiB (after the trees: {before:.0} MiB)",
         state.len(),
         load + planning,
         p.items.len(),

@@ -495,7 +495,7 @@ async fn adopt_by_server_hash(
     while let Some(done) = tasks.join_next().await {
         if let Ok(Some((p, sha256))) = done {
             if let Some(m) = local.entries.get_mut(&p).and_then(|e| e.meta.as_mut()) {
-                m.sha256 = Some(sha256);
+                m.sha256 = Some(Box::new(sha256));
             }
             same.insert(p);
         }
@@ -627,7 +627,7 @@ async fn fill_hashes(job: &Job, local: &mut LocalTree, state: &BTreeMap<RelPath,
     .unwrap_or_default();
     for (p, h) in hashed {
         if let Some(m) = local.entries.get_mut(&p).and_then(|e| e.meta.as_mut()) {
-            m.sha256 = Some(h);
+            m.sha256 = Some(Box::new(h));
         }
     }
 }

@@ -779,7 +779,7 @@ fn record_only(ctx: &Ctx, item: &PlanItem) {
                 .and_then(|r| r.local.as_ref());
             let local = ctx.local_meta(&item.path).map(|mut m| {
                 if let Some(r) = recorded.filter(|r| (r.size, r.mtime_ns) == (m.size, m.mtime_ns)) {
-                    m.sha256 = m.sha256.or(r.sha256);
+                    m.sha256 = m.sha256.or_else(|| r.sha256.clone());
                 }
                 m
             });
@@ -961,7 +961,8 @@ impl Attempt for UploadAttempt<'_> {
             _ if job.compare != CompareMode::Hash => None,
             Some(d) => Some(d),
             None => ctx.local.sha256(&local_path).await,
-        };
+        }
+        .map(Box::new);
         Ok(StateRecord {
             kind: Kind::File,
             local: Some(LocalMeta {
@@ -1228,7 +1229,8 @@ impl Attempt for DownloadAttempt<'_> {
             _ if job.compare != CompareMode::Hash => None,
             Some(d) => Some(d),
             None => ctx.local.sha256(&final_local).await,
-        };
+        }
+        .map(Box::new);
         Ok(StateRecord {
             kind: Kind::File,
             local: Some(LocalMeta {

@@ -82,6 +82,7 @@ pub fn scan(root: &Path, filters: &Filters) -> (LocalTree, Vec<RelPath>) {
         }
     }
     walk(root, &RelPath::root(), filters, &mut tree, &mut temps);
+    tree.compact();
     (tree, temps)
 }
 

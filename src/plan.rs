@@ -221,7 +221,7 @@ pub fn local_changed(cur: &LocalMeta, rec: &LocalMeta, mode: CompareMode) -> boo
         CompareMode::Auto | CompareMode::Mtime => cur.mtime_ns != rec.mtime_ns,
         CompareMode::Hash => {
             cur.mtime_ns != rec.mtime_ns
-                && match (cur.sha256, rec.sha256) {
+                && match (&cur.sha256, &rec.sha256) {
                     (Some(a), Some(b)) => a != b,
                     _ => true,
                 }
@@ -992,7 +992,7 @@ mod tests {
         let a = LocalMeta {
             size: 3,
             mtime_ns: 1,
-            sha256: Some([1; 32]),
+            sha256: Some(Box::new([1; 32])),
         };
         let touched = LocalMeta {
             mtime_ns: 2,
@@ -1000,7 +1000,7 @@ mod tests {
         };
         let edited = LocalMeta {
             mtime_ns: 2,
-            sha256: Some([2; 32]),
+            sha256: Some(Box::new([2; 32])),
             ..a.clone()
         };
         assert!(!local_changed(&touched, &a, CompareMode::Hash));

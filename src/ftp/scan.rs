@@ -188,6 +188,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
             .events
             .remote_entries((tree.entries.len() - known) as u64);
     }
+    tree.compact();
     (tree, temps)
 }
 

@@ -31,7 +31,8 @@ pub struct LocalMeta {
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     /// SHA-256 of the content, computed only in `compare: hash` mode and only when needed.
-    pub sha256: Option<[u8; 32]>,
+    /// Boxed: most entries have none, and the tree holds a million of them.
+    pub sha256: Option<Box<[u8; 32]>>,
 }
 
 /// A remote file's fingerprint, exactly as the listing reported it.
@@ -142,6 +143,17 @@ impl<M> Default for Tree<M> {
 }
 
 impl<M> Tree<M> {
+    /// Rebuilds the maps with full nodes. Inserting paths in order (as the
+    /// scans do) leaves a `BTreeMap`'s nodes about half full; building one
+    /// from sorted entries packs them, which at a million entries saves
+    /// about a third of the tree's memory. Call once a scan is done.
+    pub fn compact(&mut self) {
+        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
+        if !self.modes.is_empty() {
+            self.modes = std::mem::take(&mut self.modes).into_iter().collect();
+        }
+    }
+
     pub fn file_count(&self) -> usize {
         self.entries
             .values()

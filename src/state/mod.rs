@@ -411,7 +411,7 @@ pub(crate) mod tests {
             local: Some(LocalMeta {
                 size: 5,
                 mtime_ns: 1_700_000_000_123_456_789,
-                sha256: Some([7; 32]),
+                sha256: Some(Box::new([7; 32])),
             }),
             remote: Some(RemoteMeta {
                 size: Some(5),

@@ -244,7 +244,9 @@ impl StateDb {
             "SELECT path, kind, local_size, local_mtime_ns, local_sha256, remote_size, remote_mtime FROM entries",
         )?;
         let mut rows = stmt.query([])?;
-        let mut out = BTreeMap::new();
+        // Collected, then built in one go: a map built from sorted entries
+        // has full nodes (inserting one by one leaves them half full).
+        let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let path: String = row.get(0)?;
             let bad = |what: &str| StateError::Corrupt {
@@ -263,7 +265,7 @@ impl StateDb {
                     Some(LocalMeta {
                         size: u64::try_from(size).map_err(|_| bad("bad size"))?,
                         mtime_ns,
-                        sha256: sha.and_then(|v| v.try_into().ok()),
+                        sha256: sha.and_then(|v| v.try_into().ok()).map(Box::new),
                     })
                 }
                 _ => None,
@@ -280,16 +282,16 @@ impl StateDb {
                         .unwrap_or(RemoteTime::Unknown),
                 }),
             };
-            out.insert(
+            out.push((
                 rel,
                 StateRecord {
                     kind,
                     local,
                     remote,
                 },
-            );
+            ));
         }
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 
     /// Temporary files that were being written when a run stopped.
@@ -353,7 +355,7 @@ impl StateDb {
                             r.kind.as_str(),
                             l.map(|l| l.size as i64),
                             l.map(|l| l.mtime_ns),
-                            l.and_then(|l| l.sha256.map(|h| h.to_vec())),
+                            l.and_then(|l| l.sha256.as_ref().map(|h| h.to_vec())),
                             rm.and_then(|m| m.size.map(|s| s as i64)),
                             rm.map(|m| m.mtime.to_stored()),
                         ])?;
