@@ -852,8 +852,7 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
         "{}",
         out.all()
     );
-    let failed = out.stdout.lines().filter(|l| l.starts_with("FAILED"));
-    assert_eq!(failed.count(), 1, "{}", out.all());
+    assert_eq!(out.failed().len(), 1, "{}", out.all());
     assert!(!f.env.remote_disk.join("d1/f04.txt").exists());
     no_temp_files(&f.env.remote_disk);
     // The cut made big.bin go again: resumed (REST, vsftpd), or from zero
@@ -914,11 +913,7 @@ fn refused_store_with_its_checks_in_flight(f: &Faulty, checks_in_flight: bool) {
         "concurrency: 1\nretry:\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
     );
     let out = f.env.run(&job, 1);
-    let failed: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("FAILED"))
-        .collect();
+    let failed = out.failed();
     assert_eq!(failed.len(), 1, "{}", out.all());
     assert!(
         failed[0].contains("552 Exceeded storage allocation"),
@@ -1031,11 +1026,7 @@ fn pipelined_downloads_survive_faults(f: &Faulty, lists_seconds: bool) {
         "concurrency: 2\nretry:\n  max_attempts: 5\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
     );
     let out = f.env.run(&job, 1);
-    let failed: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.starts_with("FAILED"))
-        .collect();
+    let failed = out.failed();
     assert_eq!(
         failed,
         ["FAILED download d1/f04.txt: 550 Permission denied"],

@@ -1337,60 +1337,11 @@ impl FtpConn {
         finish: &Finish,
     ) -> Result<Stored, FtpFailure> {
         let t = self.timeout;
-        let pasv = self.pasv_verb();
-        let stor = format!("STOR {remote}\r\n");
+        let stor = format!("STOR {remote}");
         let pipelined = self.pipelining() && rest == 0;
-        if pipelined {
-            tracing::trace!("-> {pasv}; STOR {remote}");
-            self.write_raw(format!("{pasv}\r\n{stor}").as_bytes())
-                .await?;
-        } else {
-            tracing::trace!("-> {pasv}");
-            self.write_raw(format!("{pasv}\r\n").as_bytes()).await?;
-        }
-        let opened = self.read_reply().await?;
-        let port = port_of(&opened);
-        if let Err(failure) = port {
-            if pipelined {
-                // STOR was sent too: its reply must be read to stay in step.
-                let stor = self.read_reply().await?;
-                if stor.code < 200 {
-                    // The server went on with the transfer somehow: retire this connection.
-                    return Err(FtpFailure::Protocol(format!(
-                        "unexpected reply to {pasv}: {} {}",
-                        opened.code, opened.text
-                    )));
-                }
-            }
-            return Err(failure);
-        }
-        let port = port?;
-        if rest > 0 {
-            tracing::trace!("-> REST {rest}");
-            self.write_raw(format!("REST {rest}\r\n").as_bytes())
-                .await?;
-            let r = self.read_reply().await?;
-            if r.code != 350 {
-                return Err(r.failure().as_restart_refusal());
-            }
-        }
-        if !pipelined {
-            tracing::trace!("-> STOR {remote}");
-            self.write_raw(stor.as_bytes()).await?;
-        }
-        let mut sock = match self.connect_data(port).await {
-            Ok(sock) => sock,
-            // A server refusing the STOR after REST may close its passive
-            // port before we connect: its reply says so.
-            Err(e) if rest > 0 => return Err(self.refusal_or(e).await.as_restart_refusal()),
-            Err(e) => return Err(e),
-        };
-        if !pipelined {
-            // Servers not known to be strictly sequential get the usual
-            // order: the bytes only after the 150.
-            let opened = self.expect_preliminary("STOR").await;
-            opened.map_err(|e| if rest > 0 { e.as_restart_refusal() } else { e })?;
-        }
+        self.write_raw(self.passive_request("", &stor, pipelined).as_bytes())
+            .await?;
+        let mut sock = self.open_passive(&stor, rest, pipelined).await?;
         let rate = self.rate.clone();
         let sent = async {
             let n = match payload {
@@ -1480,6 +1431,81 @@ impl FtpConn {
                 Err(e)
             }
         }
+    }
+
+    /// The bytes that start a transfer: `before` (a command, or nothing),
+    /// EPSV or PASV, and with `pipelined` the transfer command `cmd` too.
+    fn passive_request(&self, before: &str, cmd: &str, pipelined: bool) -> String {
+        let pasv = self.pasv_verb();
+        let mut wire = String::new();
+        for c in [before, pasv, if pipelined { cmd } else { "" }] {
+            if !c.is_empty() {
+                tracing::trace!("-> {c}");
+                wire.push_str(c);
+                wire.push_str("\r\n");
+            }
+        }
+        wire
+    }
+
+    /// After [`Self::passive_request`]: reads the passive reply, sends REST
+    /// (`rest` > 0) and `cmd` if they were not pipelined, connects the data
+    /// connection and, not pipelining, waits for `cmd`'s 1xx. A refusal
+    /// after REST is [`FtpFailure::RestartRefused`].
+    async fn open_passive(
+        &mut self,
+        cmd: &str,
+        rest: u64,
+        pipelined: bool,
+    ) -> Result<tokio::net::TcpStream, FtpFailure> {
+        let opened = self.read_reply().await?;
+        let port = match port_of(&opened) {
+            Ok(port) => port,
+            Err(failure) => {
+                if pipelined {
+                    // The command was sent too: its reply must be read to stay in step.
+                    let r = self.read_reply().await?;
+                    if r.code < 200 {
+                        // The server went on with the transfer somehow: retire this connection.
+                        return Err(FtpFailure::Protocol(format!(
+                            "unexpected reply to {}: {} {}",
+                            self.pasv_verb(),
+                            opened.code,
+                            opened.text
+                        )));
+                    }
+                }
+                return Err(failure);
+            }
+        };
+        if rest > 0 {
+            tracing::trace!("-> REST {rest}");
+            self.write_raw(format!("REST {rest}\r\n").as_bytes())
+                .await?;
+            let r = self.read_reply().await?;
+            if r.code != 350 {
+                return Err(r.failure().as_restart_refusal());
+            }
+        }
+        if !pipelined {
+            tracing::trace!("-> {cmd}");
+            self.write_raw(format!("{cmd}\r\n").as_bytes()).await?;
+        }
+        let sock = match self.connect_data(port).await {
+            Ok(sock) => sock,
+            // A server refusing the command after REST may close its
+            // passive port before we connect: its reply says so.
+            Err(e) if rest > 0 => return Err(self.refusal_or(e).await.as_restart_refusal()),
+            Err(e) => return Err(e),
+        };
+        if !pipelined {
+            // Servers not known to be strictly sequential get the usual
+            // order: the bytes only after the 150.
+            let verb = cmd.split(' ').next().unwrap_or(cmd);
+            let opened = self.expect_preliminary(verb).await;
+            opened.map_err(|e| if rest > 0 { e.as_restart_refusal() } else { e })?;
+        }
+        Ok(sock)
     }
 
     /// Opens a data connection to `port` at the control connection's address
@@ -2009,21 +2035,16 @@ impl FtpConn {
         rest: u64,
         mdtm: bool,
     ) -> Result<(tokio::net::TcpStream, Option<chrono::NaiveDateTime>), FtpFailure> {
-        let pasv = self.pasv_verb();
-        let retr = format!("RETR {remote}\r\n");
+        let retr = format!("RETR {remote}");
         let pipelined = self.pipelining() && rest == 0;
         let mut time = None;
         if pipelined {
             let ask = if mdtm {
-                format!("MDTM {remote}\r\n")
+                format!("MDTM {remote}")
             } else {
                 String::new()
             };
-            tracing::trace!(
-                "-> {}{pasv}; RETR {remote}",
-                if mdtm { "MDTM; " } else { "" }
-            );
-            self.write_raw(format!("{ask}{pasv}\r\n{retr}").as_bytes())
+            self.write_raw(self.passive_request(&ask, &retr, true).as_bytes())
                 .await?;
             if mdtm {
                 let r = self.read_reply().await?;
@@ -2042,48 +2063,10 @@ impl FtpConn {
             if mdtm {
                 time = self.mdtm(remote).await?;
             }
-            tracing::trace!("-> {pasv}");
-            self.write_raw(format!("{pasv}\r\n").as_bytes()).await?;
-        }
-        let opened = self.read_reply().await?;
-        let port = match port_of(&opened) {
-            Ok(port) => port,
-            Err(failure) => {
-                if pipelined {
-                    // RETR was sent too: its reply must be read to stay in step.
-                    let r = self.read_reply().await?;
-                    if r.code < 200 {
-                        return Err(FtpFailure::Protocol(format!(
-                            "unexpected reply to {pasv}: {} {}",
-                            opened.code, opened.text
-                        )));
-                    }
-                }
-                return Err(failure);
-            }
-        };
-        if rest > 0 {
-            tracing::trace!("-> REST {rest}");
-            self.write_raw(format!("REST {rest}\r\n").as_bytes())
+            self.write_raw(self.passive_request("", &retr, false).as_bytes())
                 .await?;
-            let r = self.read_reply().await?;
-            if r.code != 350 {
-                return Err(r.failure().as_restart_refusal());
-            }
         }
-        if !pipelined {
-            tracing::trace!("-> RETR {remote}");
-            self.write_raw(retr.as_bytes()).await?;
-        }
-        let sock = match self.connect_data(port).await {
-            Ok(sock) => sock,
-            Err(e) if rest > 0 => return Err(self.refusal_or(e).await.as_restart_refusal()),
-            Err(e) => return Err(e),
-        };
-        if !pipelined {
-            let opened = self.expect_preliminary("RETR").await;
-            opened.map_err(|e| if rest > 0 { e.as_restart_refusal() } else { e })?;
-        }
+        let sock = self.open_passive(&retr, rest, pipelined).await?;
         Ok((sock, time))
     }
 

@@ -64,6 +64,14 @@ impl Output {
     pub fn all(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
     }
+
+    /// The summary's `FAILED …` lines.
+    pub fn failed(&self) -> Vec<&str> {
+        self.stdout
+            .lines()
+            .filter(|l| l.starts_with("FAILED"))
+            .collect()
+    }
 }
 
 impl Env {
