@@ -1309,11 +1309,11 @@ fn pipelined_listings_never_delete_wrongly(f: &Faulty) {
 }
 
 macro_rules! on_server {
-    ($name:ident, $start:path, $scenario:ident) => {
+    ($name:ident, $start:path, $scenario:ident $(, $arg:expr)?) => {
         #[test]
         fn $name() {
             let Some(server) = $start() else { return };
-            $scenario(&faulty_external(server));
+            $scenario(&faulty_external(server) $(, $arg)?);
         }
     };
 }
@@ -1328,37 +1328,30 @@ on_server!(
     crate::support::servers::start_pyftpdlib,
     pipelined_exchanges_survive_faults
 );
-#[test]
-fn vsftpd_pipelined_downloads_survive_faults() {
-    let Some(server) = crate::support::servers::start_vsftpd() else {
-        return;
-    };
-    pipelined_downloads_survive_faults(&faulty_external(server), false);
-}
-
-#[test]
-fn pyftpdlib_pipelined_downloads_survive_faults() {
-    let Some(server) = crate::support::servers::start_pyftpdlib() else {
-        return;
-    };
-    pipelined_downloads_survive_faults(&faulty_external(server), true);
-}
-
-#[test]
-fn vsftpd_refused_store_with_its_checks_in_flight() {
-    let Some(server) = crate::support::servers::start_vsftpd() else {
-        return;
-    };
-    refused_store_with_its_checks_in_flight(&faulty_external(server), true);
-}
-
-#[test]
-fn pyftpdlib_refused_store_with_its_checks_in_flight() {
-    let Some(server) = crate::support::servers::start_pyftpdlib() else {
-        return;
-    };
-    refused_store_with_its_checks_in_flight(&faulty_external(server), false);
-}
+on_server!(
+    vsftpd_pipelined_downloads_survive_faults,
+    crate::support::servers::start_vsftpd,
+    pipelined_downloads_survive_faults,
+    false
+);
+on_server!(
+    pyftpdlib_pipelined_downloads_survive_faults,
+    crate::support::servers::start_pyftpdlib,
+    pipelined_downloads_survive_faults,
+    true
+);
+on_server!(
+    vsftpd_refused_store_with_its_checks_in_flight,
+    crate::support::servers::start_vsftpd,
+    refused_store_with_its_checks_in_flight,
+    true
+);
+on_server!(
+    pyftpdlib_refused_store_with_its_checks_in_flight,
+    crate::support::servers::start_pyftpdlib,
+    refused_store_with_its_checks_in_flight,
+    false
+);
 on_server!(
     vsftpd_out_of_order_replies_stop_pipelining,
     crate::support::servers::start_vsftpd,
