@@ -344,8 +344,9 @@ const IN_ORDER_SERVERS: [&str; 4] = ["vsftpd", "proftpd", "pure-ftpd", "pyftpdli
 
 /// Of those, the servers that do not read the control connection while a
 /// transfer runs, so commands sent behind a STOR's data wait for its final
-/// reply. ProFTPD and Pure-FTPd answer commands during a transfer (ABOR,
-/// STAT, or "450 transfer in progress"), and pyftpdlib runs them as they come.
+/// reply. Pure-FTPd's transfer loops handle commands, pyftpdlib runs them as
+/// they come, and ProFTPD watches for ABOR during a transfer (what it does
+/// with other commands is not checked): they are left out.
 const QUIET_IN_TRANSFER_SERVERS: [&str; 1] = ["vsftpd"];
 
 /// How data connections are opened.
