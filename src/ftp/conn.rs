@@ -699,6 +699,23 @@ async fn protect_data(stream: &mut AsyncRustlsFtpStream, t: Duration) -> Result<
     Ok(())
 }
 
+/// Reads the next reply on `stream`, whatever its code, with its raw body
+/// (all the lines of a multi-line reply).
+async fn read_reply_from(
+    stream: &mut AsyncRustlsFtpStream,
+    t: Duration,
+) -> Result<(Reply, Vec<u8>), FtpFailure> {
+    match timeout(t, stream.read_response_in(&[])).await {
+        Err(_) => Err(FtpFailure::Timeout(t)),
+        Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
+            let reply = Reply::parse(&r.body)?;
+            tracing::trace!("<- {} {}", reply.code, reply.text);
+            Ok((reply, r.body))
+        }
+        Ok(Err(e)) => Err(e.into()),
+    }
+}
+
 /// Writes `bytes` on a plaintext control connection's socket.
 async fn write_all_raw(
     sock: &tokio::net::TcpStream,
@@ -743,20 +760,7 @@ async fn login_pipelined(
         let sock = stream.get_ref().await;
         write_all_raw(&sock, wire.as_bytes(), t).await?;
     }
-    async fn next(
-        stream: &mut AsyncRustlsFtpStream,
-        t: Duration,
-    ) -> Result<(Reply, Vec<u8>), FtpFailure> {
-        match timeout(t, stream.read_response_in(&[])).await {
-            Err(_) => Err(FtpFailure::Timeout(t)),
-            Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
-                let reply = Reply::parse(&r.body)?;
-                tracing::trace!("<- {} {}", reply.code, reply.text);
-                Ok((reply, r.body))
-            }
-            Ok(Err(e)) => Err(e.into()),
-        }
-    }
+    let next = read_reply_from;
     let (user, _) = next(stream, t).await?;
     let limit = t.min(Duration::from_secs(5));
     let pass = match next(stream, limit).await {
@@ -1015,16 +1019,7 @@ impl FtpConn {
 
     /// Reads the next reply, whatever its code.
     async fn read_reply(&mut self) -> Result<Reply, FtpFailure> {
-        let t = self.timeout;
-        match timeout(t, self.stream.read_response_in(&[])).await {
-            Err(_) => Err(FtpFailure::Timeout(t)),
-            Ok(Ok(r)) | Ok(Err(suppaftp::FtpError::UnexpectedResponse(r))) => {
-                let reply = Reply::parse(&r.body)?;
-                tracing::trace!("<- {} {}", reply.code, reply.text);
-                Ok(reply)
-            }
-            Ok(Err(e)) => Err(e.into()),
-        }
+        Ok(read_reply_from(&mut self.stream, self.timeout).await?.0)
     }
 
     /// Whether to pipeline now: the pool may have stopped since this
@@ -1974,7 +1969,7 @@ impl FtpConn {
         let resumed = resume.is_some();
         let refusal = |e: FtpFailure| if resumed { e.as_restart_refusal() } else { e };
         if self.plain && self.data_mode != DataMode::Active {
-            let (mut sock, mut time) = self.open_retr(remote, start, mdtm).await?;
+            let (mut sock, time) = self.open_retr(remote, start, mdtm).await?;
             let rate = self.rate.clone();
             let received = receive(t, &mut sock, &mut file, total, overlap, &rate, local).await;
             drop(sock);
@@ -1996,9 +1991,6 @@ impl FtpConn {
             };
             drop(file);
             self.transfer_outcome().await.map_err(refusal)?;
-            if mdtm && time.is_none() && !self.pipelining() {
-                time = self.mdtm(remote).await?;
-            }
             return Ok((total, time));
         }
         if resumed {
