@@ -224,10 +224,6 @@ impl RemoteSession for FtpSession<'_> {
         Ok(self.conn.hash(remote, len).await?.map(|(_, d)| d))
     }
 
-    async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure> {
-        self.conn.mdtm(remote).await
-    }
-
     async fn read_at(
         &mut self,
         remote: &str,

@@ -97,9 +97,6 @@ pub trait RemoteSession: Send {
         remote: &str,
         mtime: chrono::NaiveDateTime,
     ) -> Result<Option<RemoteTime>, FtpFailure>;
-    /// A file's modification time to the second (UTC), `None` if the
-    /// server cannot tell.
-    async fn mtime(&mut self, remote: &str) -> Result<Option<chrono::NaiveDateTime>, FtpFailure>;
     /// A file's size, `None` if the server cannot tell or it is missing.
     async fn size(&mut self, remote: &str) -> Result<Option<u64>, FtpFailure>;
     /// The server's hash of a file of `len` bytes ([`Capabilities::hash`]),
