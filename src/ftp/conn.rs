@@ -544,7 +544,19 @@ pub struct FtpConn {
     peer: IpAddr,
     /// The TLS sessions its data connections resume (None in clear text).
     tickets: Option<Arc<Tickets>>,
+    /// A passive port the server opened ahead of the next transfer (the
+    /// reply to an `EPSV`/`PASV` pipelined behind the previous exchange),
+    /// and when: the next transfer skips that round trip.
+    ready: Option<(u16, std::time::Instant)>,
+    /// Out of step for good (a reply may or may not still come): the pool
+    /// closes it instead of lending it again.
+    retired: bool,
 }
+
+/// How long a passive port opened ahead of time is used. Servers close an
+/// unused passive listener after a while (vsftpd's `accept_timeout`, 60 s
+/// by default); a port older than this is asked for anew.
+const READY_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// A failed rename, and which half failed: RNFR (the source) or RNTO (the
 /// target; also used for connection failures, when it is not known).
@@ -994,7 +1006,14 @@ impl FtpConn {
             data_mode,
             peer: addr.ip(),
             tickets,
+            ready: None,
+            retired: false,
         })
+    }
+
+    /// Whether the connection can serve another operation ([`Self::retired`]).
+    pub fn reusable(&self) -> bool {
+        !self.retired
     }
 
     /// Whether this TLS 1.3 connection has used its last session ticket:
@@ -1026,6 +1045,43 @@ impl FtpConn {
     /// connection was made.
     fn pipelining(&self) -> bool {
         self.pipeline && self.verdict.get() != PipelineVerdict::BROKEN
+    }
+
+    /// Takes the passive port opened ahead of time, if it is still fresh.
+    /// Any other passive request replaces it on the server, so it is
+    /// forgotten either way.
+    fn take_ready(&mut self) -> Option<u16> {
+        let (port, at) = self.ready.take()?;
+        (at.elapsed() < READY_MAX_AGE).then_some(port)
+    }
+
+    /// Whether a passive request for the next transfer can ride behind this
+    /// transfer's command: the server reads nothing while a transfer runs,
+    /// so it answers that request only after the transfer's final reply.
+    fn ahead_in_transfer(&self) -> bool {
+        self.pipelining() && self.quiet_in_transfer
+    }
+
+    /// Reads the reply to a passive request sent ahead of time and keeps
+    /// its port for the next transfer. A refusal only means the next
+    /// transfer asks again; a transfer's or a check's reply in its place
+    /// means the server answers out of order.
+    async fn read_ready(&mut self) -> Result<(), FtpFailure> {
+        let r = self.read_reply().await?;
+        self.keep_ready(&r)
+    }
+
+    /// [`Self::read_ready`] with the reply already read.
+    fn keep_ready(&mut self, r: &Reply) -> Result<(), FtpFailure> {
+        match passive_port(r) {
+            Some(port) => {
+                self.ready = Some((port, std::time::Instant::now()));
+                Ok(())
+            }
+            None if r.code == 421 => Err(r.failure()),
+            None if r.code < 400 && !matches!(r.code, 227 | 229) => Err(self.out_of_order()),
+            None => Ok(()),
+        }
     }
 
     /// Sends `cmds` and returns one reply for each, in order: in one write
@@ -1318,13 +1374,16 @@ impl FtpConn {
     }
 
     /// STOR over a data connection of our own (plaintext, passive). When
-    /// pipelining, `EPSV`/`PASV` and `STOR` go in one write and the bytes go
+    /// pipelining, `EPSV`/`PASV` and `STOR` go in one write (or `STOR`
+    /// alone, on a passive port opened ahead of time) and the bytes go
     /// out as soon as the connection is up, the 150 read with the 226;
     /// otherwise the bytes wait for the 150. With `rest`,
     /// the server is told to write from that byte on (REST, not pipelined).
     /// Then `finish`'s commands: when pipelining, they go out as soon as the
-    /// data is sent, so their replies come right after the transfer's 226
-    /// instead of a round trip later.
+    /// data is sent on servers that read nothing during a transfer, so their
+    /// replies come right after the transfer's 226 instead of a round trip
+    /// later; elsewhere right after the 226. Either way a passive request
+    /// for the next transfer on this connection rides with them.
     async fn store_direct(
         &mut self,
         remote: &str,
@@ -1335,9 +1394,13 @@ impl FtpConn {
         let t = self.timeout;
         let stor = format!("STOR {remote}");
         let pipelined = self.pipelining() && rest == 0;
-        self.write_raw(self.passive_request("", &stor, pipelined).as_bytes())
-            .await?;
-        let mut sock = self.open_passive(&stor, rest, pipelined).await?;
+        let ready = self.take_ready().filter(|_| pipelined);
+        self.write_raw(
+            self.passive_request("", &stor, pipelined, ready, false)
+                .as_bytes(),
+        )
+        .await?;
+        let mut sock = self.open_passive(&stor, rest, pipelined, ready).await?;
         let rate = self.rate.clone();
         let sent = async {
             let n = match payload {
@@ -1357,106 +1420,109 @@ impl FtpConn {
         }
         .await;
         drop(sock);
-        match sent {
-            Ok(n) => {
-                let n = n + rest;
-                let piped = self.pipelining() && self.quiet_in_transfer && !finish.cmds.is_empty();
-                if piped {
-                    let mut wire = String::new();
-                    for c in &finish.cmds {
-                        tracing::trace!("-> {c}");
-                        wire.push_str(c);
-                        wire.push_str("\r\n");
-                    }
-                    self.write_raw(wire.as_bytes()).await?;
-                }
-                match self.transfer_outcome().await {
-                    // A check's reply (200, 213) where the transfer's belongs.
-                    Ok(code) if piped && code != 226 && code != 250 => {
-                        return Err(self.out_of_order());
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if piped && matches!(e, FtpFailure::Reply { .. }) {
-                            // The server goes on to answer what followed: stay in step.
-                            for _ in &finish.cmds {
-                                self.read_reply().await?;
-                            }
-                        }
-                        return Err(e);
-                    }
-                }
-                // The server reads the whole file to hash it: allow for that.
-                let base = self.timeout;
-                if finish.hash.is_some() {
-                    self.timeout = base + hashing_time(n);
-                }
-                let replies = if piped {
-                    let mut replies = Vec::with_capacity(finish.cmds.len());
-                    let mut read = Ok(());
-                    for _ in &finish.cmds {
-                        match self.read_reply().await {
-                            Ok(r) if r.code == 421 => {
-                                read = Err(r.failure());
-                                break;
-                            }
-                            Ok(r) => replies.push(r),
-                            Err(e) => {
-                                read = Err(e);
-                                break;
-                            }
-                        }
-                    }
-                    read.map(|()| replies)
-                } else {
-                    self.batch_with(&finish.cmds, self.pipelining()).await
-                };
-                self.timeout = base;
-                let replies = replies?;
-                let piped = self.pipelining();
-                self.finish_replies(finish, &replies, n, piped)
-            }
+        let n = match sent {
+            Ok(n) => n + rest,
             Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
-                Err(self.refusal_or(e).await)
+                return Err(self.refusal_or(e).await);
             }
             Err(e) => {
                 // A local failure (reading the file): the data connection was
                 // closed early, so the server answers the STOR; read that
                 // answer to stay in step, then report the local failure.
                 self.transfer_outcome().await?;
-                Err(e)
+                return Err(e);
+            }
+        };
+        // Behind the data (servers that read nothing during a transfer), or
+        // after the 226 (other in-order servers, only with checks to send):
+        // the checks and a passive request for the next transfer.
+        let behind = self.ahead_in_transfer();
+        let after = !behind && self.pipelining() && !finish.cmds.is_empty();
+        let mut cmds: Vec<&str> = finish.cmds.iter().map(String::as_str).collect();
+        if behind || after {
+            cmds.push(self.pasv_verb());
+        }
+        if behind {
+            self.write_raw(command_wire(&cmds).as_bytes()).await?;
+        }
+        match self.transfer_outcome().await {
+            // A check's reply (200, 213) where the transfer's belongs.
+            Ok(code) if behind && code != 226 && code != 250 => {
+                return Err(self.out_of_order());
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if behind && matches!(e, FtpFailure::Reply { .. }) {
+                    // The server goes on to answer what followed: stay in step.
+                    for _ in &finish.cmds {
+                        self.read_reply().await?;
+                    }
+                    self.read_ready().await?;
+                }
+                return Err(e);
             }
         }
+        // The server reads the whole file to hash it: allow for that.
+        let base = self.timeout;
+        if finish.hash.is_some() {
+            self.timeout = base + hashing_time(n);
+        }
+        let replies = if behind {
+            self.read_replies(cmds.len()).await
+        } else {
+            let cmds: Vec<String> = cmds.iter().map(|c| (*c).to_owned()).collect();
+            self.batch_with(&cmds, self.pipelining()).await
+        };
+        self.timeout = base;
+        let replies = replies?;
+        let piped = self.pipelining();
+        let stored = self.finish_replies(finish, &replies, n, piped)?;
+        if behind || after {
+            let next = replies.last().expect("one reply per command");
+            self.keep_ready(next)?;
+        }
+        Ok(stored)
+    }
+
+    /// Reads `n` replies to commands sent in one write; a 421 ends it.
+    async fn read_replies(&mut self, n: usize) -> Result<Vec<Reply>, FtpFailure> {
+        let mut replies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = self.read_reply().await?;
+            if r.code == 421 {
+                return Err(r.failure());
+            }
+            replies.push(r);
+        }
+        Ok(replies)
     }
 
     /// The bytes that start a transfer: `before` (a command, or nothing),
-    /// EPSV or PASV, and with `pipelined` the transfer command `cmd` too.
-    fn passive_request(&self, before: &str, cmd: &str, pipelined: bool) -> String {
+    /// EPSV or PASV unless a port is `ready`, and with `pipelined` the
+    /// transfer command `cmd` too, followed by a passive request for the
+    /// next transfer with `ahead`.
+    fn passive_request(
+        &self,
+        before: &str,
+        cmd: &str,
+        pipelined: bool,
+        ready: Option<u16>,
+        ahead: bool,
+    ) -> String {
         let pasv = self.pasv_verb();
-        let mut wire = String::new();
-        for c in [before, pasv, if pipelined { cmd } else { "" }] {
-            if !c.is_empty() {
-                tracing::trace!("-> {c}");
-                wire.push_str(c);
-                wire.push_str("\r\n");
-            }
-        }
-        wire
+        let pasv_now = if ready.is_some() { "" } else { pasv };
+        let cmd = if pipelined { cmd } else { "" };
+        let pasv_next = if ahead { pasv } else { "" };
+        command_wire(&[before, pasv_now, cmd, pasv_next])
     }
 
-    /// After [`Self::passive_request`]: reads the passive reply, sends REST
-    /// (`rest` > 0) and `cmd` if they were not pipelined, connects the data
-    /// connection and, not pipelining, waits for `cmd`'s 1xx. A refusal
-    /// after REST is [`FtpFailure::RestartRefused`].
-    async fn open_passive(
-        &mut self,
-        cmd: &str,
-        rest: u64,
-        pipelined: bool,
-    ) -> Result<tokio::net::TcpStream, FtpFailure> {
+    /// Reads the reply to a passive request and returns its port. When the
+    /// transfer command was `pipelined` behind a refused request, its reply
+    /// is read too, to stay in step.
+    async fn passive_reply(&mut self, pipelined: bool) -> Result<u16, FtpFailure> {
         let opened = self.read_reply().await?;
-        let port = match port_of(&opened) {
-            Ok(port) => port,
+        match port_of(&opened) {
+            Ok(port) => Ok(port),
             Err(failure) => {
                 if pipelined {
                     // The command was sent too: its reply must be read to stay in step.
@@ -1471,8 +1537,26 @@ impl FtpConn {
                         )));
                     }
                 }
-                return Err(failure);
+                Err(failure)
             }
+        }
+    }
+
+    /// After [`Self::passive_request`]: reads the passive reply (unless a
+    /// port was `ready`), sends REST
+    /// (`rest` > 0) and `cmd` if they were not pipelined, connects the data
+    /// connection and, not pipelining, waits for `cmd`'s 1xx. A refusal
+    /// after REST is [`FtpFailure::RestartRefused`].
+    async fn open_passive(
+        &mut self,
+        cmd: &str,
+        rest: u64,
+        pipelined: bool,
+        ready: Option<u16>,
+    ) -> Result<tokio::net::TcpStream, FtpFailure> {
+        let port = match ready {
+            Some(port) => port,
+            None => self.passive_reply(pipelined).await?,
         };
         if rest > 0 {
             tracing::trace!("-> REST {rest}");
@@ -1604,73 +1688,154 @@ impl FtpConn {
             exists: false,
             listing: Listing::default(),
         };
-        // When pipelining, the data connection's EPSV/PASV goes with the CWD
-        // (after a refused CWD its listener is simply left unused).
-        let port = if self.pipelining() {
-            let r = self
-                .batch_with(&[format!("CWD {dir}"), self.pasv_verb().into()], true)
-                .await?;
-            match r[0].code {
-                200..=299 => {}
-                550 => return Ok(missing),
-                _ => return Err(r[0].failure()),
-            }
-            Some(port_of(&r[1])?)
+        let format = if method == ListMethod::Mlsd {
+            ListFormat::Mlsd
         } else {
+            ListFormat::List
+        };
+        if !self.pipelining() {
             match timed(self.timeout, self.stream.cwd(dir)).await {
-                Ok(()) => None,
+                Ok(()) => {}
                 Err(FtpFailure::Reply { code: 550, .. }) => return Ok(missing),
                 Err(e) => return Err(e),
             }
-        };
-        let (format, cmd) = if method == ListMethod::Mlsd {
-            (ListFormat::Mlsd, "MLSD")
-        } else if self.plain_list {
-            (ListFormat::List, "LIST")
-        } else {
-            (ListFormat::List, "LIST -a")
-        };
-        let listed = match port {
-            Some(port) => self.read_direct(cmd, port).await,
-            None => self.data_lines(cmd).await,
-        };
-        let data = match listed {
-            Ok(d) => d,
-            Err(FtpFailure::Reply { code, .. })
-                if cmd == "LIST -a" && (500..=504).contains(&code) =>
-            {
-                self.plain_list = true;
-                self.data_lines("LIST").await?
-            }
-            Err(e) => return Err(e),
-        };
-        Ok(DirListing {
-            exists: true,
-            listing: parse_listing(format, &data, now),
-        })
+            let data = match self.data_lines(self.list_verb(method)).await {
+                Err(FtpFailure::Reply { code, .. }) if self.refuses_list_a(method, code) => {
+                    self.plain_list = true;
+                    self.data_lines("LIST").await?
+                }
+                other => other?,
+            };
+            return Ok(DirListing {
+                exists: true,
+                listing: parse_listing(format, &data, now),
+            });
+        }
+        loop {
+            let cmd = self.list_verb(method);
+            let data = match self.list_pipelined(dir, cmd).await {
+                Ok(Some(data)) => data,
+                Ok(None) => return Ok(missing),
+                Err(FtpFailure::Reply { code, .. }) if self.refuses_list_a(method, code) => {
+                    self.plain_list = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            return Ok(DirListing {
+                exists: true,
+                listing: parse_listing(format, &data, now),
+            });
+        }
     }
 
-    /// Sends a listing command whose passive port is already known, on a
-    /// data connection of our own; returns the raw bytes once the final
-    /// reply says the listing is complete.
-    async fn read_direct(&mut self, cmd: &str, port: u16) -> Result<Vec<u8>, FtpFailure> {
-        let t = self.timeout;
-        tracing::trace!("-> {cmd}");
-        self.write_raw(format!("{cmd}\r\n").as_bytes()).await?;
-        let mut sock = self.connect_data(port).await?;
-        self.expect_preliminary(cmd).await?;
-        let mut data = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match read_timed(t, &mut sock, &mut buf).await {
-                Ok(0) => break,
-                Ok(n) => data.extend_from_slice(&buf[..n]),
-                Err(e) => return Err(self.refusal_or(e).await),
-            }
+    /// The listing command for `method`: `MLSD`, `LIST -a`, or plain `LIST`
+    /// where the server refused `-a`.
+    fn list_verb(&self, method: ListMethod) -> &'static str {
+        match method {
+            ListMethod::Mlsd => "MLSD",
+            ListMethod::List if self.plain_list => "LIST",
+            ListMethod::List => "LIST -a",
         }
-        drop(sock);
-        self.transfer_outcome().await?;
-        Ok(data)
+    }
+
+    /// Whether a reply `code` to the listing command is a refusal of `-a`
+    /// (then plain `LIST` is used from now on).
+    fn refuses_list_a(&self, method: ListMethod, code: u32) -> bool {
+        method == ListMethod::List && !self.plain_list && (500..=504).contains(&code)
+    }
+
+    /// Lists `dir` with `cmd`, pipelined: `CWD` and `EPSV`/`PASV` in one
+    /// write and then the listing, or, on a passive port opened ahead of
+    /// time, `CWD` and the listing in one write. On servers that read
+    /// nothing during a transfer a passive request for the next transfer
+    /// rides behind the listing. `None`: CWD said the directory does not
+    /// exist (a listing that ran anyway, of the directory before, is
+    /// read and thrown away).
+    async fn list_pipelined(
+        &mut self,
+        dir: &str,
+        cmd: &str,
+    ) -> Result<Option<Vec<u8>>, FtpFailure> {
+        let ahead = self.ahead_in_transfer();
+        let cwd = format!("CWD {dir}");
+        let Some(port) = self.take_ready() else {
+            let r = self
+                .batch_with(&[cwd, self.pasv_verb().into()], true)
+                .await?;
+            if let Ok(port) = port_of(&r[1]) {
+                // After a refused CWD the listener is still good for the next transfer.
+                self.ready = Some((port, std::time::Instant::now()));
+            }
+            match r[0].code {
+                200..=299 => {}
+                550 => return Ok(None),
+                _ => return Err(r[0].failure()),
+            }
+            let port = self.take_ready().ok_or_else(|| match port_of(&r[1]) {
+                Err(e) => e,
+                Ok(_) => FtpFailure::Protocol("passive port lost".into()),
+            })?;
+            return self.read_direct(cmd, port, ahead, false).await.map(Some);
+        };
+        let pasv_next = if ahead { self.pasv_verb() } else { "" };
+        self.write_raw(command_wire(&[&cwd, cmd, pasv_next]).as_bytes())
+            .await?;
+        let r = self.read_reply().await?;
+        let found = match r.code {
+            200..=299 => Ok(true),
+            550 => Ok(false),
+            _ => Err(r.failure()),
+        };
+        // The listing runs whatever CWD said: read it to stay in step.
+        let data = self.read_direct(cmd, port, ahead, true).await;
+        match (found, data) {
+            (Ok(true), data) => data.map(Some),
+            (Ok(false), Err(e)) | (Err(_), Err(e)) if e.breaks_connection() => Err(e),
+            (Ok(false), _) => Ok(None),
+            (Err(e), _) => Err(e),
+        }
+    }
+
+    /// Runs a listing command whose passive port is already known, on a
+    /// data connection of our own (`sent`: the command went out already);
+    /// returns the raw bytes once the final reply says the listing is
+    /// complete. With `ahead`, a passive request for the next transfer
+    /// goes behind the command, and its reply is read last.
+    async fn read_direct(
+        &mut self,
+        cmd: &str,
+        port: u16,
+        ahead: bool,
+        sent: bool,
+    ) -> Result<Vec<u8>, FtpFailure> {
+        let t = self.timeout;
+        if !sent {
+            let pasv_next = if ahead { self.pasv_verb() } else { "" };
+            self.write_raw(command_wire(&[cmd, pasv_next]).as_bytes())
+                .await?;
+        }
+        let listed = async {
+            let mut sock = self.connect_data(port).await?;
+            self.expect_preliminary(cmd).await?;
+            let mut data = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match read_timed(t, &mut sock, &mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => data.extend_from_slice(&buf[..n]),
+                    Err(e) => return Err(self.refusal_or(e).await),
+                }
+            }
+            drop(sock);
+            self.transfer_outcome().await?;
+            Ok(data)
+        }
+        .await;
+        if ahead && listed.as_ref().err().is_none_or(|e| !e.breaks_connection()) {
+            self.read_ready().await?;
+        }
+        listed
     }
 
     fn pasv_verb(&self) -> &'static str {
@@ -1685,6 +1850,7 @@ impl FtpConn {
     /// The final reply is checked: a listing cut short fails here.
     async fn data_lines(&mut self, cmd: &str) -> Result<Vec<u8>, FtpFailure> {
         let t = self.timeout;
+        self.ready = None;
         let (_, mut stream) = timed(
             t,
             self.stream
@@ -1896,6 +2062,8 @@ impl FtpConn {
     ) -> Result<Vec<u8>, FtpFailure> {
         let t = self.timeout;
         let remote = checked(remote)?;
+        // suppaftp asks for a passive port of its own, which replaces one opened ahead.
+        self.ready = None;
         timed(t, self.stream.resume_transfer(offset as usize)).await?;
         let mut stream = timed(t, self.stream.retr_as_stream(remote)).await?;
         let read = async {
@@ -1969,29 +2137,47 @@ impl FtpConn {
         let resumed = resume.is_some();
         let refusal = |e: FtpFailure| if resumed { e.as_restart_refusal() } else { e };
         if self.plain && self.data_mode != DataMode::Active {
-            let (mut sock, time) = self.open_retr(remote, start, mdtm).await?;
-            let rate = self.rate.clone();
-            let received = receive(t, &mut sock, &mut file, total, overlap, &rate, local).await;
-            drop(sock);
-            let total = match received {
-                Ok(n) => n,
-                Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
-                    return Err(self.refusal_or(e).await);
-                }
-                Err(e) => {
-                    // Ours (the disk, a mismatch): the data connection is
-                    // closed early, and the server's answer read to stay in step.
-                    let _ = self.transfer_outcome().await.map_err(|f| {
-                        if f.breaks_connection() {
+            // On servers that read nothing during a transfer, a passive
+            // request for the next transfer rides behind the RETR.
+            let ahead = self.ahead_in_transfer() && start == 0;
+            let got = async {
+                let (mut sock, time) = self.open_retr(remote, start, mdtm, ahead).await?;
+                let rate = self.rate.clone();
+                let received = receive(t, &mut sock, &mut file, total, overlap, &rate, local).await;
+                drop(sock);
+                let total = match received {
+                    Ok(n) => n,
+                    Err(e @ (FtpFailure::Network(_) | FtpFailure::Timeout(_))) => {
+                        return Err(self.refusal_or(e).await);
+                    }
+                    Err(e) => {
+                        // Ours (the disk, a mismatch): the data connection is
+                        // closed early, and the server's answer read to stay in step.
+                        if let Err(f) = self.transfer_outcome().await
+                            && f.breaks_connection()
+                        {
                             self.abandoned = true;
                         }
-                    });
-                    return Err(e);
-                }
-            };
+                        return Err(e);
+                    }
+                };
+                self.transfer_outcome().await.map_err(refusal)?;
+                Ok((total, time))
+            }
+            .await;
             drop(file);
-            self.transfer_outcome().await.map_err(refusal)?;
-            return Ok((total, time));
+            if ahead {
+                match &got {
+                    // The request's reply follows the transfer's: read it to stay in step.
+                    Ok(_) => self.read_ready().await?,
+                    Err(e) if e.breaks_connection() => {}
+                    // After an abandoned transfer it cannot be told from the
+                    // transfer's own reply: this connection is not used again.
+                    Err(_) if self.abandoned => self.retired = true,
+                    Err(_) => self.read_ready().await?,
+                }
+            }
+            return got;
         }
         if resumed {
             timed(t, self.stream.resume_transfer(start as usize))
@@ -2027,9 +2213,11 @@ impl FtpConn {
         remote: &str,
         rest: u64,
         mdtm: bool,
+        ahead: bool,
     ) -> Result<(tokio::net::TcpStream, Option<chrono::NaiveDateTime>), FtpFailure> {
         let retr = format!("RETR {remote}");
         let pipelined = self.pipelining() && rest == 0;
+        let ready = self.take_ready().filter(|_| pipelined);
         let mut time = None;
         if pipelined {
             let ask = if mdtm {
@@ -2037,8 +2225,11 @@ impl FtpConn {
             } else {
                 String::new()
             };
-            self.write_raw(self.passive_request(&ask, &retr, true).as_bytes())
-                .await?;
+            self.write_raw(
+                self.passive_request(&ask, &retr, true, ready, ahead)
+                    .as_bytes(),
+            )
+            .await?;
             if mdtm {
                 let r = self.read_reply().await?;
                 match r.code {
@@ -2056,10 +2247,13 @@ impl FtpConn {
             if mdtm {
                 time = self.mdtm(remote).await?;
             }
-            self.write_raw(self.passive_request("", &retr, false).as_bytes())
-                .await?;
+            self.write_raw(
+                self.passive_request("", &retr, false, None, false)
+                    .as_bytes(),
+            )
+            .await?;
         }
-        let sock = self.open_passive(&retr, rest, pipelined).await?;
+        let sock = self.open_passive(&retr, rest, pipelined, ready).await?;
         Ok((sock, time))
     }
 
@@ -2099,6 +2293,17 @@ fn mlst_facts_with_mode(offered: &str) -> Option<String> {
         arg.push(';');
     }
     Some(arg)
+}
+
+/// Commands as they go on the wire in one write, the empty ones left out.
+fn command_wire(cmds: &[&str]) -> String {
+    let mut wire = String::new();
+    for c in cmds.iter().filter(|c| !c.is_empty()) {
+        tracing::trace!("-> {c}");
+        wire.push_str(c);
+        wire.push_str("\r\n");
+    }
+    wire
 }
 
 /// The port of a passive-mode reply, or why there is none: the server's

@@ -375,6 +375,7 @@ impl Drop for PooledConn<'_> {
         // permit wakes finds it instead of opening another one.
         if let Some(slot) = self.slot.take()
             && self.in_step
+            && slot.conn.reusable()
             && !retire
         {
             pool.idle_list().push(slot);
