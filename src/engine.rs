@@ -294,6 +294,11 @@ async fn prepare_limited(
         filters: job.filters.clone(),
         retry: job.retry,
         events: events.clone(),
+        expected: state
+            .iter()
+            .filter(|(_, r)| r.kind == Kind::Dir)
+            .map(|(p, _)| p.clone())
+            .collect(),
     });
     let (mut remote, remote_temps) = scan::scan(Arc::clone(&pool), Arc::clone(&scan_input)).await;
     events.emit(Event::Scanned {

@@ -145,10 +145,10 @@ fn refused_rename_is_reported_when_the_check_cannot_list() {
     write(&f.env.local, "d1/a.txt", "a\n");
     f.proxy
         .add_rule(Rule::new("RNTO", Action::Reply("553 Not allowed".into())).arg("a.txt"));
-    // The scan lists only /www (d1 is new): the second MLSD is the check's.
+    // The scan lists only /www (d1 is new): an MLSD in d1 is the check's.
     f.proxy.add_rule(
         Rule::new("MLSD", Action::Reply("550 File not found".into()))
-            .skip(1)
+            .in_dir("/www/d1")
             .times(1),
     );
     let job = f.env.job("push", false, "");
@@ -165,27 +165,52 @@ fn refused_rename_is_reported_when_the_check_cannot_list() {
 }
 
 /// A re-run logs in, ahead of the scan, as many connections as the last
-/// run's directories can use: with the root listing held back, all of them
-/// have sent USER before the first subdirectory is listed.
+/// run's directories can use, and lists those directories at once instead
+/// of after the root's listing: with the root's listing held back for
+/// seconds, every subdirectory has been listed meanwhile.
 #[test]
-fn rerun_logs_in_connections_ahead_of_the_scan() {
+fn rerun_lists_known_directories_ahead_of_the_root() {
     let f = faulty();
     small_tree(&f.env, 6);
     let job = f.env.job("push", false, "concurrency: 4\n");
     f.env.run(&job, 0);
     let done = f.proxy.commands().len();
-    f.proxy
-        .add_rule(Rule::new("MLSD", Action::Delay(Duration::from_millis(400))).times(1));
-    f.env.run(&job, 0);
+    let hold = Duration::from_secs(4);
+    f.proxy.add_rule(
+        Rule::new("MLSD", Action::Delay(hold))
+            .in_dir("/www")
+            .times(1),
+    );
+    let subdirs_listed = |cmds: &[String]| {
+        (0..3).all(|d| {
+            let cwd = format!("CWD /www/d{d}");
+            cmds.iter()
+                .skip_while(|c| **c != cwd)
+                .any(|c| c.starts_with("MLSD"))
+        })
+    };
+    let started = std::time::Instant::now();
+    let seen_within = std::thread::scope(|s| {
+        let run = s.spawn(|| f.env.run(&job, 0));
+        let mut seen = None;
+        while !run.is_finished() {
+            if seen.is_none() && subdirs_listed(&f.proxy.commands()[done..]) {
+                seen = Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        run.join().expect("the run");
+        seen
+    });
     let cmds = f.proxy.commands()[done..].to_vec();
-    let early = cmds
-        .iter()
-        .take_while(|c| !c.starts_with("CWD /www/d"))
-        .filter(|c| c.starts_with("USER "))
-        .count();
+    // Listed before the root's listing could have been answered.
+    assert!(
+        seen_within.is_some_and(|t| t < hold),
+        "{seen_within:?}: {cmds:#?}"
+    );
     // The first connection, and one for each of the three directories.
-    assert_eq!(early, 4, "{cmds:#?}");
     assert_eq!(cmds.iter().filter(|c| c.starts_with("USER ")).count(), 4);
+    assert_eq!(cmds.iter().filter(|c| c.starts_with("MLSD")).count(), 4);
 }
 
 #[test]
@@ -1176,6 +1201,79 @@ fn login_is_one_write(f: &Faulty) {
     assert!(!out.all().contains("wrong-password"), "{}", out.all());
 }
 
+/// How many `verb` commands there are, and how many of them came right
+/// after a passive request (`EPSV`/`PASV`) on the wire: the others used a
+/// passive port opened ahead of time.
+fn after_passive(cmds: &[String], verb: &str) -> (usize, usize) {
+    let mut all = 0;
+    let mut fresh = 0;
+    for (i, c) in cmds.iter().enumerate() {
+        if c.starts_with(verb) {
+            all += 1;
+            if i > 0 && (cmds[i - 1] == "EPSV" || cmds[i - 1] == "PASV") {
+                fresh += 1;
+            }
+        }
+    }
+    (all, fresh)
+}
+
+/// Passive ports opened ahead: on one connection, each transfer after the
+/// first uses the port that a passive request behind the previous exchange
+/// opened, instead of waiting a round trip for one of its own. Behind a
+/// transfer's command only on servers that read nothing during a transfer
+/// (vsftpd); elsewhere only behind the checks that follow an upload's 226,
+/// never during a transfer.
+fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
+    small_tree(&f.env, 6);
+    let push = f.env.job("push", false, "concurrency: 1\n");
+    f.env.run(&push, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    let cmds = f.proxy.commands();
+    let (stors, fresh) = after_passive(&cmds, "STOR ");
+    assert_eq!(stors, 6, "{cmds:#?}");
+    assert!(
+        fresh <= 1,
+        "{fresh} of {stors} STOR asked for a port: {cmds:#?}"
+    );
+    // A passive request sent while a transfer runs (pipelined right behind
+    // its command): only where the server does not read it until the end.
+    let during = |from: usize| {
+        let all = f.proxy.commands();
+        f.proxy.pipelined_at().into_iter().any(|i| {
+            i > from
+                && (all[i] == "EPSV" || all[i] == "PASV")
+                && ["STOR", "RETR", "LIST", "MLSD"]
+                    .iter()
+                    .any(|v| all[i - 1].starts_with(v))
+        })
+    };
+    assert_eq!(during(0), quiet_in_transfer, "{cmds:#?}");
+
+    // A pull into an empty directory, with no state: the same for RETR.
+    fs::remove_dir_all(&f.env.local).unwrap();
+    fs::create_dir_all(&f.env.local).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", f.env.state_path().display()));
+    }
+    let done = cmds.len();
+    let pull = f.env.job("pull", false, "concurrency: 1\n");
+    f.env.run(&pull, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    let cmds = f.proxy.commands()[done..].to_vec();
+    let (retrs, fresh) = after_passive(&cmds, "RETR ");
+    assert_eq!(retrs, 6, "{cmds:#?}");
+    if quiet_in_transfer {
+        assert!(
+            fresh <= 1,
+            "{fresh} of {retrs} RETR asked for a port: {cmds:#?}"
+        );
+    } else {
+        assert_eq!(fresh, retrs, "{cmds:#?}");
+    }
+    assert_eq!(during(done), quiet_in_transfer, "{cmds:#?}");
+}
+
 /// libunftp (the built-in server) works on several commands at once, so it
 /// is not on the list of servers that get pipelined commands: no probe, and
 /// every command waits for the previous reply.
@@ -1386,4 +1484,16 @@ on_server!(
     pyftpdlib_pipelined_listings_never_delete_wrongly,
     crate::support::servers::start_pyftpdlib,
     pipelined_listings_never_delete_wrongly
+);
+on_server!(
+    vsftpd_passive_ports_opened_ahead,
+    crate::support::servers::start_vsftpd,
+    passive_ports_opened_ahead,
+    true
+);
+on_server!(
+    pyftpdlib_passive_ports_opened_ahead,
+    crate::support::servers::start_pyftpdlib,
+    passive_ports_opened_ahead,
+    false
 );

@@ -294,7 +294,7 @@ fn quiet_prints_only_errors() {
     fs::remove_file(f.env.local.join("b.txt")).unwrap();
     f.proxy.clear_rules();
     f.proxy
-        .add_rule(Rule::new("MLSD", Action::Reply("451 Aborted".into())).skip(1));
+        .add_rule(Rule::new("MLSD", Action::Reply("451 Aborted".into())).in_dir("/www/sub"));
     let o = f.env.ftpsync(&["-q", "run", job.to_str().unwrap()]);
     assert_eq!(o.code, 1, "{}", o.all());
     assert_eq!(o.stdout, "");

@@ -46,11 +46,14 @@ fn fail_then_empty(f: &Faulty) {
             "MLSD",
             Action::Reply("450 Requested file action not taken".into()),
         )
-        .skip(1)
+        .in_dir("/www/d")
         .times(1),
     );
-    f.proxy
-        .add_rule(Rule::new("MLSD", Action::TruncateLines(0)).skip(1).times(1));
+    f.proxy.add_rule(
+        Rule::new("MLSD", Action::TruncateLines(0))
+            .in_dir("/www/d")
+            .times(1),
+    );
 }
 
 fn remove_state(env: &Env) {
@@ -231,8 +234,11 @@ fn empty_listing_is_confirmed_before_deleting() {
     let local_before = snapshot(&f.env.local);
     let arm = || {
         f.proxy.clear_rules();
-        f.proxy
-            .add_rule(Rule::new("MLSD", Action::TruncateLines(0)).skip(1).times(1));
+        f.proxy.add_rule(
+            Rule::new("MLSD", Action::TruncateLines(0))
+                .in_dir("/www/d")
+                .times(1),
+        );
     };
     arm();
     assert_eq!(

@@ -7,6 +7,7 @@
 //! the directories the planner will not delete in on the strength of one
 //! listing.
 
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
@@ -30,6 +31,13 @@ pub struct ScanInput {
     pub retry: RetryPolicy,
     /// Counts the entries found, for progress.
     pub events: crate::events::Events,
+    /// Directories expected to exist (the last sync's, from the state):
+    /// they are listed from the start, beside the root, instead of one
+    /// level at a time as their parents' listings name them, so a scan
+    /// over a link with latency waits about as many round trips as its
+    /// busiest connection has directories, not as the tree is deep. A
+    /// listing is used only once the parent's listing shows the directory.
+    pub expected: Vec<RelPath>,
 }
 
 /// Result of listing one directory.
@@ -38,6 +46,15 @@ struct Listed {
     result: Result<super::conn::DirListing, FtpFailure>,
     /// Attempts made at the listing itself (connection failures not counted).
     tries: u32,
+}
+
+impl Listed {
+    /// CWD said there is no such directory. A listing made ahead of its
+    /// parent's may have come before the directory was made: it is not
+    /// trusted against a parent that shows the directory.
+    fn found_nothing(&self) -> bool {
+        matches!(&self.result, Ok(l) if !l.exists)
+    }
 }
 
 /// The number of names in a listing and a digest of them, in any order:
@@ -52,6 +69,13 @@ fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
 
 /// Scans the remote tree. Returns the tree and the temporary files of
 /// earlier interrupted runs that were found (relative paths).
+///
+/// A directory's listing counts only after its parent's listing named it
+/// as a directory (`shown`); one listed ahead of that, from
+/// [`ScanInput::expected`], waits in `early` until then, and is thrown
+/// away if its parent never shows it. An early listing that found no
+/// directory is not trusted for one that the parent shows: that one is
+/// listed again, as a scan without expectations would.
 pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<RelPath>) {
     let mut tree = RemoteTree::default();
     let mut temps = Vec::new();
@@ -74,10 +98,42 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         );
     };
     spawn(&mut tasks, RelPath::root());
-    while let Some(joined) = tasks.join_next().await {
-        let Ok(Listed { dir, result, tries }) = joined else {
-            continue;
+    let mut listed_ahead: HashSet<RelPath> = HashSet::new();
+    let mut expected: Vec<&RelPath> = input
+        .expected
+        .iter()
+        .filter(|d| !d.is_root() && !input.filters.excludes_dir(d.as_str()))
+        .collect();
+    // Shallow ones first: parents tend to be listed before their children.
+    expected.sort_by(|a, b| a.depth().cmp(&b.depth()).then_with(|| a.cmp(b)));
+    for dir in expected {
+        if listed_ahead.insert(dir.clone()) {
+            spawn(&mut tasks, dir.clone());
+        }
+    }
+    let mut shown: HashSet<RelPath> = HashSet::from([RelPath::root()]);
+    let mut early: HashMap<RelPath, Listed> = HashMap::new();
+    let mut ready: Vec<Listed> = Vec::new();
+    loop {
+        let listed = match ready.pop() {
+            Some(l) => l,
+            None => match tasks.join_next().await {
+                Some(Ok(l)) => l,
+                Some(Err(_)) => continue,
+                None => break,
+            },
         };
+        if listed_ahead.remove(&listed.dir) {
+            if !shown.contains(&listed.dir) {
+                early.insert(listed.dir.clone(), listed);
+                continue;
+            }
+            if listed.found_nothing() {
+                spawn(&mut tasks, listed.dir);
+                continue;
+            }
+        }
+        let Listed { dir, result, tries } = listed;
         let listing = match result {
             Ok(l) => l,
             Err(e) => {
@@ -154,7 +210,14 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                         continue;
                     }
                     tree.entries.insert(rel.clone(), Entry::dir());
-                    spawn(&mut tasks, rel);
+                    shown.insert(rel.clone());
+                    match early.remove(&rel) {
+                        Some(l) if l.found_nothing() => spawn(&mut tasks, rel),
+                        Some(l) => ready.push(l),
+                        // Listed ahead: its listing is still coming.
+                        None if listed_ahead.contains(&rel) => {}
+                        None => spawn(&mut tasks, rel),
+                    }
                 }
                 EntryKind::File => {
                     if is_temp_name(rel.name()) {

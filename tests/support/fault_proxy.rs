@@ -104,6 +104,10 @@ pub struct Rule {
     pub verb: String,
     /// A substring that the command's argument must contain (case-sensitive).
     pub arg_contains: Option<String>,
+    /// The directory the command's connection last asked to change to
+    /// (its last CWD's argument, exactly), for a listing command of one
+    /// directory whatever order the client lists directories in.
+    pub in_dir: Option<String>,
     /// What to do when the rule fires.
     pub action: Action,
     /// Fire at most this many times (None = every time).
@@ -121,6 +125,7 @@ impl Rule {
         Rule {
             verb: verb.into(),
             arg_contains: None,
+            in_dir: None,
             action,
             times: None,
             probability: 1.0,
@@ -140,6 +145,12 @@ impl Rule {
         self
     }
 
+    /// Only match commands sent on a connection whose last CWD was to `dir`.
+    pub fn in_dir(mut self, dir: impl Into<String>) -> Rule {
+        self.in_dir = Some(dir.into());
+        self
+    }
+
     /// Fire at most `n` times.
     pub fn times(mut self, n: usize) -> Rule {
         self.times = Some(n);
@@ -152,9 +163,10 @@ impl Rule {
         self
     }
 
-    fn matches(&self, verb: &str, arg: &str) -> bool {
+    fn matches(&self, verb: &str, arg: &str, cwd: &str) -> bool {
         (self.verb == "*" || self.verb.eq_ignore_ascii_case(verb))
             && self.arg_contains.as_deref().is_none_or(|s| arg.contains(s))
+            && self.in_dir.as_deref().is_none_or(|d| d == cwd)
     }
 }
 
@@ -309,11 +321,13 @@ struct Decision {
 }
 
 impl Shared {
-    fn decide(&self, verb: &str, arg: &str) -> Decision {
+    fn decide(&self, verb: &str, arg: &str, cwd: &str) -> Decision {
         let mut rules = lock(&self.rules);
         let mut delay = Duration::ZERO;
         for slot in rules.iter_mut() {
-            if !slot.rule.matches(verb, arg) || slot.rule.times.is_some_and(|t| slot.fired >= t) {
+            if !slot.rule.matches(verb, arg, cwd)
+                || slot.rule.times.is_some_and(|t| slot.fired >= t)
+            {
                 continue;
             }
             if slot.skipped < slot.rule.skip {
@@ -477,6 +491,7 @@ async fn run_session(shared: Arc<Shared>, mut client: TcpStream) {
         pending: None,
         delayed: None,
         closing: false,
+        cwd: String::new(),
         kill_tx,
         kill_rx,
     };
@@ -580,6 +595,8 @@ struct Session {
     delayed: Option<Delayed>,
     /// An injected `421` is queued: further commands are ignored, as by a closing server.
     closing: bool,
+    /// The argument of the last CWD sent (see [`Rule::in_dir`]).
+    cwd: String,
     kill_tx: mpsc::UnboundedSender<()>,
     kill_rx: mpsc::UnboundedReceiver<()>,
 }
@@ -673,7 +690,10 @@ impl Session {
                 !self.queue.is_empty(),
             );
         }
-        let decision = self.shared.decide(&verb, &arg);
+        if verb.eq_ignore_ascii_case("CWD") {
+            self.cwd = arg.clone();
+        }
+        let decision = self.shared.decide(&verb, &arg, &self.cwd);
         if !decision.delay.is_zero() {
             self.delayed = Some(Delayed {
                 until: tokio::time::Instant::now() + decision.delay,
@@ -1380,12 +1400,16 @@ mod tests {
             .probability(0.25);
         assert_eq!(rule.times, Some(2));
         assert_eq!(rule.probability, 0.25);
-        assert!(rule.matches("STOR", "/a/b.txt"));
-        assert!(!rule.matches("STOR", "/a/c.txt"));
-        assert!(!rule.matches("RETR", "/a/b.txt"));
+        assert!(rule.matches("STOR", "/a/b.txt", ""));
+        assert!(!rule.matches("STOR", "/a/c.txt", ""));
+        assert!(!rule.matches("RETR", "/a/b.txt", ""));
         let any = Rule::new("*", Action::DropControl);
         assert_eq!((any.times, any.probability), (None, 1.0));
-        assert!(any.matches("NOOP", ""));
+        assert!(any.matches("NOOP", "", ""));
+        let here = Rule::new("MLSD", Action::TruncateLines(0)).in_dir("/www/d");
+        assert!(here.matches("MLSD", "", "/www/d"));
+        assert!(!here.matches("MLSD", "", "/www"));
+        assert!(!here.matches("MLSD", "", "/www/d2"));
     }
 
     #[test]
