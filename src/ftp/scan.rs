@@ -20,7 +20,9 @@ use super::reply::FtpFailure;
 use crate::job::{Filters, RetryPolicy};
 use crate::local::is_temp_name;
 use crate::model::RelPath;
-use crate::model::{Entry, ListingFacts, Problem, RemoteMeta, RemoteTree, SecondListing};
+use crate::model::{
+    Entry, ListingFacts, PathInterner, Problem, RemoteMeta, RemoteTree, SecondListing,
+};
 
 /// What the scan needs besides the pool.
 pub struct ScanInput {
@@ -51,8 +53,12 @@ fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
 }
 
 /// Scans the remote tree. Returns the tree and the temporary files of
-/// earlier interrupted runs that were found (relative paths).
-pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<RelPath>) {
+/// earlier interrupted runs that were found (relative paths). A path `paths` knows is taken from it rather than allocated again.
+pub async fn scan(
+    pool: Arc<Pool>,
+    input: Arc<ScanInput>,
+    paths: Arc<PathInterner>,
+) -> (RemoteTree, Vec<RelPath>) {
     let mut tree = RemoteTree::default();
     let mut temps = Vec::new();
     let now = chrono::Utc::now().naive_utc();
@@ -126,7 +132,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         );
         let known = tree.entries.len();
         for e in listing.listing.entries {
-            let rel = match dir.join(&e.name) {
+            let rel = match paths.join(&dir, &e.name) {
                 Ok(r) => r,
                 Err(why) => {
                     tree.problems.push(Problem {
