@@ -15,7 +15,7 @@ pub use path::{NameError, RelPath, check_command_arg, validate_name};
 pub use time::RemoteTime;
 pub use tree::{
     Entry, Kind, ListingFacts, LocalMeta, LocalTree, Problem, RemoteMeta, RemoteTree,
-    SecondListing, Tree,
+    SecondListing, Tree, pack,
 };
 
 use serde::Serialize;

@@ -143,15 +143,13 @@ impl<M> Default for Tree<M> {
 }
 
 impl<M> Tree<M> {
-    /// Rebuilds the maps with full nodes. Inserting paths in order (as the
-    /// scans do) leaves a `BTreeMap`'s nodes about half full; building one
-    /// from sorted entries packs them, which at a million entries saves
-    /// about a third of the tree's memory. Call once a scan is done.
+    /// Rebuilds the maps with full nodes (see [`pack`]). Inserting paths in
+    /// order (as the scans do) leaves a `BTreeMap`'s nodes about half full;
+    /// packing them saves about a third of the tree's memory at a million
+    /// entries. Call once a scan is done.
     pub fn compact(&mut self) {
-        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
-        if !self.modes.is_empty() {
-            self.modes = std::mem::take(&mut self.modes).into_iter().collect();
-        }
+        pack(&mut self.entries);
+        pack(&mut self.modes);
     }
 
     pub fn file_count(&self) -> usize {
@@ -164,3 +162,41 @@ impl<M> Tree<M> {
 
 pub type LocalTree = Tree<LocalMeta>;
 pub type RemoteTree = Tree<RemoteMeta>;
+
+/// Rebuilds `map` with full nodes, without a second copy of it at any time.
+///
+/// A `BTreeMap` that grew by inserts has its nodes half to two thirds full.
+/// Collecting it into a new map would pack them, but `FromIterator` first
+/// gathers every entry in a `Vec`, so for a moment the entries are held
+/// twice. `append` into a non-empty map instead merges the two in order and
+/// builds the result with full nodes as it goes, while the consumed map's
+/// nodes are freed one by one: the memory in use never grows.
+pub fn pack<K: Ord, V>(map: &mut BTreeMap<K, V>) {
+    let mut rest = std::mem::take(map);
+    let Some(first) = rest.pop_first() else {
+        return;
+    };
+    let mut packed = BTreeMap::from([first]);
+    packed.append(&mut rest);
+    *map = packed;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_keeps_every_entry_in_order() {
+        for n in [0, 1, 2, 11, 12, 1000] {
+            // Inserted out of order, one by one, as a scan does.
+            let mut map = BTreeMap::new();
+            for i in 0..n {
+                map.insert(i * 7919 % 10007, i.to_string());
+            }
+            let before: Vec<(u32, String)> = map.clone().into_iter().collect();
+            pack(&mut map);
+            assert_eq!(map.len(), before.len());
+            assert_eq!(map.into_iter().collect::<Vec<_>>(), before, "n = {n}");
+        }
+    }
+}
