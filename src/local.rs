@@ -161,14 +161,15 @@ fn walk(
             }
         };
         let ft = md.file_type();
-        if ft.is_dir() || ft.is_file() {
-            tree.modes.insert(rel.clone(), md.permissions().mode());
-        }
         if ft.is_dir() {
             if filters.excludes_dir(rel.as_str()) {
                 tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
+            // For a mkdir on the server. A file's mode is read when it is
+            // uploaded (from the same stat that checks it is unchanged), so
+            // it is not kept here for every file.
+            tree.modes.insert(rel.clone(), md.permissions().mode());
             tree.entries.insert(rel.clone(), Entry::dir());
             walk(root, &rel, filters, paths, tree, temps);
         } else if ft.is_file() {
@@ -328,6 +329,12 @@ mod tests {
             5
         );
         assert_eq!(tree.entries[&RelPath::parse("b").unwrap()].kind, Kind::Dir);
+        let with_modes: Vec<_> = tree.modes.keys().map(RelPath::as_str).collect();
+        assert_eq!(
+            with_modes,
+            ["b", "b/c"],
+            "modes are kept for directories only"
+        );
         assert_eq!(temps.len(), 1);
         assert_eq!(tree.problems.len(), 1, "{:?}", tree.problems);
         assert!(tree.problems[0].message.contains("symbolic link"));

@@ -118,10 +118,11 @@ pub struct Tree<M> {
     /// filters, a symlink, a special file): they cannot be removed.
     pub holds_unsynced: BTreeSet<RelPath>,
     pub problems: Vec<Problem>,
-    /// The mode bits of files and directories where the scan saw them (the
-    /// local disk; a remote listing that shows modes). Only what a transfer
-    /// or mkdir gives its target: not part of a file's fingerprint, so a
-    /// change of mode alone transfers nothing.
+    /// The mode bits the scan saw: of directories on the local disk (an
+    /// upload reads its file's mode when it opens it), of files and
+    /// directories in a remote listing that shows modes. Only what a
+    /// transfer or mkdir gives its target: not part of a file's
+    /// fingerprint, so a change of mode alone transfers nothing.
     pub modes: BTreeMap<RelPath, u32>,
     /// Whether the root itself exists.
     pub root_exists: bool,
