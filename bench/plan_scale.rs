@@ -132,15 +132,15 @@ fn main() {
         let dir = dir_path(d);
         for p in [dir.parent().unwrap_or_default(), dir.clone()] {
             let p = paths.get(p.as_str()).cloned().unwrap_or(p);
-            local.entries.insert(p.clone(), Entry::dir());
-            remote.entries.insert(p, Entry::dir());
+            local.add(p.clone(), Entry::dir());
+            remote.add(p, Entry::dir());
         }
         for i in 0..per_dir.min(files - d * per_dir) {
             let (lm, rm) = metas((d * per_dir + i) as i64);
             let name = format!("file-{i:03}.html");
             let join = |dir: &RelPath| paths.join(dir, name.as_bytes()).expect("a valid name");
-            local.entries.insert(join(&dir), Entry::file(lm));
-            remote.entries.insert(join(&dir), Entry::file(rm));
+            local.add(join(&dir), Entry::file(lm));
+            remote.add(join(&dir), Entry::file(rm));
         }
     }
     drop(paths);

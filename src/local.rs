@@ -170,7 +170,7 @@ fn walk(
             // uploaded (from the same stat that checks it is unchanged), so
             // it is not kept here for every file.
             tree.modes.insert(rel.clone(), md.permissions().mode());
-            tree.entries.insert(rel.clone(), Entry::dir());
+            tree.add(rel.clone(), Entry::dir());
             walk(root, &rel, filters, paths, tree, temps);
         } else if ft.is_file() {
             if is_temp_name(name) {
@@ -181,7 +181,7 @@ fn walk(
                 tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
-            tree.entries.insert(
+            tree.add(
                 rel,
                 Entry::file(LocalMeta {
                     size: md.len(),

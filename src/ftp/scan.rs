@@ -159,7 +159,7 @@ pub async fn scan(
                         tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
-                    tree.entries.insert(rel.clone(), Entry::dir());
+                    tree.add(rel.clone(), Entry::dir());
                     spawn(&mut tasks, rel);
                 }
                 EntryKind::File => {
@@ -171,7 +171,7 @@ pub async fn scan(
                         tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
-                    tree.entries.insert(
+                    tree.add(
                         rel,
                         Entry::file(RemoteMeta {
                             size: e.size,

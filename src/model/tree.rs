@@ -126,7 +126,18 @@ pub struct Tree<M> {
     pub modes: BTreeMap<RelPath, u32>,
     /// Whether the root itself exists.
     pub root_exists: bool,
+    /// How many entries `entries` held when [`Tree::add`] last packed it.
+    packed_len: usize,
 }
+
+/// [`Tree::add`] packs the entries once they grew by this fraction of
+/// what was packed before (1/`PACK_GROWTH`): at most that share of the map
+/// is ever in half-full nodes, and every entry is moved about
+/// `PACK_GROWTH + 1` times in all.
+const PACK_GROWTH: usize = 4;
+
+/// Below this many entries [`Tree::add`] does not pack (compact does, at the end).
+const PACK_MIN: usize = 4096;
 
 impl<M> Default for Tree<M> {
     fn default() -> Self {
@@ -139,6 +150,7 @@ impl<M> Default for Tree<M> {
             problems: Vec::new(),
             modes: BTreeMap::new(),
             root_exists: true,
+            packed_len: 0,
         }
     }
 }
@@ -151,6 +163,22 @@ impl<M> Tree<M> {
     pub fn compact(&mut self) {
         pack(&mut self.entries);
         pack(&mut self.modes);
+        self.packed_len = self.entries.len();
+    }
+
+    /// Adds what a scan found at `path`, as `entries.insert` would.
+    ///
+    /// A map that grows by inserts in order (or a directory at a time) is
+    /// mostly half-full nodes until [`Tree::compact`] packs it, and at its
+    /// largest, at the end of a scan, that was the peak of a run: the
+    /// entries are packed as they grow instead (see [`PACK_GROWTH`]).
+    pub fn add(&mut self, path: RelPath, entry: Entry<M>) {
+        self.entries.insert(path, entry);
+        let len = self.entries.len();
+        if len >= PACK_MIN && len >= self.packed_len + self.packed_len / PACK_GROWTH {
+            pack(&mut self.entries);
+            self.packed_len = len;
+        }
     }
 
     pub fn file_count(&self) -> usize {
@@ -185,6 +213,26 @@ pub fn pack<K: Ord, V>(map: &mut BTreeMap<K, V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn add_inserts_and_packs_as_the_tree_grows() {
+        let mut tree = LocalTree::default();
+        let mut plain = BTreeMap::new();
+        let root = RelPath::root();
+        for i in 0..3 * PACK_MIN {
+            // Out of order, as the remote scan's directories come back.
+            let name = format!("f{:05}", i * 7919 % (3 * PACK_MIN));
+            let path = root.join(name.as_bytes()).unwrap();
+            tree.add(path.clone(), Entry::dir());
+            plain.insert(path, Entry::dir());
+        }
+        assert_eq!(tree.entries, plain);
+        assert!(
+            tree.packed_len >= 2 * PACK_MIN,
+            "not packed while growing ({})",
+            tree.packed_len
+        );
+    }
 
     #[test]
     fn pack_keeps_every_entry_in_order() {
