@@ -2,7 +2,9 @@
 //! builds a local and a remote tree of N files (default 1,000,000) in
 //! directories of 100, writes a matching state to SQLite once, then times
 //! what a `plan` from a warm state does with them: load the state, plan
-//! (everything identical: a no-op), and reports the peak memory.
+//! (everything identical: a no-op), and reports the peak memory. As in a
+//! run, the state is loaded before the trees are built, and the trees take
+//! the state's copy of each path (what the scans do).
 //!
 //! cargo run --release --example plan_scale -- [FILES]
 //!
@@ -14,7 +16,7 @@ use std::time::Instant;
 
 use ftpsync::job::{CompareMode, Direction};
 use ftpsync::model::{
-    Entry, Kind, LocalMeta, LocalTree, RelPath, RemoteMeta, RemoteTime, RemoteTree,
+    Entry, Kind, LocalMeta, LocalTree, PathInterner, RelPath, RemoteMeta, RemoteTime, RemoteTree,
 };
 use ftpsync::plan::{PlanOptions, plan};
 use ftpsync::state::sqlite::StateDb;
@@ -107,22 +109,41 @@ fn main() {
         t.elapsed().as_secs_f64(),
         peak_mib()
     );
+    // In the order of a run: the state is loaded first, then the scans name
+    // every path again, taking the state's copy of those it knows.
     let t = Instant::now();
+    let db = StateDb::open(&db_path, false)
+        .expect("state opens")
+        .expect("state exists");
+    let state: BTreeMap<RelPath, StateRecord> = db.load().expect("state loads");
+    drop(db);
+    let load = t.elapsed().as_secs_f64();
+    println!(
+        "loaded {} state records in {load:.2} s (peak {:.0} MiB, resident now {:.0} MiB)",
+        state.len(),
+        peak_mib(),
+        status_mib("VmRSS:")
+    );
+    let t = Instant::now();
+    let paths = PathInterner::new(state.keys().cloned());
     let mut local = LocalTree::default();
     let mut remote = RemoteTree::default();
     for d in 0..dirs {
         let dir = dir_path(d);
         for p in [dir.parent().unwrap_or_default(), dir.clone()] {
-            local.entries.insert(p.clone(), Entry::dir());
-            remote.entries.insert(p, Entry::dir());
+            let p = paths.get(p.as_str()).cloned().unwrap_or(p);
+            local.add(p.clone(), Entry::dir());
+            remote.add(p, Entry::dir());
         }
         for i in 0..per_dir.min(files - d * per_dir) {
             let (lm, rm) = metas((d * per_dir + i) as i64);
-            let path = file_path(&dir, i);
-            local.entries.insert(path.clone(), Entry::file(lm));
-            remote.entries.insert(path, Entry::file(rm));
+            let name = format!("file-{i:03}.html");
+            let join = |dir: &RelPath| paths.join(dir, name.as_bytes()).expect("a valid name");
+            local.add(join(&dir), Entry::file(lm));
+            remote.add(join(&dir), Entry::file(rm));
         }
     }
+    drop(paths);
     // As the scans leave them.
     local.compact();
     remote.compact();
@@ -134,12 +155,6 @@ fn main() {
         status_mib("VmRSS:")
     );
     let before = peak_mib();
-    let t = Instant::now();
-    let db = StateDb::open(&db_path, false)
-        .expect("state opens")
-        .expect("state exists");
-    let state: BTreeMap<RelPath, StateRecord> = db.load().expect("state loads");
-    let load = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let o = PlanOptions {
         direction: Direction::Push,
@@ -154,7 +169,7 @@ fn main() {
         .filter(|i| i.reason != ftpsync::plan::Reason::RecordRefresh)
         .count();
     println!(
-        "warm plan of {} state records: load {load:.2} s + plan {planning:.2} s = {:.2} s, {} items ({changes} changes); peak {:.0} MiB (after the trees: {before:.0} MiB)",
+        "warm plan of {} state records: load {load:.2} s + plan {planning:.2} s = {:.2} s, {} items ({changes} changes); peak {:.0} MiB (before planning: {before:.0} MiB)",
         state.len(),
         load + planning,
         p.items.len(),

@@ -26,7 +26,7 @@ use crate::ftp::scan::{self, ScanInput};
 use crate::job::{CompareMode, DeleteLimit, Direction, Job, StateLocation, VerifyMode};
 use crate::local;
 use crate::model::RelPath;
-use crate::model::{Kind, LocalTree, Problem, RemoteTree};
+use crate::model::{Kind, LocalTree, PathInterner, Problem, RemoteTree};
 use crate::plan::{self, Op, Plan, PlanItem, PlanOptions};
 use crate::state::remote::{self, Fetched, RemoteState};
 use crate::state::{RunOutcome, RunRecord, RunTrigger, StateDb, StateRecord, StateWriter};
@@ -285,10 +285,13 @@ async fn prepare_limited(
     pool.warm(dirs.min(job.concurrency.saturating_sub(1)));
 
     // Scan both sides at once: the local walk on a blocking thread, the
-    // remote one over the pool.
+    // remote one over the pool. Both take the state's copy of a path it knows.
+    let paths = Arc::new(PathInterner::new(state.keys().cloned()));
     let filters = job.filters.clone();
     let local_root = job.local_root.clone();
-    let local_scan = tokio::task::spawn_blocking(move || local::scan(&local_root, &filters));
+    let local_paths = Arc::clone(&paths);
+    let local_scan =
+        tokio::task::spawn_blocking(move || local::scan(&local_root, &filters, &local_paths));
     let scan_input = Arc::new(ScanInput {
         root: root.clone(),
         filters: job.filters.clone(),
@@ -300,7 +303,8 @@ async fn prepare_limited(
             .map(|(p, _)| p.clone())
             .collect(),
     });
-    let (mut remote, remote_temps) = scan::scan(Arc::clone(&pool), Arc::clone(&scan_input)).await;
+    let (mut remote, remote_temps) =
+        scan::scan(Arc::clone(&pool), Arc::clone(&scan_input), paths).await;
     events.emit(Event::Scanned {
         side: crate::model::Side::Remote,
         entries: remote.entries.len() as u64,

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::job::Filters;
 use crate::model::RelPath;
-use crate::model::{Entry, LocalMeta, LocalTree, Problem};
+use crate::model::{Entry, LocalMeta, LocalTree, PathInterner, Problem};
 
 /// Prefix of the temporary names ftpsync writes beside their final names.
 /// Entries with this prefix are never synced, and leftovers are removed.
@@ -62,8 +62,9 @@ pub fn umask() -> u32 {
 
 /// Scans `root`. A missing root gives an empty tree with `root_exists =
 /// false`; directories that cannot be read are marked untrusted; temporary
-/// files of ftpsync are listed in `temps` for cleanup.
-pub fn scan(root: &Path, filters: &Filters) -> (LocalTree, Vec<RelPath>) {
+/// files of ftpsync are listed in `temps` for cleanup. A path `paths` knows
+/// is taken from it rather than allocated again.
+pub fn scan(root: &Path, filters: &Filters, paths: &PathInterner) -> (LocalTree, Vec<RelPath>) {
     let mut tree = LocalTree::default();
     let mut temps = Vec::new();
     match fs::symlink_metadata(root) {
@@ -81,7 +82,14 @@ pub fn scan(root: &Path, filters: &Filters) -> (LocalTree, Vec<RelPath>) {
             return (tree, temps);
         }
     }
-    walk(root, &RelPath::root(), filters, &mut tree, &mut temps);
+    walk(
+        root,
+        &RelPath::root(),
+        filters,
+        paths,
+        &mut tree,
+        &mut temps,
+    );
     tree.compact();
     (tree, temps)
 }
@@ -90,6 +98,7 @@ fn walk(
     root: &Path,
     dir: &RelPath,
     filters: &Filters,
+    paths: &PathInterner,
     tree: &mut LocalTree,
     temps: &mut Vec<RelPath>,
 ) {
@@ -129,7 +138,7 @@ fn walk(
             });
             continue;
         };
-        let rel = match dir.join(name.as_bytes()) {
+        let rel = match paths.join(dir, name.as_bytes()) {
             Ok(r) => r,
             Err(e) => {
                 tree.problems.push(Problem {
@@ -152,16 +161,17 @@ fn walk(
             }
         };
         let ft = md.file_type();
-        if ft.is_dir() || ft.is_file() {
-            tree.modes.insert(rel.clone(), md.permissions().mode());
-        }
         if ft.is_dir() {
             if filters.excludes_dir(rel.as_str()) {
                 tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
-            tree.entries.insert(rel.clone(), Entry::dir());
-            walk(root, &rel, filters, tree, temps);
+            // For a mkdir on the server. A file's mode is read when it is
+            // uploaded (from the same stat that checks it is unchanged), so
+            // it is not kept here for every file.
+            tree.modes.insert(rel.clone(), md.permissions().mode());
+            tree.add(rel.clone(), Entry::dir());
+            walk(root, &rel, filters, paths, tree, temps);
         } else if ft.is_file() {
             if is_temp_name(name) {
                 temps.push(rel);
@@ -171,7 +181,7 @@ fn walk(
                 tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
-            tree.entries.insert(
+            tree.add(
                 rel,
                 Entry::file(LocalMeta {
                     size: md.len(),
@@ -300,9 +310,16 @@ mod tests {
         fs::write(r.join(format!("b/{}", temp_name())), "partial").unwrap();
         std::os::unix::fs::symlink("/etc", r.join("link")).unwrap();
         let f = Filters::new(&[], &[".git/**".into(), "**/*.tmp".into()]).unwrap();
-        let (tree, temps) = scan(r, &f);
+        let known = RelPath::parse("b/c/keep").unwrap();
+        let interner = PathInterner::new([known.clone()]);
+        let (tree, temps) = scan(r, &f, &interner);
         let paths: Vec<_> = tree.entries.keys().map(|p| p.as_str().to_owned()).collect();
         assert_eq!(paths, ["a.txt", "b", "b/c", "b/c/keep"]);
+        let (found, _) = tree.entries.get_key_value(&known).unwrap();
+        assert!(
+            RelPath::same_text(found, &known),
+            "the scan made its own copy of a known path"
+        );
         assert_eq!(
             tree.entries[&RelPath::parse("a.txt").unwrap()]
                 .meta
@@ -312,11 +329,17 @@ mod tests {
             5
         );
         assert_eq!(tree.entries[&RelPath::parse("b").unwrap()].kind, Kind::Dir);
+        let with_modes: Vec<_> = tree.modes.keys().map(RelPath::as_str).collect();
+        assert_eq!(
+            with_modes,
+            ["b", "b/c"],
+            "modes are kept for directories only"
+        );
         assert_eq!(temps.len(), 1);
         assert_eq!(tree.problems.len(), 1, "{:?}", tree.problems);
         assert!(tree.problems[0].message.contains("symbolic link"));
         assert!(tree.root_exists);
-        let (missing, _) = scan(&r.join("nope"), &f);
+        let (missing, _) = scan(&r.join("nope"), &f, &PathInterner::default());
         assert!(!missing.root_exists);
     }
 

@@ -372,6 +372,43 @@ fn listing_doubt<M>(source: &Tree<M>, path: &RelPath) -> Option<Doubt> {
     })
 }
 
+/// One path and what each of the two trees and the state hold for it.
+struct Seen<'a> {
+    path: &'a RelPath,
+    local: Option<&'a Entry<LocalMeta>>,
+    remote: Option<&'a Entry<RemoteMeta>>,
+    state: Option<&'a StateRecord>,
+}
+
+/// Every path of the two trees and the state, in order: a merge of the
+/// three sorted maps, so the union is never built as a set of its own
+/// (at a million paths that set cost memory and most of the planning time).
+fn all_paths<'a>(
+    local: &'a LocalTree,
+    remote: &'a RemoteTree,
+    state: &'a BTreeMap<RelPath, StateRecord>,
+) -> impl Iterator<Item = Seen<'a>> {
+    let mut l = local.entries.iter().peekable();
+    let mut r = remote.entries.iter().peekable();
+    let mut s = state.iter().peekable();
+    std::iter::from_fn(move || {
+        let path = [
+            l.peek().map(|(p, _)| *p),
+            r.peek().map(|(p, _)| *p),
+            s.peek().map(|(p, _)| *p),
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        Some(Seen {
+            path,
+            local: l.next_if(|(p, _)| *p == path).map(|(_, e)| e),
+            remote: r.next_if(|(p, _)| *p == path).map(|(_, e)| e),
+            state: s.next_if(|(p, _)| *p == path).map(|(_, e)| e),
+        })
+    })
+}
+
 /// Plans a sync. `state` is what the last successful sync recorded.
 pub fn plan(
     local: &LocalTree,
@@ -407,26 +444,20 @@ pub fn plan_verified(
     untrusted.extend(remote.untrusted.iter().cloned());
     plan.skipped_untrusted = untrusted.iter().cloned().collect();
 
-    let paths: BTreeSet<&RelPath> = local
-        .entries
-        .keys()
-        .chain(remote.entries.keys())
-        .chain(state.keys())
-        .collect();
-
     let mut mkdirs = Vec::new();
     let mut transfers = Vec::new();
     let mut deletes = Vec::new();
     let mut rmdirs = Vec::new();
     let mut records = Vec::new();
-    for path in paths {
+    for seen in all_paths(local, remote, state) {
+        let path = seen.path;
         if path.is_root() || untrusted.iter().any(|u| path.is_within(u)) {
             continue;
         }
         let f = facts(
-            local.entries.get(path),
-            remote.entries.get(path),
-            state.get(path),
+            seen.local,
+            seen.remote,
+            seen.state,
             o,
             verdicts.get(path).copied(),
         );
@@ -654,6 +685,38 @@ mod tests {
             .into_iter()
             .map(|i| (i.op, i.side, i.reason))
             .collect()
+    }
+
+    #[test]
+    fn all_paths_merges_the_three_maps_in_order() {
+        let mut l = Tree::default();
+        let mut r = Tree::default();
+        let mut s = BTreeMap::new();
+        for name in ["a", "a/x", "c"] {
+            l.entries.insert(p(name), lf(1, "00"));
+        }
+        for name in ["a-b", "a/x", "c"] {
+            r.entries.insert(p(name), rf(1, "00"));
+        }
+        for name in ["a", "a-b", "d"] {
+            s.insert(p(name), rec(None, None));
+        }
+        let seen: Vec<(&str, bool, bool, bool)> = all_paths(&l, &r, &s)
+            .map(|x| {
+                let (l, r, s) = (x.local.is_some(), x.remote.is_some(), x.state.is_some());
+                (x.path.as_str(), l, r, s)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("a", true, false, true),
+                ("a-b", false, true, true),
+                ("a/x", true, true, false),
+                ("c", true, true, false),
+                ("d", false, false, true),
+            ]
+        );
     }
 
     #[test]

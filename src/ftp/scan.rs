@@ -21,7 +21,9 @@ use super::reply::FtpFailure;
 use crate::job::{Filters, RetryPolicy};
 use crate::local::is_temp_name;
 use crate::model::RelPath;
-use crate::model::{Entry, ListingFacts, Problem, RemoteMeta, RemoteTree, SecondListing};
+use crate::model::{
+    Entry, ListingFacts, PathInterner, Problem, RemoteMeta, RemoteTree, SecondListing,
+};
 
 /// What the scan needs besides the pool.
 pub struct ScanInput {
@@ -68,7 +70,8 @@ fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
 }
 
 /// Scans the remote tree. Returns the tree and the temporary files of
-/// earlier interrupted runs that were found (relative paths).
+/// earlier interrupted runs that were found (relative paths). A path
+/// `paths` knows is taken from it rather than allocated again.
 ///
 /// A directory's listing counts only after its parent's listing named it
 /// as a directory (`shown`); one listed ahead of that, from
@@ -76,7 +79,11 @@ fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
 /// away if its parent never shows it. An early listing that found no
 /// directory is not trusted for one that the parent shows: that one is
 /// listed again, as a scan without expectations would.
-pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<RelPath>) {
+pub async fn scan(
+    pool: Arc<Pool>,
+    input: Arc<ScanInput>,
+    paths: Arc<PathInterner>,
+) -> (RemoteTree, Vec<RelPath>) {
     let mut tree = RemoteTree::default();
     let mut temps = Vec::new();
     let now = chrono::Utc::now().naive_utc();
@@ -182,7 +189,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
         );
         let known = tree.entries.len();
         for e in listing.listing.entries {
-            let rel = match dir.join(&e.name) {
+            let rel = match paths.join(&dir, &e.name) {
                 Ok(r) => r,
                 Err(why) => {
                     tree.problems.push(Problem {
@@ -209,7 +216,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                         tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
-                    tree.entries.insert(rel.clone(), Entry::dir());
+                    tree.add(rel.clone(), Entry::dir());
                     shown.insert(rel.clone());
                     match early.remove(&rel) {
                         Some(l) if l.found_nothing() => spawn(&mut tasks, rel),
@@ -228,7 +235,7 @@ pub async fn scan(pool: Arc<Pool>, input: Arc<ScanInput>) -> (RemoteTree, Vec<Re
                         tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
-                    tree.entries.insert(
+                    tree.add(
                         rel,
                         Entry::file(RemoteMeta {
                             size: e.size,

@@ -6,8 +6,10 @@
 //! ftpsync, so nothing downstream can build a path that escapes the local root
 //! or smuggles a second command onto the FTP control connection.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,13 +49,19 @@ pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
 
 /// A path relative to a sync root, `/`-separated, every component checked by
 /// [`validate_name`]. The empty path is the root itself.
+///
+/// The text is shared: a clone is a reference count, not a copy. One path
+/// sits in the local tree, the remote tree, the state, their side maps and
+/// the plan at once, and with a million files those copies were most of a
+/// run's memory (see [`super::PathInterner`] for sharing between maps built
+/// apart). It compares, orders and hashes as its text (`Borrow<str>`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct RelPath(String);
+pub struct RelPath(Arc<str>);
 
 impl RelPath {
     /// The root of the tree.
     pub fn root() -> Self {
-        RelPath(String::new())
+        RelPath(Arc::from(""))
     }
 
     /// Parses a stored or user-given `a/b/c` path, validating every component.
@@ -61,11 +69,10 @@ impl RelPath {
         if s.is_empty() {
             return Ok(Self::root());
         }
-        let mut p = Self::root();
         for part in s.split('/') {
-            p = p.join(part.as_bytes())?;
+            validate_name(part.as_bytes())?;
         }
-        Ok(p)
+        Ok(Self::from_valid(s))
     }
 
     /// The child `name` of this path; `name` is validated.
@@ -74,12 +81,31 @@ impl RelPath {
         Ok(self.join_valid(name))
     }
 
-    fn join_valid(&self, name: &str) -> Self {
-        if self.0.is_empty() {
-            RelPath(name.to_owned())
-        } else {
-            RelPath(format!("{}/{}", self.0, name))
+    /// The child `name`, already validated.
+    pub(super) fn join_valid(&self, name: &str) -> Self {
+        Self::from_valid(&self.joined_text(name))
+    }
+
+    /// The text of the child `name`: `self/name`, or `name` under the root.
+    pub(super) fn joined_text(&self, name: &str) -> String {
+        let mut text = String::with_capacity(self.0.len() + 1 + name.len());
+        if !self.0.is_empty() {
+            text.push_str(&self.0);
+            text.push('/');
         }
+        text.push_str(name);
+        text
+    }
+
+    /// A path from text made of validated names joined by `/`.
+    pub(super) fn from_valid(text: &str) -> Self {
+        RelPath(Arc::from(text))
+    }
+
+    /// Whether the two share one copy of their text (not only equal text).
+    #[cfg(test)]
+    pub(crate) fn same_text(a: &RelPath, b: &RelPath) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
     }
 
     pub fn is_root(&self) -> bool {
@@ -101,7 +127,7 @@ impl RelPath {
             return None;
         }
         Some(match self.0.rfind('/') {
-            Some(i) => RelPath(self.0[..i].to_owned()),
+            Some(i) => RelPath(Arc::from(&self.0[..i])),
             None => RelPath::root(),
         })
     }
@@ -117,9 +143,8 @@ impl RelPath {
 
     /// Whether `self` is `ancestor` or lies below it.
     pub fn is_within(&self, ancestor: &RelPath) -> bool {
-        ancestor.0.is_empty()
-            || self.0 == ancestor.0
-            || (self.0.starts_with(&ancestor.0) && self.0.as_bytes()[ancestor.0.len()] == b'/')
+        let (me, up) = (self.as_str(), ancestor.as_str());
+        up.is_empty() || me == up || (me.starts_with(up) && me.as_bytes()[up.len()] == b'/')
     }
 
     /// The path under a local root. Components are validated, so the result
@@ -138,12 +163,18 @@ impl RelPath {
             return root.to_owned();
         }
         if root.is_empty() {
-            self.0.clone()
+            self.0.to_string()
         } else if root.ends_with('/') {
             format!("{root}{}", self.0)
         } else {
             format!("{root}/{}", self.0)
         }
+    }
+}
+
+impl Borrow<str> for RelPath {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -118,14 +118,26 @@ pub struct Tree<M> {
     /// filters, a symlink, a special file): they cannot be removed.
     pub holds_unsynced: BTreeSet<RelPath>,
     pub problems: Vec<Problem>,
-    /// The mode bits of files and directories where the scan saw them (the
-    /// local disk; a remote listing that shows modes). Only what a transfer
-    /// or mkdir gives its target: not part of a file's fingerprint, so a
-    /// change of mode alone transfers nothing.
+    /// The mode bits the scan saw: of directories on the local disk (an
+    /// upload reads its file's mode when it opens it), of files and
+    /// directories in a remote listing that shows modes. Only what a
+    /// transfer or mkdir gives its target: not part of a file's
+    /// fingerprint, so a change of mode alone transfers nothing.
     pub modes: BTreeMap<RelPath, u32>,
     /// Whether the root itself exists.
     pub root_exists: bool,
+    /// How many entries `entries` held when [`Tree::add`] last packed it.
+    packed_len: usize,
 }
+
+/// [`Tree::add`] packs the entries once they grew by this fraction of
+/// what was packed before (1/`PACK_GROWTH`): at most that share of the map
+/// is ever in half-full nodes, and every entry is moved about
+/// `PACK_GROWTH + 1` times in all.
+const PACK_GROWTH: usize = 4;
+
+/// Below this many entries [`Tree::add`] does not pack (compact does, at the end).
+const PACK_MIN: usize = 4096;
 
 impl<M> Default for Tree<M> {
     fn default() -> Self {
@@ -138,19 +150,34 @@ impl<M> Default for Tree<M> {
             problems: Vec::new(),
             modes: BTreeMap::new(),
             root_exists: true,
+            packed_len: 0,
         }
     }
 }
 
 impl<M> Tree<M> {
-    /// Rebuilds the maps with full nodes. Inserting paths in order (as the
-    /// scans do) leaves a `BTreeMap`'s nodes about half full; building one
-    /// from sorted entries packs them, which at a million entries saves
-    /// about a third of the tree's memory. Call once a scan is done.
+    /// Rebuilds the maps with full nodes (see [`pack`]). Inserting paths in
+    /// order (as the scans do) leaves a `BTreeMap`'s nodes about half full;
+    /// packing them saves about a third of the tree's memory at a million
+    /// entries. Call once a scan is done.
     pub fn compact(&mut self) {
-        self.entries = std::mem::take(&mut self.entries).into_iter().collect();
-        if !self.modes.is_empty() {
-            self.modes = std::mem::take(&mut self.modes).into_iter().collect();
+        pack(&mut self.entries);
+        pack(&mut self.modes);
+        self.packed_len = self.entries.len();
+    }
+
+    /// Adds what a scan found at `path`, as `entries.insert` would.
+    ///
+    /// A map that grows by inserts in order (or a directory at a time) is
+    /// mostly half-full nodes until [`Tree::compact`] packs it, and at its
+    /// largest, at the end of a scan, that was the peak of a run: the
+    /// entries are packed as they grow instead (see [`PACK_GROWTH`]).
+    pub fn add(&mut self, path: RelPath, entry: Entry<M>) {
+        self.entries.insert(path, entry);
+        let len = self.entries.len();
+        if len >= PACK_MIN && len >= self.packed_len + self.packed_len / PACK_GROWTH {
+            pack(&mut self.entries);
+            self.packed_len = len;
         }
     }
 
@@ -164,3 +191,61 @@ impl<M> Tree<M> {
 
 pub type LocalTree = Tree<LocalMeta>;
 pub type RemoteTree = Tree<RemoteMeta>;
+
+/// Rebuilds `map` with full nodes, without a second copy of it at any time.
+///
+/// A `BTreeMap` that grew by inserts has its nodes half to two thirds full.
+/// Collecting it into a new map would pack them, but `FromIterator` first
+/// gathers every entry in a `Vec`, so for a moment the entries are held
+/// twice. `append` into a non-empty map instead merges the two in order and
+/// builds the result with full nodes as it goes, while the consumed map's
+/// nodes are freed one by one: the memory in use never grows.
+pub fn pack<K: Ord, V>(map: &mut BTreeMap<K, V>) {
+    let mut rest = std::mem::take(map);
+    let Some(first) = rest.pop_first() else {
+        return;
+    };
+    let mut packed = BTreeMap::from([first]);
+    packed.append(&mut rest);
+    *map = packed;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_inserts_and_packs_as_the_tree_grows() {
+        let mut tree = LocalTree::default();
+        let mut plain = BTreeMap::new();
+        let root = RelPath::root();
+        for i in 0..3 * PACK_MIN {
+            // Out of order, as the remote scan's directories come back.
+            let name = format!("f{:05}", i * 7919 % (3 * PACK_MIN));
+            let path = root.join(name.as_bytes()).unwrap();
+            tree.add(path.clone(), Entry::dir());
+            plain.insert(path, Entry::dir());
+        }
+        assert_eq!(tree.entries, plain);
+        assert!(
+            tree.packed_len >= 2 * PACK_MIN,
+            "not packed while growing ({})",
+            tree.packed_len
+        );
+    }
+
+    #[test]
+    fn pack_keeps_every_entry_in_order() {
+        for n in [0, 1, 2, 11, 12, 1000] {
+            // Inserted out of order, one by one, as a scan does.
+            let mut map = BTreeMap::new();
+            for i in 0..n {
+                map.insert(i * 7919 % 10007, i.to_string());
+            }
+            let before: Vec<(u32, String)> = map.clone().into_iter().collect();
+            pack(&mut map);
+            assert_eq!(map.len(), before.len());
+            assert_eq!(map.into_iter().collect::<Vec<_>>(), before, "n = {n}");
+        }
+    }
+}
