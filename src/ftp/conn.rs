@@ -13,6 +13,10 @@
 //! does with `ftp:sync-mode off`), and a small upload's bytes go out without
 //! waiting for the 150; on vsftpd an upload's checks follow its data without
 //! waiting for the 226. Downloads read on a data connection of their own too.
+//! A passive request for the next transfer rides behind each exchange (on
+//! vsftpd behind every transfer, elsewhere behind an upload's checks), so
+//! the next STOR, RETR or listing on the connection goes out with its port
+//! already known: about one round trip per file and connection.
 //! Other servers (libunftp among them works on several commands at once, and
 //! answered RNTO before RNFR) get one command at a time. The pipelined login
 //! doubles as the probe, and checks on the replies guard the choice; when
