@@ -1767,20 +1767,19 @@ impl FtpConn {
             let r = self
                 .batch_with(&[cwd, self.pasv_verb().into()], true)
                 .await?;
-            if let Ok(port) = port_of(&r[1]) {
-                // After a refused CWD the listener is still good for the next transfer.
-                self.ready = Some((port, std::time::Instant::now()));
+            let port = port_of(&r[1]);
+            if !(200..300).contains(&r[0].code) {
+                if let Ok(port) = port {
+                    // After a refused CWD the listener is still good for the next transfer.
+                    self.ready = Some((port, std::time::Instant::now()));
+                }
+                return if r[0].code == 550 {
+                    Ok(None)
+                } else {
+                    Err(r[0].failure())
+                };
             }
-            match r[0].code {
-                200..=299 => {}
-                550 => return Ok(None),
-                _ => return Err(r[0].failure()),
-            }
-            let port = self.take_ready().ok_or_else(|| match port_of(&r[1]) {
-                Err(e) => e,
-                Ok(_) => FtpFailure::Protocol("passive port lost".into()),
-            })?;
-            return self.read_direct(cmd, port, ahead, false).await.map(Some);
+            return self.read_direct(cmd, port?, ahead, false).await.map(Some);
         };
         let pasv_next = if ahead { self.pasv_verb() } else { "" };
         self.write_raw(command_wire(&[&cwd, cmd, pasv_next]).as_bytes())
