@@ -1092,7 +1092,8 @@ async fn execute_prepared(
     report.problems = problems;
     report.skipped_untrusted = skipped_untrusted.into_iter().collect();
     report.kept = kept;
-    p.pool.close().await;
-    blocking(move || Ok(writer.flush()?)).await?;
+    // The goodbyes wait a round trip; the state's last write need not wait for them.
+    let (_, flushed) = tokio::join!(p.pool.close(), blocking(move || Ok(writer.flush()?)));
+    flushed?;
     Ok(report)
 }

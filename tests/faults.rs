@@ -218,6 +218,28 @@ fn rerun_lists_known_directories_ahead_of_the_root() {
     assert!(listings == 4 || listings == users, "{cmds:#?}");
 }
 
+/// The pool says goodbye on all its connections at once: a run whose
+/// QUIT replies each take 1.5 s ends about 1.5 s after its work, not
+/// 1.5 s per connection.
+#[test]
+fn goodbyes_are_said_at_once() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let job = f.env.job("push", false, "concurrency: 4\n");
+    f.env.run(&job, 0);
+    let before = count(&f.proxy.commands(), "QUIT");
+    let hold = Duration::from_millis(1500);
+    f.proxy.add_rule(Rule::new("QUIT", Action::Delay(hold)));
+    let started = std::time::Instant::now();
+    f.env.run(&job, 0);
+    let took = started.elapsed();
+    let quits = count(&f.proxy.commands(), "QUIT") - before;
+    // The first connection and one for each of the three directories.
+    assert_eq!(quits, 4, "{:#?}", f.proxy.commands());
+    // One after another they would take at least 4 x 1.5 s.
+    assert!(took < hold * 2, "{quits} goodbyes took {took:?}");
+}
+
 #[test]
 fn dropped_connections_and_cut_data_recover() {
     let f = faulty();

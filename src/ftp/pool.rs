@@ -235,7 +235,8 @@ impl Pool {
     /// login is several round trips, and a scan that will list many
     /// directories need not wait for them one wave at a time. Each holds a
     /// checkout permit while it logs in, so the pool stays within its size;
-    /// a failed login is left for the next `get` to meet.
+    /// one whose permit comes only after a connection went back idle opens
+    /// nothing. A failed login is left for the next `get` to meet.
     pub fn warm(self: &Arc<Self>, n: usize) {
         let n = n.min(self.size().saturating_sub(self.idle_count()));
         for _ in 0..n {
@@ -243,6 +244,12 @@ impl Pool {
             tokio::spawn(async move {
                 let warmed = async {
                     let mut pc = pool.checkout().await?;
+                    if pool.idle_count() > 0 {
+                        // A connection came back while this one waited for
+                        // its permit: the pool has one to give, and a new one
+                        // would only push an idle one out.
+                        return Ok(());
+                    }
                     pc.slot = Some(pool.open().await?);
                     pc.release();
                     Ok::<(), FtpFailure>(())
@@ -330,12 +337,22 @@ impl Pool {
         e
     }
 
-    /// Closes the idle connections politely.
+    /// Closes the idle connections politely, all at once: over a link with
+    /// latency each goodbye waits a round trip for its reply.
     pub async fn close(&self) {
         let slots: Vec<Slot> = std::mem::take(&mut *self.idle_list());
+        let mut quits = tokio::task::JoinSet::new();
         for s in slots {
-            s.conn.quit().await;
+            quits.spawn(async move {
+                let Slot {
+                    conn,
+                    _server_permit: permit,
+                } = s;
+                conn.quit().await;
+                drop(permit);
+            });
         }
+        while quits.join_next().await.is_some() {}
     }
 }
 
