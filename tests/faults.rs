@@ -1257,6 +1257,23 @@ fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
     f.env.run(&push, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     let cmds = f.proxy.commands();
+    // The login's last command opens the port of the connection's first
+    // listing, which asks for none of its own.
+    let login_end = cmds
+        .iter()
+        .position(|c| c == "OPTS UTF8 ON")
+        .expect("login");
+    assert_eq!(cmds[login_end + 1], "EPSV", "{cmds:#?}");
+    let first_listing = cmds
+        .iter()
+        .position(|c| c.starts_with("MLSD") || c.starts_with("LIST"))
+        .expect("a listing");
+    assert!(
+        !cmds[login_end + 2..first_listing]
+            .iter()
+            .any(|c| c == "EPSV" || c == "PASV"),
+        "{cmds:#?}"
+    );
     let (stors, fresh) = after_passive(&cmds, "STOR ");
     assert_eq!(stors, 6, "{cmds:#?}");
     assert!(
@@ -1278,15 +1295,8 @@ fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
     assert_eq!(during(0), quiet_in_transfer, "{cmds:#?}");
 
     // A pull into an empty directory, with no state: the same for RETR.
-    fs::remove_dir_all(&f.env.local).unwrap();
-    fs::create_dir_all(&f.env.local).unwrap();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = fs::remove_file(format!("{}{suffix}", f.env.state_path().display()));
-    }
     let done = cmds.len();
-    let pull = f.env.job("pull", false, "concurrency: 1\n");
-    f.env.run(&pull, 0);
-    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    pull_afresh(f, 1);
     let cmds = f.proxy.commands()[done..].to_vec();
     let (retrs, fresh) = after_passive(&cmds, "RETR ");
     assert_eq!(retrs, 6, "{cmds:#?}");
@@ -1299,6 +1309,39 @@ fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
         assert_eq!(fresh, retrs, "{cmds:#?}");
     }
     assert_eq!(during(done), quiet_in_transfer, "{cmds:#?}");
+}
+
+/// Pulls the remote tree into an emptied local directory with no state,
+/// with `concurrency` connections, and checks the trees are the same.
+fn pull_afresh(f: &Faulty, concurrency: usize) {
+    fs::remove_dir_all(&f.env.local).unwrap();
+    fs::create_dir_all(&f.env.local).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = fs::remove_file(format!("{}{suffix}", f.env.state_path().display()));
+    }
+    let pull = f
+        .env
+        .job("pull", false, &format!("concurrency: {concurrency}\n"));
+    f.env.run(&pull, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
+
+/// Downloads and listings close their sending half of the data connection
+/// as soon as it is open where the server answers the next command only
+/// once that close has reached it (vsftpd), and only there: each data
+/// connection that brought data to the client saw the client's close
+/// before the end of the server's data, or none did.
+fn inbound_data_closed_early(f: &Faulty, early: bool) {
+    small_tree(&f.env, 6);
+    f.proxy.watch_inbound_closes();
+    let push = f.env.job("push", false, "concurrency: 2\n");
+    f.env.run(&push, 0);
+    pull_afresh(f, 2);
+    let closes = f.proxy.inbound_closes();
+    let listings = count(&f.proxy.commands(), "MLSD") + count(&f.proxy.commands(), "LIST");
+    // Every listing (push and pull) and the six downloads.
+    assert_eq!(closes.len(), listings + 6, "{closes:?}");
+    assert!(closes.iter().all(|c| *c == early), "{closes:?}");
 }
 
 /// libunftp (the built-in server) works on several commands at once, so it
@@ -1517,6 +1560,18 @@ on_server!(
     crate::support::servers::start_vsftpd,
     passive_ports_opened_ahead,
     true
+);
+on_server!(
+    vsftpd_inbound_data_closed_early,
+    crate::support::servers::start_vsftpd,
+    inbound_data_closed_early,
+    true
+);
+on_server!(
+    pyftpdlib_inbound_data_not_closed_early,
+    crate::support::servers::start_pyftpdlib,
+    inbound_data_closed_early,
+    false
 );
 on_server!(
     pyftpdlib_passive_ports_opened_ahead,

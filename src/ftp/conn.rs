@@ -353,6 +353,23 @@ const IN_ORDER_SERVERS: [&str; 4] = ["vsftpd", "proftpd", "pure-ftpd", "pyftpdli
 /// with other commands is not checked): they are left out.
 const QUIET_IN_TRANSFER_SERVERS: [&str; 1] = ["vsftpd"];
 
+/// Servers that, after sending a download's or a listing's data, answer
+/// the next command only once the client's close of the data connection
+/// has reached them: one round trip per transfer that nothing needs (seen
+/// with vsftpd 3.0.3 over a delayed link: the reply to a command pipelined
+/// behind RETR or LIST comes a round trip after the 226). The client never
+/// writes on such a connection, so it closes its sending half as soon as
+/// the connection is open ([`half_close`]). Other servers are left out
+/// until shown to take an early close without cutting the transfer.
+const WAITS_FOR_DATA_CLOSE_SERVERS: [&str; 1] = ["vsftpd"];
+
+/// A listing's data connection: a passive port to connect to, or the
+/// connection made already.
+enum Data {
+    Port(u16),
+    Connected(tokio::net::TcpStream),
+}
+
 /// How data connections are opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum DataMode {
@@ -536,6 +553,9 @@ pub struct FtpConn {
     /// runs ([`QUIET_IN_TRANSFER_SERVERS`]), so a STOR's checks can follow
     /// its data without waiting for the 226.
     quiet_in_transfer: bool,
+    /// Downloads and listings close their end of the data connection as
+    /// soon as it is open ([`WAITS_FOR_DATA_CLOSE_SERVERS`]).
+    close_data_early: bool,
     /// A transfer was abandoned (dropped before its final reply): suppaftp
     /// reads that reply before its next command, and raw writes must wait
     /// for it too.
@@ -754,24 +774,35 @@ async fn write_all_raw(
     Ok(())
 }
 
-/// Logs in with USER, PASS, TYPE I, FEAT and OPTS UTF8 ON in one write
-/// (servers known to answer in order, plaintext): one round trip where one
-/// command at a time takes five. The write is also the pipelining probe: a
-/// server that reads one command per packet never answers PASS, and then
-/// the pool stops pipelining ([`PipelineVerdict::BROKEN`]) and the caller
-/// logs in again one command at a time. Returns FEAT's features (or its
-/// refusal).
+/// What a pipelined login learnt: FEAT's features (or its refusal), and
+/// the port of the passive request that ended it, when the server opened one.
+type LoginOutcome = (
+    Result<Vec<(String, Option<String>)>, FtpFailure>,
+    Option<u16>,
+);
+
+/// Logs in with USER, PASS, TYPE I, FEAT, OPTS UTF8 ON and EPSV in one
+/// write (servers known to answer in order, plaintext, passive): one round
+/// trip where one command at a time takes six, and the connection's first
+/// transfer or listing finds its passive port open. The write is also the
+/// pipelining probe: a server that reads one command per packet never
+/// answers PASS, and then the pool stops pipelining
+/// ([`PipelineVerdict::BROKEN`]) and the caller logs in again one command
+/// at a time.
 async fn login_pipelined(
     stream: &mut AsyncRustlsFtpStream,
     o: &ConnectOptions,
-) -> Result<Result<Vec<(String, Option<String>)>, FtpFailure>, FtpFailure> {
+) -> Result<LoginOutcome, FtpFailure> {
     let t = o.timeout;
     let wire = format!(
-        "USER {}\r\nPASS {}\r\nTYPE I\r\nFEAT\r\nOPTS UTF8 ON\r\n",
+        "USER {}\r\nPASS {}\r\nTYPE I\r\nFEAT\r\nOPTS UTF8 ON\r\nEPSV\r\n",
         o.user,
         o.password.expose()
     );
-    tracing::trace!("-> USER {}; PASS ****; TYPE I; FEAT; OPTS UTF8 ON", o.user);
+    tracing::trace!(
+        "-> USER {}; PASS ****; TYPE I; FEAT; OPTS UTF8 ON; EPSV",
+        o.user
+    );
     {
         let sock = stream.get_ref().await;
         write_all_raw(&sock, wire.as_bytes(), t).await?;
@@ -796,7 +827,8 @@ async fn login_pipelined(
     let (type_i, _) = next(stream, t).await?;
     let (feat, body) = next(stream, t).await?;
     let (utf8, _) = next(stream, t).await?;
-    for r in [&type_i, &feat, &utf8] {
+    let (epsv, _) = next(stream, t).await?;
+    for r in [&type_i, &feat, &utf8, &epsv] {
         if r.code == 421 {
             return Err(r.failure());
         }
@@ -804,11 +836,13 @@ async fn login_pipelined(
     if !(200..300).contains(&type_i.code) {
         return Err(type_i.failure());
     }
+    // Anything but a 229 (a refusal) only means the first transfer asks again.
+    let port = (epsv.code == 229).then(|| passive_port(&epsv)).flatten();
     o.pipelining.set(PipelineVerdict::WORKS);
     if feat.code != 211 {
-        return Ok(Err(feat.failure()));
+        return Ok((Err(feat.failure()), port));
     }
-    Ok(Ok(feat_lines(&body)))
+    Ok((Ok(feat_lines(&body)), port))
 }
 
 /// The features in a FEAT reply (RFC 2389 §3.2): the lines between the
@@ -906,8 +940,11 @@ impl FtpConn {
         let plain = o.tls == TlsMode::None;
         let in_order = plain && o.passive && IN_ORDER_SERVERS.iter().any(|b| banner.contains(b));
         let piped_login = in_order && o.pipelining.get() != PipelineVerdict::BROKEN;
+        let mut opened_at_login = None;
         let feat = if piped_login {
-            login_pipelined(&mut stream, o).await?
+            let (feat, port) = login_pipelined(&mut stream, o).await?;
+            opened_at_login = port;
+            feat
         } else {
             timed(t, stream.login(o.user.as_str(), o.password.expose())).await?;
             timed(t, stream.transfer_type(FileType::Binary)).await?;
@@ -961,6 +998,9 @@ impl FtpConn {
         let mdtm_write = !features.mfmt && banner.contains("vsftpd");
         let pipeline = in_order && o.pipelining.get() != PipelineVerdict::BROKEN;
         let quiet_in_transfer = QUIET_IN_TRANSFER_SERVERS.iter().any(|b| banner.contains(b));
+        let close_data_early = WAITS_FOR_DATA_CLOSE_SERVERS
+            .iter()
+            .any(|b| banner.contains(b));
         let data_mode = if !o.passive {
             DataMode::Active
         } else if features.epsv || addr.is_ipv6() {
@@ -1003,6 +1043,7 @@ impl FtpConn {
             plain,
             pipeline,
             quiet_in_transfer,
+            close_data_early,
             abandoned: false,
             verdict: Arc::clone(&o.pipelining),
             chmod: Arc::clone(&o.chmod),
@@ -1010,7 +1051,10 @@ impl FtpConn {
             data_mode,
             peer: addr.ip(),
             tickets,
-            ready: None,
+            // Only where EPSV is the data mode: the port is reached the same way.
+            ready: opened_at_login
+                .filter(|_| data_mode == DataMode::Epsv)
+                .map(|p| (p, std::time::Instant::now())),
             retired: false,
         })
     }
@@ -1592,6 +1636,35 @@ impl FtpConn {
         Ok(sock)
     }
 
+    /// Connects to a passive port opened ahead right after the commands that
+    /// use it went out, before their first reply is read: the connection's
+    /// round trip overlaps that reply's. A failure is the network's (the
+    /// replies are left unread, and the connection with them).
+    async fn connect_ahead(&mut self, port: u16) -> Result<tokio::net::TcpStream, FtpFailure> {
+        let t = self.timeout;
+        let addr = SocketAddr::new(self.peer, port);
+        let e = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => FtpFailure::Network(format!("data connection: {e}")),
+            Err(_) => FtpFailure::Timeout(t),
+        };
+        self.retired = true;
+        Err(e)
+    }
+
+    /// For a download or a listing: closes our sending half of the data
+    /// connection at once where the server waits for it
+    /// ([`WAITS_FOR_DATA_CLOSE_SERVERS`]).
+    async fn inbound(&self, mut sock: tokio::net::TcpStream) -> tokio::net::TcpStream {
+        if self.close_data_early {
+            use tokio::io::AsyncWriteExt;
+            if let Err(e) = sock.shutdown().await {
+                tracing::debug!("closing the sending half of a data connection: {e}");
+            }
+        }
+        sock
+    }
+
     /// Opens a data connection to `port` at the control connection's address
     /// (never the one in a PASV reply).
     async fn connect_data(&mut self, port: u16) -> Result<tokio::net::TcpStream, FtpFailure> {
@@ -1779,11 +1852,16 @@ impl FtpConn {
                     Err(r[0].failure())
                 };
             }
-            return self.read_direct(cmd, port?, ahead, false).await.map(Some);
+            return self
+                .read_direct(cmd, Data::Port(port?), ahead, false)
+                .await
+                .map(Some);
         };
         let pasv_next = if ahead { self.pasv_verb() } else { "" };
         self.write_raw(command_wire(&[&cwd, cmd, pasv_next]).as_bytes())
             .await?;
+        let sock = self.connect_ahead(port).await?;
+        let sock = self.inbound(sock).await;
         let r = self.read_reply().await?;
         let found = match r.code {
             200..=299 => Ok(true),
@@ -1791,7 +1869,9 @@ impl FtpConn {
             _ => Err(r.failure()),
         };
         // The listing runs whatever CWD said: read it to stay in step.
-        let data = self.read_direct(cmd, port, ahead, true).await;
+        let data = self
+            .read_direct(cmd, Data::Connected(sock), ahead, true)
+            .await;
         match (found, data) {
             (Ok(true), data) => data.map(Some),
             (Ok(false), Err(e)) | (Err(_), Err(e)) if e.breaks_connection() => Err(e),
@@ -1800,15 +1880,16 @@ impl FtpConn {
         }
     }
 
-    /// Runs a listing command whose passive port is already known, on a
-    /// data connection of our own (`sent`: the command went out already);
+    /// Runs a listing command whose passive port is already known (or
+    /// connected to), on a data connection of our own (`sent`: the command
+    /// went out already);
     /// returns the raw bytes once the final reply says the listing is
     /// complete. With `ahead`, a passive request for the next transfer
     /// goes behind the command, and its reply is read last.
     async fn read_direct(
         &mut self,
         cmd: &str,
-        port: u16,
+        data: Data,
         ahead: bool,
         sent: bool,
     ) -> Result<Vec<u8>, FtpFailure> {
@@ -1819,7 +1900,13 @@ impl FtpConn {
                 .await?;
         }
         let listed = async {
-            let mut sock = self.connect_data(port).await?;
+            let mut sock = match data {
+                Data::Port(port) => {
+                    let sock = self.connect_data(port).await?;
+                    self.inbound(sock).await
+                }
+                Data::Connected(sock) => sock,
+            };
             self.expect_preliminary(cmd).await?;
             let mut data = Vec::new();
             let mut buf = vec![0u8; 64 * 1024];
@@ -2222,6 +2309,7 @@ impl FtpConn {
         let pipelined = self.pipelining() && rest == 0;
         let ready = self.take_ready().filter(|_| pipelined);
         let mut time = None;
+        let mut connected = None;
         if pipelined {
             let ask = if mdtm {
                 format!("MDTM {remote}")
@@ -2233,6 +2321,10 @@ impl FtpConn {
                     .as_bytes(),
             )
             .await?;
+            if let Some(port) = ready {
+                let sock = self.connect_ahead(port).await?;
+                connected = Some(self.inbound(sock).await);
+            }
             if mdtm {
                 let r = self.read_reply().await?;
                 match r.code {
@@ -2256,8 +2348,11 @@ impl FtpConn {
             )
             .await?;
         }
+        if let Some(sock) = connected {
+            return Ok((sock, time));
+        }
         let sock = self.open_passive(&retr, rest, pipelined, ready).await?;
-        Ok((sock, time))
+        Ok((self.inbound(sock).await, time))
     }
 
     /// Says goodbye (best effort).

@@ -195,6 +195,8 @@ impl FaultProxy {
             rejected: AtomicUsize::new(0),
             tasks: Tasks::default(),
             pasv_ip: Mutex::new([127, 0, 0, 1]),
+            inbound_closes: Arc::new(Mutex::new(Vec::new())),
+            watch_closes: std::sync::atomic::AtomicBool::new(false),
         });
         shared
             .tasks
@@ -260,6 +262,22 @@ impl FaultProxy {
         *lock(&self.shared.pasv_ip) = ip;
     }
 
+    /// From now on, records for each download or listing data connection
+    /// (not uploads) whether the client closes its sending half before it
+    /// could have seen the end of the data: the end of the server's data
+    /// is passed on only once the client's close has arrived, or after
+    /// [`CLOSE_WAIT`] without it (a client that waits for the end). Read
+    /// with [`Self::inbound_closes`].
+    pub fn watch_inbound_closes(&self) {
+        self.shared.watch_closes.store(true, Ordering::SeqCst);
+    }
+
+    /// What [`Self::watch_inbound_closes`] saw, one entry per data
+    /// connection in the order their data ended: true if the client closed first.
+    pub fn inbound_closes(&self) -> Vec<bool> {
+        lock(&self.shared.inbound_closes).clone()
+    }
+
     /// Number of client control connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
@@ -312,6 +330,9 @@ struct Shared {
     tasks: Tasks,
     /// The address advertised in rewritten 227 replies (the proxy listens on 127.0.0.1 only).
     pasv_ip: Mutex<[u8; 4]>,
+    /// See [`FaultProxy::watch_inbound_closes`].
+    inbound_closes: Arc<Mutex<Vec<bool>>>,
+    watch_closes: std::sync::atomic::AtomicBool,
 }
 
 /// The outcome of matching one command against the rules.
@@ -569,6 +590,41 @@ struct DataPlan {
     fault: Option<DataFault>,
     /// Told whether the connection was cut (true) or ended otherwise (false).
     outcome: Option<oneshot::Sender<bool>>,
+    /// Where a download or listing records who closed first, when watched
+    /// ([`FaultProxy::watch_inbound_closes`]).
+    closes: Option<Arc<Mutex<Vec<bool>>>>,
+}
+
+/// How long a watched download or listing holds the end of the server's
+/// data for the client's close ([`FaultProxy::watch_inbound_closes`]).
+pub const CLOSE_WAIT: Duration = Duration::from_millis(300);
+
+/// Whether the client closed its sending half of a data connection.
+#[derive(Default)]
+struct ClientClose {
+    closed: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl ClientClose {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether the client closes within [`CLOSE_WAIT`].
+    async fn wait(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        loop {
+            let notified = self.notify.notified();
+            if self.closed.load(Ordering::SeqCst) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.closed.load(Ordering::SeqCst);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -765,6 +821,9 @@ impl Session {
                 upload: UPLOAD_VERBS.contains(&verb.as_str()),
                 fault,
                 outcome,
+                closes: (self.shared.watch_closes.load(Ordering::SeqCst)
+                    && !UPLOAD_VERBS.contains(&verb.as_str()))
+                .then(|| Arc::clone(&self.shared.inbound_closes)),
             };
             if self.claim_data(plan)
                 && let Some(cut) = cut
@@ -1066,13 +1125,30 @@ async fn relay_data(
     };
     let outcome = Mutex::new(plan.outcome);
     let counter = AtomicU64::new(0);
+    let client_close = ClientClose::default();
+    let watch = plan.closes.as_ref().map(|closes| (&client_close, closes));
     let result = if limit == Some(0) {
         Err(Stop::Cut)
     } else {
         let (mut cr, mut cw) = client.split();
         let (mut sr, mut sw) = server.split();
-        let up = pump(&mut cr, &mut sw, DownMode::Pass, &counter, limit, &outcome);
-        let down = pump(&mut sr, &mut cw, down_mode, &counter, limit, &outcome);
+        let up = async {
+            let r = pump(
+                &mut cr,
+                &mut sw,
+                DownMode::Pass,
+                &counter,
+                limit,
+                &outcome,
+                None,
+            )
+            .await;
+            client_close.close();
+            r
+        };
+        let down = pump(
+            &mut sr, &mut cw, down_mode, &counter, limit, &outcome, watch,
+        );
         tokio::try_join!(up, down).map(|_| ())
     };
     if let Err(stop) = result {
@@ -1099,7 +1175,8 @@ fn report(outcome: &Mutex<Option<oneshot::Sender<bool>>>, cut: bool) {
 
 /// Copies `r` to `w` until EOF, applying `mode`, then shuts `w` down. With `limit`, stops with
 /// [`Stop::Cut`] once `counter` (shared by both directions) reaches it. Reports "not cut" to
-/// `outcome` when `r` ends.
+/// `outcome` when `r` ends. With `watch`, waits for the client's close before shutting `w`
+/// down and records whether it came ([`FaultProxy::watch_inbound_closes`]).
 async fn pump<R, W>(
     r: &mut R,
     w: &mut W,
@@ -1107,6 +1184,7 @@ async fn pump<R, W>(
     counter: &AtomicU64,
     limit: Option<u64>,
     outcome: &Mutex<Option<oneshot::Sender<bool>>>,
+    watch: Option<(&ClientClose, &Arc<Mutex<Vec<bool>>>)>,
 ) -> Result<(), Stop>
 where
     R: AsyncRead + Unpin,
@@ -1160,6 +1238,10 @@ where
     report(outcome, false);
     if let DownMode::Replace(bytes) = mode {
         w.write_all(bytes).await.map_err(|_| Stop::Reset)?;
+    }
+    if let Some((client, closes)) = watch {
+        let early = client.wait().await;
+        lock(closes).push(early);
     }
     let _ = w.shutdown().await;
     Ok(())
