@@ -189,13 +189,18 @@ impl Pool {
             .acquire_owned()
             .await
             .map_err(|_| FtpFailure::Network("connection pool closed".into()))?;
+        Ok(self.checked_out_with(permit))
+    }
+
+    /// A checkout on a permit already taken.
+    fn checked_out_with(&self, permit: OwnedSemaphorePermit) -> PooledConn<'_> {
         self.checked_out.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
+        PooledConn {
             pool: self,
             slot: None,
             permit: Some(permit),
             in_step: false,
-        })
+        }
     }
 
     /// Checks out a connection, opening a new one if none is idle.
@@ -235,21 +240,26 @@ impl Pool {
     /// login is several round trips, and a scan that will list many
     /// directories need not wait for them one wave at a time. Each holds a
     /// checkout permit while it logs in, so the pool stays within its size;
-    /// one whose permit comes only after a connection went back idle opens
-    /// nothing. A failed login is left for the next `get` to meet.
+    /// a failed login is left for the next `get` to meet.
+    ///
+    /// The permits are taken here, before this returns: a `get` that comes
+    /// after waits for a connection being warmed instead of opening one of
+    /// its own. (Taken in the background tasks, a `get` could win a permit
+    /// first and log in itself, and the warmed connection that followed
+    /// was one too many, closed again as soon as it was idle.)
     pub fn warm(self: &Arc<Self>, n: usize) {
+        if self.gave_up() {
+            return;
+        }
         let n = n.min(self.size().saturating_sub(self.idle_count()));
         for _ in 0..n {
+            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+                break;
+            };
             let pool = Arc::clone(self);
             tokio::spawn(async move {
                 let warmed = async {
-                    let mut pc = pool.checkout().await?;
-                    if pool.idle_count() > 0 {
-                        // A connection came back while this one waited for
-                        // its permit: the pool has one to give, and a new one
-                        // would only push an idle one out.
-                        return Ok(());
-                    }
+                    let mut pc = pool.checked_out_with(permit);
                     pc.slot = Some(pool.open().await?);
                     pc.release();
                     Ok::<(), FtpFailure>(())

@@ -186,6 +186,7 @@ impl FaultProxy {
             rules: Mutex::new(Vec::new()),
             rng: Mutex::new(DEFAULT_SEED),
             commands: Mutex::new(Vec::new()),
+            origins: Mutex::new(Vec::new()),
             pipelined: Mutex::new(Vec::new()),
             fired: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
@@ -234,6 +235,21 @@ impl FaultProxy {
     /// read, so not listed.
     pub fn commands(&self) -> Vec<String> {
         lock(&self.shared.commands).clone()
+    }
+
+    /// [`Self::commands`], each with the session it came on (numbered from 1 in the order
+    /// the proxy accepted them) and when it arrived: "#2 +0.153s MLSD".
+    pub fn commands_by_session(&self) -> Vec<String> {
+        let log = lock(&self.shared.commands);
+        let origins = lock(&self.shared.origins);
+        let start = origins.first().map(|(_, at)| *at);
+        log.iter()
+            .zip(origins.iter())
+            .map(|(cmd, (session, at))| {
+                let since = start.map_or(Duration::ZERO, |s| at.duration_since(s));
+                format!("#{session} +{:.3}s {cmd}", since.as_secs_f64())
+            })
+            .collect()
     }
 
     /// The commands (as in [`Self::commands`]) that arrived while a reply to an earlier command
@@ -318,6 +334,8 @@ struct Shared {
     rules: Mutex<Vec<RuleSlot>>,
     rng: Mutex<u64>,
     commands: Mutex<Vec<String>>,
+    /// The session (numbered from 1 in the order accepted) and arrival time of each command.
+    origins: Mutex<Vec<(usize, std::time::Instant)>>,
     pipelined: Mutex<Vec<usize>>,
     fired: AtomicUsize,
     connections: AtomicUsize,
@@ -388,11 +406,12 @@ impl Shared {
         xorshift_unit(&mut state) < p
     }
 
-    fn record(&self, line: String, pipelined: bool) {
+    fn record(&self, session: usize, line: String, pipelined: bool) {
         let mut log = lock(&self.commands);
         if pipelined {
             lock(&self.pipelined).push(log.len());
         }
+        lock(&self.origins).push((session, std::time::Instant::now()));
         log.push(line);
     }
 }
@@ -455,7 +474,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((mut client, _)) => {
-                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let id = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let limit = shared.max_sessions.load(Ordering::SeqCst);
                 let open = shared.open_sessions.fetch_add(1, Ordering::SeqCst) + 1;
                 if open > limit {
@@ -472,7 +491,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let session_shared = Arc::clone(&shared);
                 shared.tasks.spawn(async move {
                     let counted = Arc::clone(&session_shared);
-                    run_session(session_shared, client).await;
+                    run_session(session_shared, client, id).await;
                     counted.open_sessions.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -482,7 +501,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn run_session(shared: Arc<Shared>, mut client: TcpStream) {
+async fn run_session(shared: Arc<Shared>, mut client: TcpStream, id: usize) {
     let _ = client.set_nodelay(true);
     let server = match TcpStream::connect(shared.upstream).await {
         Ok(server) => server,
@@ -497,6 +516,7 @@ async fn run_session(shared: Arc<Shared>, mut client: TcpStream) {
     let (server_r, server_w) = server.into_split();
     let (kill_tx, kill_rx) = mpsc::unbounded_channel();
     let mut session = Session {
+        id,
         shared,
         client_r: BufReader::new(client_r),
         client_w,
@@ -639,6 +659,8 @@ enum DataFault {
 
 /// One client control connection and its upstream twin.
 struct Session {
+    /// Numbered from 1 in the order the proxy accepted sessions.
+    id: usize,
     shared: Arc<Shared>,
     client_r: BufReader<OwnedReadHalf>,
     client_w: OwnedWriteHalf,
@@ -738,6 +760,7 @@ impl Session {
         let text = text.trim_end_matches(['\r', '\n']);
         if !text.is_empty() {
             self.shared.record(
+                self.id,
                 if verb == "PASS" {
                     "PASS ****".to_string()
                 } else {

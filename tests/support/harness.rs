@@ -218,14 +218,18 @@ impl Env {
     }
 
     /// Runs `ftpsync ARGS` with the server password in the environment.
+    /// `FTPSYNC_TEST_LOG`, if set, is passed on as `FTPSYNC_LOG` (e.g.
+    /// `FTPSYNC_TEST_LOG=ftpsync=debug`, to see a failing test's run).
     pub fn ftpsync(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_ftpsync"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ftpsync"));
+        cmd.args(args)
             .env("FTPSYNC_TEST_PASSWORD", self.password())
             .env("HOME", self.dir.path())
-            .env_remove("FTPSYNC_LOG")
-            .output()
-            .unwrap();
+            .env_remove("FTPSYNC_LOG");
+        if let Ok(filter) = std::env::var("FTPSYNC_TEST_LOG") {
+            cmd.env("FTPSYNC_LOG", filter);
+        }
+        let out = cmd.output().unwrap();
         let o = Output::from(out);
         assert!(
             !o.all().contains(PASSWORD) && !o.all().contains(&self.password()),
