@@ -363,11 +363,12 @@ const QUIET_IN_TRANSFER_SERVERS: [&str; 1] = ["vsftpd"];
 /// until shown to take an early close without cutting the transfer.
 const WAITS_FOR_DATA_CLOSE_SERVERS: [&str; 1] = ["vsftpd"];
 
-/// A listing's data connection: a passive port to connect to, or the
-/// connection made already.
+/// A listing's data connection: a passive port to connect to, the
+/// connection made already, or the failure to make it.
 enum Data {
     Port(u16),
     Connected(tokio::net::TcpStream),
+    Failed(FtpFailure),
 }
 
 /// How data connections are opened.
@@ -1638,18 +1639,17 @@ impl FtpConn {
 
     /// Connects to a passive port opened ahead right after the commands that
     /// use it went out, before their first reply is read: the connection's
-    /// round trip overlaps that reply's. A failure is the network's (the
-    /// replies are left unread, and the connection with them).
+    /// round trip overlaps that reply's. On a failure the caller reads the
+    /// replies up to the transfer command's, which may be a refusal that
+    /// closed the port ([`Self::refusal_or`]).
     async fn connect_ahead(&mut self, port: u16) -> Result<tokio::net::TcpStream, FtpFailure> {
         let t = self.timeout;
         let addr = SocketAddr::new(self.peer, port);
-        let e = match timeout(t, tokio::net::TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => FtpFailure::Network(format!("data connection: {e}")),
-            Err(_) => FtpFailure::Timeout(t),
-        };
-        self.retired = true;
-        Err(e)
+        match timeout(t, tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(FtpFailure::Network(format!("data connection: {e}"))),
+            Err(_) => Err(FtpFailure::Timeout(t)),
+        }
     }
 
     /// For a download or a listing: closes our sending half of the data
@@ -1860,8 +1860,10 @@ impl FtpConn {
         let pasv_next = if ahead { self.pasv_verb() } else { "" };
         self.write_raw(command_wire(&[&cwd, cmd, pasv_next]).as_bytes())
             .await?;
-        let sock = self.connect_ahead(port).await?;
-        let sock = self.inbound(sock).await;
+        let sock = match self.connect_ahead(port).await {
+            Ok(sock) => Data::Connected(self.inbound(sock).await),
+            Err(e) => Data::Failed(e),
+        };
         let r = self.read_reply().await?;
         let found = match r.code {
             200..=299 => Ok(true),
@@ -1869,9 +1871,7 @@ impl FtpConn {
             _ => Err(r.failure()),
         };
         // The listing runs whatever CWD said: read it to stay in step.
-        let data = self
-            .read_direct(cmd, Data::Connected(sock), ahead, true)
-            .await;
+        let data = self.read_direct(cmd, sock, ahead, true).await;
         match (found, data) {
             (Ok(true), data) => data.map(Some),
             (Ok(false), Err(e)) | (Err(_), Err(e)) if e.breaks_connection() => Err(e),
@@ -1906,6 +1906,8 @@ impl FtpConn {
                     self.inbound(sock).await
                 }
                 Data::Connected(sock) => sock,
+                // A refused listing may close its port before we connect.
+                Data::Failed(e) => return Err(self.refusal_or(e).await),
             };
             self.expect_preliminary(cmd).await?;
             let mut data = Vec::new();
@@ -2322,8 +2324,10 @@ impl FtpConn {
             )
             .await?;
             if let Some(port) = ready {
-                let sock = self.connect_ahead(port).await?;
-                connected = Some(self.inbound(sock).await);
+                connected = Some(match self.connect_ahead(port).await {
+                    Ok(sock) => Ok(self.inbound(sock).await),
+                    Err(e) => Err(e),
+                });
             }
             if mdtm {
                 let r = self.read_reply().await?;
@@ -2348,8 +2352,11 @@ impl FtpConn {
             )
             .await?;
         }
-        if let Some(sock) = connected {
-            return Ok((sock, time));
+        match connected {
+            Some(Ok(sock)) => return Ok((sock, time)),
+            // A refused RETR may close its port before we connect: its reply says so.
+            Some(Err(e)) => return Err(self.refusal_or(e).await),
+            None => {}
         }
         let sock = self.open_passive(&retr, rest, pipelined, ready).await?;
         Ok((self.inbound(sock).await, time))
