@@ -280,9 +280,17 @@ async fn prepare_limited(
     };
 
     // The scan lists each directory on its own: log in, ahead of it, as
-    // many connections as the last run's directories can use.
+    // many connections as the last run's directories can use. With no
+    // state (a first run, or after a reset) a run has the whole tree to
+    // transfer, most likely, and its connections log in while the root is
+    // listed; a plan alone opens only what the scan asks for.
     let dirs = state.values().filter(|r| r.kind == Kind::Dir).count();
-    pool.warm(dirs.min(job.concurrency.saturating_sub(1)));
+    let ahead = if state.is_empty() && for_run {
+        job.concurrency
+    } else {
+        dirs
+    };
+    pool.warm(ahead.min(job.concurrency.saturating_sub(1)));
 
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool. Both take the state's copy of a path it knows.

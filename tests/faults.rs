@@ -272,6 +272,35 @@ fn warmed_connections_are_the_ones_the_next_gets_wait_for() {
     assert_eq!(count(&f.proxy.commands(), "USER "), 4, "{cmds:#?}");
 }
 
+/// A first run (no state) logs in its other connections while the root is
+/// being listed, not once the plan is made: with the root's listing held
+/// 2 s, all four connections have logged in before it is answered.
+#[test]
+fn first_run_logs_in_while_the_root_is_listed() {
+    let f = faulty();
+    small_tree(&f.env, 6);
+    let hold = Duration::from_secs(2);
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::Delay(hold)).times(1));
+    let job = f.env.job("push", false, "concurrency: 4\n");
+    let during_hold = std::thread::scope(|s| {
+        let run = s.spawn(|| f.env.run(&job, 0));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f.proxy.commands().iter().any(|c| c.starts_with("MLSD")) {
+            assert!(std::time::Instant::now() < deadline, "no MLSD");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(hold / 2);
+        let logins = count(&f.proxy.commands(), "USER ");
+        run.join().expect("the run");
+        logins
+    });
+    let cmds = f.proxy.commands_by_session();
+    assert_eq!(during_hold, 4, "{cmds:#?}");
+    assert_eq!(count(&f.proxy.commands(), "USER "), 4, "{cmds:#?}");
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
+
 /// The pool says goodbye on all its connections at once: a run whose
 /// QUIT replies each take 1.5 s ends about 1.5 s after its work, not
 /// 1.5 s per connection.

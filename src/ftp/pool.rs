@@ -266,11 +266,15 @@ impl Pool {
                 };
                 tokio::select! {
                     _ = pool.halted() => {}
-                    r = warmed => {
-                        if let Err(e) = r {
-                            tracing::debug!("opening a connection ahead of time failed: {e}");
+                    r = warmed => match r {
+                        // As a get would: the server's limit is the pool's from now on.
+                        Err(e) if e.too_many_connections() => {
+                            let n = pool.shrink();
+                            tracing::debug!("server says too many connections; using {n} from now on");
                         }
-                    }
+                        Err(e) => tracing::debug!("opening a connection ahead of time failed: {e}"),
+                        Ok(()) => {}
+                    },
                 }
             });
         }
