@@ -187,22 +187,36 @@ async fn prepare_limited(
         tracing::warn!("{w}");
     }
 
-    // The state first: a damaged or too-new database stops us before any
-    // traffic. The state on the server is read once connected.
+    // The state is opened and checked (SQLite's quick_check reads it all)
+    // while the first connection logs in: a damaged or too-new database
+    // still stops the run before anything on the server is changed, and
+    // its error comes first. The state on the server is read once connected.
     let remote_mode = job.state_location == StateLocation::Remote;
     let path = job.state_path.clone();
-    let db = if remote_mode {
-        None
-    } else {
-        blocking(move || Ok(StateDb::open(&path, for_run)?)).await?
+    let (db, (first_permit, first)) = {
+        let state_open = async {
+            if remote_mode {
+                Ok(None)
+            } else {
+                blocking(move || Ok(StateDb::open(&path, for_run)?)).await
+            }
+        };
+        // First connection: login problems end the run here with a clear message.
+        let first_login = async {
+            let permit = match &server_limit {
+                Some(s) => Arc::clone(s).acquire_owned().await.ok(),
+                None => None,
+            };
+            (permit, connect_first(&opts, job, &server).await)
+        };
+        tokio::pin!(state_open, first_login);
+        tokio::select! {
+            // A bad state does not wait for a login that may be retrying.
+            db = &mut state_open => (db?, first_login.await),
+            login = &mut first_login => (state_open.await?, login),
+        }
     };
-
-    // First connection: login problems end the run here with a clear message.
-    let first_permit = match &server_limit {
-        Some(s) => Arc::clone(s).acquire_owned().await.ok(),
-        None => None,
-    };
-    let mut first = connect_first(&opts, job, &server).await?;
+    let mut first = first?;
     let root = absolute_root(&mut first, &job.remote.root)
         .await
         .map_err(|failure| Error::Connect {

@@ -519,6 +519,39 @@ fn state_lock_and_damage() {
     assert_eq!(fs::read(env.state_path()).unwrap(), junk);
 }
 
+/// The state is checked while the first connection logs in, and a damaged
+/// one ends the run at once: it does not wait for a login to a server that
+/// never answers.
+#[test]
+fn damaged_state_does_not_wait_for_the_login() {
+    let env = Env::builtin();
+    small_tree(&env, 3);
+    let job = env.job("push", false, "");
+    env.run(&job, 0);
+    let junk = b"SQLite format 3\0 but then garbage garbage garbage garbage garbage".repeat(100);
+    fs::remove_file(env.state_path().with_extension("db-wal")).ok();
+    fs::remove_file(env.state_path().with_extension("db-shm")).ok();
+    fs::write(env.state_path(), &junk).unwrap();
+    // A server that takes connections (the kernel's backlog) and never
+    // sends its greeting.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let text = fs::read_to_string(&job).unwrap();
+    let text = text.replace(&format!("port: {}", env.port), &format!("port: {port}"));
+    fs::write(&job, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = env.run(&job, 2);
+    assert!(out.stderr.contains("damaged"), "{}", out.all());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}: {}",
+        started.elapsed(),
+        out.all()
+    );
+    assert_eq!(fs::read(env.state_path()).unwrap(), junk);
+    drop(silent);
+}
+
 #[test]
 fn sigkill_at_random_points_converges() {
     let env = Env::builtin();
