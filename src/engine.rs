@@ -305,6 +305,8 @@ async fn prepare_limited(
             .filter(|(_, r)| r.kind == Kind::Dir)
             .map(|(p, _)| p.clone())
             .collect(),
+        keep_modes: job.direction == Direction::Pull
+            && job.modes.permissions == crate::job::Permissions::Preserve,
     });
     let (mut remote, remote_temps) =
         scan::scan(Arc::clone(&pool), Arc::clone(&scan_input), paths).await;
