@@ -42,24 +42,26 @@ pub struct RemoteMeta {
     pub mtime: RemoteTime,
 }
 
-/// One entry of a scanned tree; `meta` is `None` for directories.
+/// One entry of a scanned tree: a file with its fingerprint, or a
+/// directory (`meta` is `None`). The kind is not stored apart: a million
+/// entries in each tree were 8 bytes apiece bigger with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<M> {
-    pub kind: Kind,
     pub meta: Option<M>,
 }
 
 impl<M> Entry<M> {
     pub fn dir() -> Self {
-        Entry {
-            kind: Kind::Dir,
-            meta: None,
-        }
+        Entry { meta: None }
     }
     pub fn file(meta: M) -> Self {
-        Entry {
-            kind: Kind::File,
-            meta: Some(meta),
+        Entry { meta: Some(meta) }
+    }
+    pub fn kind(&self) -> Kind {
+        if self.meta.is_some() {
+            Kind::File
+        } else {
+            Kind::Dir
         }
     }
 }
@@ -184,7 +186,7 @@ impl<M> Tree<M> {
     pub fn file_count(&self) -> usize {
         self.entries
             .values()
-            .filter(|e| e.kind == Kind::File)
+            .filter(|e| e.kind() == Kind::File)
             .count()
     }
 }
