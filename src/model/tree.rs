@@ -136,7 +136,7 @@ pub struct Tree<M> {
 /// what was packed before (1/`PACK_GROWTH`): at most that share of the map
 /// is ever in half-full nodes, and every entry is moved about
 /// `PACK_GROWTH + 1` times in all.
-const PACK_GROWTH: usize = 4;
+const PACK_GROWTH: usize = 8;
 
 /// Below this many entries [`Tree::add`] does not pack (compact does, at the end).
 const PACK_MIN: usize = 4096;
