@@ -125,7 +125,8 @@ fn main() {
         status_mib("VmRSS:")
     );
     let t = Instant::now();
-    let paths = PathInterner::new(state.keys().cloned());
+    let state = std::sync::Arc::new(state);
+    let paths = PathInterner::over(std::sync::Arc::clone(&state));
     let mut local = LocalTree::default();
     let mut remote = RemoteTree::default();
     for d in 0..dirs {
@@ -144,6 +145,7 @@ fn main() {
         }
     }
     drop(paths);
+    let state = std::sync::Arc::try_unwrap(state).expect("the interner is gone");
     // As the scans leave them.
     local.compact();
     remote.compact();

@@ -308,7 +308,10 @@ async fn prepare_limited(
 
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool. Both take the state's copy of a path it knows.
-    let paths = Arc::new(PathInterner::new(state.keys().cloned()));
+    // The interner looks paths up in the state's map itself (no list of
+    // its own): the map is shared until both scans are done.
+    let state = Arc::new(state);
+    let paths = Arc::new(PathInterner::over(Arc::clone(&state)));
     let filters = job.filters.clone();
     let local_root = job.local_root.clone();
     let local_paths = Arc::clone(&paths);
@@ -324,6 +327,8 @@ async fn prepare_limited(
             .filter(|(_, r)| r.kind == Kind::Dir)
             .map(|(p, _)| p.clone())
             .collect(),
+        keep_modes: job.direction == Direction::Pull
+            && job.modes.permissions == crate::job::Permissions::Preserve,
     });
     let (mut remote, remote_temps) =
         scan::scan(Arc::clone(&pool), Arc::clone(&scan_input), paths).await;
@@ -334,6 +339,9 @@ async fn prepare_limited(
     let (mut local, local_temps) = local_scan
         .await
         .map_err(|e| Error::Io(format!("local scan failed: {e}")))?;
+    // Both scans dropped their interner: the map is ours again (a copy
+    // only if something unforeseen still held it).
+    let state = Arc::unwrap_or_clone(state);
     events.emit(Event::Scanned {
         side: crate::model::Side::Local,
         entries: local.entries.len() as u64,

@@ -328,7 +328,10 @@ mod tests {
                 .size,
             5
         );
-        assert_eq!(tree.entries[&RelPath::parse("b").unwrap()].kind, Kind::Dir);
+        assert_eq!(
+            tree.entries[&RelPath::parse("b").unwrap()].kind(),
+            Kind::Dir
+        );
         let with_modes: Vec<_> = tree.modes.keys().map(RelPath::as_str).collect();
         assert_eq!(
             with_modes,

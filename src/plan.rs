@@ -308,15 +308,15 @@ fn facts(
     let refresh = remote_refresh || local_refresh;
     let (src, tgt, src_changed, tgt_changed, src_size) = match o.direction {
         Direction::Push => (
-            local.map(|e| e.kind),
-            remote.map(|e| e.kind),
+            local.map(|e| e.kind()),
+            remote.map(|e| e.kind()),
             l_changed,
             r_changed,
             lf.map(|m| m.size),
         ),
         Direction::Pull => (
-            remote.map(|e| e.kind),
-            local.map(|e| e.kind),
+            remote.map(|e| e.kind()),
+            local.map(|e| e.kind()),
             r_changed,
             l_changed,
             rf.and_then(|m| m.size),
@@ -351,7 +351,12 @@ struct Doubt {
 /// exactly the case of a delete planned below it.
 fn listing_doubt<M>(source: &Tree<M>, path: &RelPath) -> Option<Doubt> {
     let mut dir = path.parent()?;
-    while !dir.is_root() && source.entries.get(&dir).is_none_or(|e| e.kind != Kind::Dir) {
+    while !dir.is_root()
+        && source
+            .entries
+            .get(&dir)
+            .is_none_or(|e| e.kind() != Kind::Dir)
+    {
         dir = dir.parent()?;
     }
     if source.incomplete.contains(&dir) {

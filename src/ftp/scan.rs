@@ -40,6 +40,10 @@ pub struct ScanInput {
     /// busiest connection has directories, not as the tree is deep. A
     /// listing is used only once the parent's listing shows the directory.
     pub expected: Vec<RelPath>,
+    /// Whether the modes a listing shows are kept in [`RemoteTree::modes`]:
+    /// only a pull that preserves permissions gives them to anything, and
+    /// on a push they were a map of every remote file, unused.
+    pub keep_modes: bool,
 }
 
 /// Result of listing one directory.
@@ -206,6 +210,7 @@ pub async fn scan(
                 }
             };
             if let Some(mode) = e.mode
+                && input.keep_modes
                 && matches!(e.kind, EntryKind::Dir | EntryKind::File)
             {
                 tree.modes.insert(rel.clone(), mode);

@@ -1,56 +1,100 @@
 //! One copy of each path for maps that are built apart. The state is loaded
 //! before the scans; the local and the remote scan then name the same
-//! paths again, each on its own. A [`PathInterner`] made from the state's
-//! paths hands the scans the state's copy of a path instead of a new one,
-//! so on a run with little to do the trees and the state share one
-//! allocation per path (a [`RelPath`] clone is a reference count).
+//! paths again, each on its own. A [`PathInterner`] over the state's map
+//! hands the scans the state's copy of a path instead of a new one, so on a
+//! run with little to do the trees and the state share one allocation per
+//! path (a [`RelPath`] clone is a reference count).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::path::{NameError, RelPath, validate_name};
 
-/// A sorted, read-only set of known paths, shared by the threads that scan.
+/// Paths an interner can hand out, looked up by their text.
+trait KnownPaths: Send + Sync {
+    fn find(&self, text: &str) -> Option<&RelPath>;
+    fn count(&self) -> usize;
+}
+
+/// A map's keys: the interner looks into the map itself, so it costs no
+/// memory of its own (a list of a million paths was 16 MiB).
+impl<V: Send + Sync> KnownPaths for BTreeMap<RelPath, V> {
+    fn find(&self, text: &str) -> Option<&RelPath> {
+        self.get_key_value(text).map(|(k, _)| k)
+    }
+    fn count(&self) -> usize {
+        self.len()
+    }
+}
+
+/// A sorted list without duplicates, searched by binary search.
+struct SortedPaths(Box<[RelPath]>);
+
+impl KnownPaths for SortedPaths {
+    fn find(&self, text: &str) -> Option<&RelPath> {
+        self.0
+            .binary_search_by(|p| p.as_str().cmp(text))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A read-only set of known paths, shared by the threads that scan.
 /// Read-only so that the scans need no lock; a path it does not hold (new
 /// on one side since the last run) is allocated as [`RelPath::join`] does.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PathInterner {
-    /// Sorted and without duplicates: searched by binary search. A slice of
-    /// shared paths costs 16 bytes a path, less than a hash set's table.
-    known: Box<[RelPath]>,
+    known: Option<Arc<dyn KnownPaths>>,
+}
+
+impl std::fmt::Debug for PathInterner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathInterner")
+            .field("known", &self.len())
+            .finish()
+    }
 }
 
 impl PathInterner {
-    /// Knows `paths` (in any order; a map's keys come sorted, and sorting a
-    /// sorted list is linear).
+    /// Knows `paths` (in any order), in a list of its own.
     pub fn new(paths: impl IntoIterator<Item = RelPath>) -> Self {
         let mut known: Vec<RelPath> = paths.into_iter().collect();
         known.sort_unstable();
         known.dedup();
         PathInterner {
-            known: known.into_boxed_slice(),
+            known: Some(Arc::new(SortedPaths(known.into_boxed_slice()))),
         }
+    }
+
+    /// Knows the keys of `map`, looked up in the map itself (no copy of
+    /// them). The map is shared until the interner is dropped: a run takes
+    /// it back with `Arc::try_unwrap` once its scans are done.
+    pub fn over<V: Send + Sync + 'static>(map: Arc<BTreeMap<RelPath, V>>) -> Self {
+        PathInterner { known: Some(map) }
     }
 
     /// How many paths it knows.
     pub fn len(&self) -> usize {
-        self.known.len()
+        self.known.as_ref().map_or(0, |k| k.count())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.known.is_empty()
+        self.len() == 0
     }
 
     /// The known copy of the path `text`, if there is one.
     pub fn get(&self, text: &str) -> Option<&RelPath> {
-        self.known
-            .binary_search_by(|p| p.as_str().cmp(text))
-            .ok()
-            .map(|i| &self.known[i])
+        self.known.as_ref().and_then(|k| k.find(text))
     }
 
     /// The child `name` of `dir`, validated as [`RelPath::join`] does: the
     /// known copy if there is one, else a new path.
     pub fn join(&self, dir: &RelPath, name: &[u8]) -> Result<RelPath, NameError> {
         let name = validate_name(name)?;
-        if self.known.is_empty() {
+        if self.is_empty() {
             return Ok(dir.join_valid(name));
         }
         let text = dir.joined_text(name);
@@ -104,5 +148,20 @@ mod tests {
         assert!(empty.is_empty());
         assert_eq!(empty.join(&p("a"), b"b").unwrap(), p("a/b"));
         assert!(empty.join(&p("a"), b"..").is_err());
+    }
+
+    #[test]
+    fn over_a_map_hands_out_its_keys() {
+        let known = p("a/b");
+        let map = Arc::new(BTreeMap::from([(p("a"), 1), (known.clone(), 2)]));
+        let interner = PathInterner::over(Arc::clone(&map));
+        assert_eq!(interner.len(), 2);
+        let joined = interner.join(&p("a"), b"b").unwrap();
+        assert!(RelPath::same_text(&joined, &known));
+        assert_eq!(interner.join(&p("a"), b"c").unwrap(), p("a/c"));
+        assert!(interner.join(&p("a"), b"..").is_err());
+        drop(interner);
+        // The map comes back once the interner is gone.
+        assert!(Arc::try_unwrap(map).is_ok());
     }
 }

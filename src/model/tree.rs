@@ -42,24 +42,26 @@ pub struct RemoteMeta {
     pub mtime: RemoteTime,
 }
 
-/// One entry of a scanned tree; `meta` is `None` for directories.
+/// One entry of a scanned tree: a file with its fingerprint, or a
+/// directory (`meta` is `None`). The kind is not stored apart: a million
+/// entries in each tree were 8 bytes apiece bigger with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry<M> {
-    pub kind: Kind,
     pub meta: Option<M>,
 }
 
 impl<M> Entry<M> {
     pub fn dir() -> Self {
-        Entry {
-            kind: Kind::Dir,
-            meta: None,
-        }
+        Entry { meta: None }
     }
     pub fn file(meta: M) -> Self {
-        Entry {
-            kind: Kind::File,
-            meta: Some(meta),
+        Entry { meta: Some(meta) }
+    }
+    pub fn kind(&self) -> Kind {
+        if self.meta.is_some() {
+            Kind::File
+        } else {
+            Kind::Dir
         }
     }
 }
@@ -134,7 +136,7 @@ pub struct Tree<M> {
 /// what was packed before (1/`PACK_GROWTH`): at most that share of the map
 /// is ever in half-full nodes, and every entry is moved about
 /// `PACK_GROWTH + 1` times in all.
-const PACK_GROWTH: usize = 4;
+const PACK_GROWTH: usize = 8;
 
 /// Below this many entries [`Tree::add`] does not pack (compact does, at the end).
 const PACK_MIN: usize = 4096;
@@ -184,7 +186,7 @@ impl<M> Tree<M> {
     pub fn file_count(&self) -> usize {
         self.entries
             .values()
-            .filter(|e| e.kind == Kind::File)
+            .filter(|e| e.kind() == Kind::File)
             .count()
     }
 }
