@@ -226,7 +226,6 @@ fn rerun_lists_known_directories_ahead_of_the_root() {
 /// runtime with one thread.)
 #[test]
 fn warmed_connections_are_the_ones_the_next_gets_wait_for() {
-    use ftpsync::ftp::conn::ConnectOptions;
     use ftpsync::ftp::pool::Pool;
     use std::sync::Arc;
     let f = faulty();
@@ -236,22 +235,7 @@ fn warmed_connections_are_the_ones_the_next_gets_wait_for() {
         .unwrap();
     rt.block_on(async {
         let env = &f.env;
-        let opts = ConnectOptions {
-            host: env.host.clone(),
-            port: env.port,
-            user: env.user.clone(),
-            password: ftpsync::job::Secret::new(env.password()),
-            tls: ftpsync::job::TlsMode::None,
-            trust: Default::default(),
-            loaded_trust: Default::default(),
-            passive: true,
-            timeout: Duration::from_secs(10),
-            pipelining: Default::default(),
-            chmod: Default::default(),
-            tls_versions: Default::default(),
-            list_modes: false,
-            rate: Default::default(),
-        };
+        let opts = env.connect_options();
         let pool = Arc::new(Pool::new(opts, 4));
         // The first connection, idle, as the engine leaves it.
         pool.get().await.unwrap().release();

@@ -200,7 +200,6 @@ fn deadline_stops_the_run_and_the_next_one_continues() {
 
 #[test]
 fn pool_shrink_caps_connections_even_when_all_are_checked_out() {
-    use ftpsync::ftp::conn::ConnectOptions;
     use ftpsync::ftp::pool::Pool;
     let env = Env::builtin();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -208,22 +207,7 @@ fn pool_shrink_caps_connections_even_when_all_are_checked_out() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let opts = ConnectOptions {
-            host: env.host.clone(),
-            port: env.port,
-            user: env.user.clone(),
-            password: ftpsync::job::Secret::new(env.password()),
-            tls: ftpsync::job::TlsMode::None,
-            trust: Default::default(),
-            loaded_trust: Default::default(),
-            passive: true,
-            timeout: Duration::from_secs(10),
-            pipelining: Default::default(),
-            chmod: Default::default(),
-            tls_versions: Default::default(),
-            list_modes: false,
-            rate: Default::default(),
-        };
+        let opts = env.connect_options();
         let pool = Pool::new(opts, 3);
         let a = pool.get().await.unwrap();
         let b = pool.get().await.unwrap();

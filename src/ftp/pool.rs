@@ -30,6 +30,18 @@ struct Slot {
     _server_permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Slot {
+    /// Says goodbye, then gives back its share of the server limit.
+    async fn quit(self) {
+        let Slot {
+            conn,
+            _server_permit: permit,
+        } = self;
+        conn.quit().await;
+        drop(permit);
+    }
+}
+
 /// The shared pool.
 pub struct Pool {
     opts: ConnectOptions,
@@ -221,12 +233,7 @@ impl Pool {
                 } else {
                     tracing::debug!("out of TLS 1.3 session tickets: a new control connection");
                 }
-                let Slot {
-                    conn,
-                    _server_permit: permit,
-                } = s;
-                conn.quit().await;
-                drop(permit);
+                s.quit().await;
                 self.open().await?
             }
             Some(s) => s,
@@ -357,14 +364,7 @@ impl Pool {
         let slots: Vec<Slot> = std::mem::take(&mut *self.idle_list());
         let mut quits = tokio::task::JoinSet::new();
         for s in slots {
-            quits.spawn(async move {
-                let Slot {
-                    conn,
-                    _server_permit: permit,
-                } = s;
-                conn.quit().await;
-                drop(permit);
-            });
+            quits.spawn(s.quit());
         }
         while quits.join_next().await.is_some() {}
     }

@@ -217,6 +217,27 @@ impl Env {
         path
     }
 
+    /// Plain-FTP connection options for this server, for tests that drive
+    /// the connection pool directly.
+    pub fn connect_options(&self) -> ftpsync::ftp::conn::ConnectOptions {
+        ftpsync::ftp::conn::ConnectOptions {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            password: ftpsync::job::Secret::new(self.password()),
+            tls: ftpsync::job::TlsMode::None,
+            trust: Default::default(),
+            loaded_trust: Default::default(),
+            passive: true,
+            timeout: std::time::Duration::from_secs(10),
+            pipelining: Default::default(),
+            chmod: Default::default(),
+            tls_versions: Default::default(),
+            list_modes: false,
+            rate: Default::default(),
+        }
+    }
+
     /// Runs `ftpsync ARGS` with the server password in the environment.
     /// `FTPSYNC_TEST_LOG`, if set, is passed on as `FTPSYNC_LOG` (e.g.
     /// `FTPSYNC_TEST_LOG=ftpsync=debug`, to see a failing test's run).
