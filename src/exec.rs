@@ -1096,6 +1096,11 @@ impl Attempt for DownloadAttempt<'_> {
         let job = &ctx.input.job;
         let remote_meta = ctx.remote_meta(path);
         let expected = remote_meta.as_ref().and_then(|m| m.size);
+        if self.partial.is_none()
+            && let Some(len) = expected.filter(|&n| n <= IN_MEMORY_MAX)
+        {
+            return self.run_small(s, len).await;
+        }
         let final_local = ctx.local.writable(path)?;
         let remote = ctx.remote_path(path);
         let mut resume = None;
@@ -1229,6 +1234,103 @@ impl Attempt for DownloadAttempt<'_> {
             _ if job.compare != CompareMode::Hash => None,
             Some(d) => Some(d),
             None => ctx.local.sha256(&final_local).await,
+        }
+        .map(Box::new);
+        Ok(StateRecord {
+            kind: Kind::File,
+            local: Some(LocalMeta {
+                size: md.len(),
+                mtime_ns: mtime_ns(&md),
+                sha256: sha,
+            }),
+            remote: remote_meta,
+        })
+    }
+}
+
+/// Files the listing says are at most this long are downloaded into
+/// memory and written to disk in one trip to a blocking thread; they are
+/// below [`RESUME_MIN`], so no partial copy is ever kept of them. At most
+/// one such file a connection is in memory at a time.
+const IN_MEMORY_MAX: u64 = 256 * 1024;
+
+impl DownloadAttempt<'_> {
+    /// A small file of `len` bytes (as listed): RETR into memory, the
+    /// checks of [`DownloadAttempt::run`], then a temporary file written,
+    /// given its time and mode and renamed into place in one go.
+    async fn run_small(
+        &mut self,
+        s: &mut dyn RemoteSession,
+        len: u64,
+    ) -> Result<StateRecord, FtpFailure> {
+        let (ctx, path) = (self.ctx, self.path);
+        let job = &ctx.input.job;
+        let remote_meta = ctx.remote_meta(path);
+        let final_local = ctx.local.writable(path)?;
+        let remote = ctx.remote_path(path);
+        let listed = remote_meta
+            .as_ref()
+            .map_or(RemoteTime::Unknown, |m| m.mtime);
+        let ask_time = !matches!(listed, RemoteTime::Exact(_));
+        let (data, told) = s.fetch_bytes(&remote, len, ask_time).await?;
+        let bytes = data.len() as u64;
+        if bytes != len {
+            return Err(FtpFailure::Verify(format!(
+                "received {bytes} bytes, the listing said {len}"
+            )));
+        }
+        let mut data = data;
+        let mut sha = None;
+        if job.verify == VerifyMode::Hash
+            && let Some(algo) = s.capabilities().hash
+        {
+            let theirs = s.hash(&remote, bytes).await?;
+            let Some(theirs) = theirs else {
+                return Err(FtpFailure::Verify(format!(
+                    "the server did not give its {} of the file (verify: hash)",
+                    algo.name()
+                )));
+            };
+            let (back, ours, sha256) = ctx.local.digests_of(data, algo).await;
+            data = back;
+            if ours != theirs {
+                return Err(FtpFailure::Verify(format!(
+                    "the server's {} of the file is not the local copy's",
+                    algo.name()
+                )));
+            }
+            sha = Some(sha256);
+        }
+        let mtime = server_time(listed, told);
+        let mode = job.modes.file_mode(
+            ctx.input.remote.modes.get(path).copied(),
+            crate::local::umask(),
+        );
+        let tmp = ctx.local.temp_beside(&final_local);
+        let tmp_key = tmp.to_string_lossy().into_owned();
+        ctx.send(StateChange::PendingAdd(Partial {
+            temp: tmp_key.clone(),
+            side: Side::Local,
+            path: path.clone(),
+            size: len,
+            stamp: remote_meta
+                .as_ref()
+                .map(|m| m.mtime.to_stored())
+                .unwrap_or_default(),
+        }));
+        let want_sha = job.compare == CompareMode::Hash && sha.is_none();
+        let placed = ctx
+            .local
+            .place_bytes(&tmp, &final_local, data, mtime, mode, want_sha)
+            .await;
+        // Renamed, or removed on failure: either way no longer there.
+        ctx.send(StateChange::PendingRemove(tmp_key));
+        let (md, computed) = placed?;
+        ctx.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sha = match sha {
+            _ if job.compare != CompareMode::Hash => None,
+            Some(d) => Some(d),
+            None => computed,
         }
         .map(Box::new);
         Ok(StateRecord {

@@ -214,6 +214,23 @@ pub fn sha256_file(path: &Path) -> io::Result<[u8; 32]> {
     Ok(digest_with::<Sha256>(path)?.into())
 }
 
+/// The SHA-256 of `data`.
+pub fn sha256_bytes(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// [`digests_file`] of bytes in memory.
+pub fn digests_bytes(data: &[u8], algo: crate::ftp::conn::HashAlgo) -> (Vec<u8>, [u8; 32]) {
+    use crate::ftp::conn::HashAlgo;
+    let sha256 = sha256_bytes(data);
+    let digest = match algo {
+        HashAlgo::Sha256 => sha256.to_vec(),
+        HashAlgo::Sha1 => sha1::Sha1::digest(data).to_vec(),
+        HashAlgo::Md5 => md5::Md5::digest(data).to_vec(),
+    };
+    (digest, sha256)
+}
+
 /// A file's digest with `algo` (to compare with a server's hash command),
 /// and its SHA-256 (what the state records), reading the file once.
 pub fn digests_file(

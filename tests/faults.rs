@@ -1495,6 +1495,60 @@ fn a_file_changed_during_upload_is_sent_again() {
     assert_eq!(f.env.plan_ops(&job), vec![]);
 }
 
+/// A file that grows on the server between its listing and its download
+/// is not placed: a small file comes into memory, and the bytes beyond the
+/// listed size end the transfer at once. Nothing is left on disk, the
+/// retry fails the same way, and the next run, which lists the new size,
+/// gets the file.
+#[test]
+fn a_file_grown_on_the_server_since_its_listing_is_not_placed() {
+    let f = faulty();
+    write(&f.env.remote_disk, "d/small.txt", "twenty bytes, listed");
+    write(&f.env.remote_disk, "d/other.txt", "not touched\n");
+    // The RETR waits in the proxy while the file grows.
+    f.proxy.add_rule(
+        Rule::new("RETR", Action::Delay(Duration::from_millis(1500)))
+            .arg("small.txt")
+            .times(1),
+    );
+    let job = f.env.job(
+        "pull",
+        false,
+        "retry:\n  max_attempts: 2\n  initial_backoff: 20ms\n",
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !f.proxy.commands().iter().any(|c| c.starts_with("RETR ")) {
+                assert!(std::time::Instant::now() < deadline, "no RETR seen");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            use std::io::Write;
+            fs::OpenOptions::new()
+                .append(true)
+                .open(f.env.remote_disk.join("d/small.txt"))
+                .unwrap()
+                .write_all(b", and then some")
+                .unwrap();
+        });
+        let out = f.env.run(&job, 1);
+        assert_eq!(
+            out.failed(),
+            ["FAILED download d/small.txt: received more than the 20 bytes the listing said"],
+            "{}",
+            out.all()
+        );
+    });
+    assert!(!f.env.local.join("d/small.txt").exists());
+    assert_eq!(
+        fs::read(f.env.local.join("d/other.txt")).unwrap(),
+        b"not touched\n"
+    );
+    no_temp_files(&f.env.local);
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.remote_disk, &f.env.local);
+}
+
 /// A 421 to a command sent on its own (here the MDTM that sets the time
 /// when `atomic: false`) ends that connection and is retried, not taken as
 /// "the server cannot set times".

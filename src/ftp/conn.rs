@@ -117,20 +117,64 @@ async fn read_timed(
     }
 }
 
-/// Reads a download's data into `file` (whose length is `total`), paced
-/// by `rate`. The first bytes must equal `overlap` (the tail of a partial
-/// copy being resumed) and are not written again. Returns the new length.
+/// Where a download's bytes go: a file on disk, or memory for a small
+/// file that is then written to disk in one go (one trip to a blocking
+/// thread instead of one for each of create, write and close).
+pub(crate) enum Sink<'a> {
+    File(&'a mut tokio::fs::File),
+    /// At most `max` bytes: more is a [`FtpFailure::Verify`] (the listing
+    /// said `max`), and the transfer is abandoned at once.
+    Memory {
+        data: Vec<u8>,
+        max: u64,
+    },
+}
+
+impl Sink<'_> {
+    async fn put(&mut self, chunk: &[u8]) -> std::io::Result<Result<(), FtpFailure>> {
+        match self {
+            Sink::File(f) => f.write_all(chunk).await.map(Ok),
+            Sink::Memory { data, max } => {
+                if (data.len() + chunk.len()) as u64 > *max {
+                    return Ok(Err(FtpFailure::Verify(format!(
+                        "received more than the {max} bytes the listing said"
+                    ))));
+                }
+                data.extend_from_slice(chunk);
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.flush().await,
+            Sink::Memory { .. } => Ok(()),
+        }
+    }
+
+    /// The read buffer's size: a small file's whole size and one byte more
+    /// (to see an overrun), else `chunk`.
+    fn buffer(&self, chunk: usize) -> usize {
+        match self {
+            Sink::File(_) => chunk,
+            Sink::Memory { max, .. } => chunk.min(*max as usize + 1).max(1),
+        }
+    }
+}
+
+/// Reads a download's data into `sink` (a file whose length is `total`), paced
 async fn receive(
     t: Duration,
     data: &mut (impl tokio::io::AsyncRead + Unpin),
-    file: &mut tokio::fs::File,
+    sink: &mut Sink<'_>,
     mut total: u64,
     mut overlap: &[u8],
     rate: &RateLimit,
     local: &Path,
 ) -> Result<u64, FtpFailure> {
     let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
-    let mut buf = vec![0u8; rate.chunk(256 * 1024)];
+    let mut buf = vec![0u8; sink.buffer(rate.chunk(256 * 1024))];
     loop {
         let n = read_timed(t, data, &mut buf).await?;
         if n == 0 {
@@ -148,7 +192,7 @@ async fn receive(
             overlap = &overlap[k..];
             chunk = &chunk[k..];
         }
-        file.write_all(chunk).await.map_err(local_err)?;
+        sink.put(chunk).await.map_err(local_err)??;
         total += chunk.len() as u64;
         crate::events::transferred(chunk.len() as u64);
     }
@@ -157,7 +201,7 @@ async fn receive(
             "the server's file is shorter than the partial download".into(),
         ));
     }
-    file.flush().await.map_err(local_err)?;
+    sink.flush().await.map_err(local_err)?;
     Ok(total)
 }
 
@@ -2201,11 +2245,9 @@ impl FtpConn {
         mdtm: bool,
     ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure> {
         use tokio::io::AsyncSeekExt;
-        let t = self.timeout;
         let local_err = |e: std::io::Error| FtpFailure::Local(format!("{}: {e}", local.display()));
         let remote = checked(remote)?;
-        let mdtm = mdtm && self.features.mdtm;
-        let (mut file, total, overlap, start) = match &resume {
+        let (mut file, from) = match &resume {
             Some(r) => {
                 let mut f = tokio::fs::OpenOptions::new()
                     .write(true)
@@ -2216,17 +2258,58 @@ impl FtpConn {
                 f.seek(std::io::SeekFrom::Start(r.keep))
                     .await
                     .map_err(local_err)?;
-                let start = r.keep - r.overlap.len() as u64;
-                (f, r.keep, r.overlap.as_slice(), start)
+                (f, Some((r.keep, r.overlap.as_slice())))
             }
             None => (
                 tokio::fs::File::create(local).await.map_err(local_err)?,
-                0,
-                &[][..],
-                0,
+                None,
             ),
         };
-        let resumed = resume.is_some();
+        let got = self
+            .retrieve(remote, &mut Sink::File(&mut file), from, mdtm, local)
+            .await;
+        drop(file);
+        got
+    }
+
+    /// Downloads `remote` (RETR) into memory: a file the listing said is
+    /// `max` bytes long, and small. More bytes than `max` is a
+    /// [`FtpFailure::Verify`]. With `mdtm`, as [`FtpConn::download`].
+    pub async fn download_bytes(
+        &mut self,
+        remote: &str,
+        max: u64,
+        mdtm: bool,
+    ) -> Result<(Vec<u8>, Option<chrono::NaiveDateTime>), FtpFailure> {
+        let remote = checked(remote)?;
+        let mut sink = Sink::Memory {
+            data: Vec::with_capacity(max as usize),
+            max,
+        };
+        let (_, time) = self
+            .retrieve(remote, &mut sink, None, mdtm, Path::new(remote))
+            .await?;
+        match sink {
+            Sink::Memory { data, .. } => Ok((data, time)),
+            Sink::File(_) => unreachable!("the sink was made above"),
+        }
+    }
+
+    /// The RETR of [`FtpConn::download`] into `sink`; `from` is the resume
+    /// point (bytes kept, and the overlap to check before them).
+    async fn retrieve(
+        &mut self,
+        remote: &str,
+        sink: &mut Sink<'_>,
+        from: Option<(u64, &[u8])>,
+        mdtm: bool,
+        local: &Path,
+    ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure> {
+        let t = self.timeout;
+        let mdtm = mdtm && self.features.mdtm;
+        let (total, overlap) = from.unwrap_or((0, &[]));
+        let start = total - overlap.len() as u64;
+        let resumed = from.is_some();
         let refusal = |e: FtpFailure| if resumed { e.as_restart_refusal() } else { e };
         if self.plain && self.data_mode != DataMode::Active {
             // On servers that read nothing during a transfer, a passive
@@ -2235,7 +2318,7 @@ impl FtpConn {
             let got = async {
                 let (mut sock, time) = self.open_retr(remote, start, mdtm, ahead).await?;
                 let rate = self.rate.clone();
-                let received = receive(t, &mut sock, &mut file, total, overlap, &rate, local).await;
+                let received = receive(t, &mut sock, sink, total, overlap, &rate, local).await;
                 drop(sock);
                 let total = match received {
                     Ok(n) => n,
@@ -2257,7 +2340,6 @@ impl FtpConn {
                 Ok((total, time))
             }
             .await;
-            drop(file);
             if ahead {
                 match &got {
                     // The request's reply follows the transfer's: read it to stay in step.
@@ -2280,7 +2362,7 @@ impl FtpConn {
             .await
             .map_err(refusal)?;
         let rate = self.rate.clone();
-        let received = receive(t, &mut stream, &mut file, total, overlap, &rate, local).await;
+        let received = receive(t, &mut stream, sink, total, overlap, &rate, local).await;
         let total = match received {
             Ok(n) => n,
             Err(e) => {
@@ -2288,7 +2370,6 @@ impl FtpConn {
                 return Err(e);
             }
         };
-        drop(file);
         timed(t, stream.finish()).await?;
         let time = if mdtm { self.mdtm(remote).await? } else { None };
         Ok((total, time))

@@ -278,6 +278,15 @@ impl RemoteSession for FtpSession<'_> {
     ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure> {
         self.conn.download(remote, local, resume, mtime).await
     }
+
+    async fn fetch_bytes(
+        &mut self,
+        remote: &str,
+        len: u64,
+        mtime: bool,
+    ) -> Result<(Vec<u8>, Option<chrono::NaiveDateTime>), FtpFailure> {
+        self.conn.download_bytes(remote, len, mtime).await
+    }
 }
 
 async fn mkdir_idempotent(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {

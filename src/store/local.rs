@@ -153,19 +153,66 @@ impl LocalStore {
                     tracing::warn!("cannot set the mode of {}: {e}", target.display());
                 }
             }
-            if let Ok(md) = std::fs::symlink_metadata(&target)
-                && md.is_dir()
-            {
+            rename_into(&temp, &target)
+        })
+        .await
+    }
+
+    /// [`LocalStore::place`] for a small file received into memory: in one
+    /// trip to a blocking thread, writes `data` to the new file `temp`
+    /// (never an existing one), gives it `mode` and `mtime`, and renames it
+    /// over `target`. Returns the placed file's metadata and, with `sha`,
+    /// the SHA-256 of `data`. On failure the temporary file is removed.
+    pub async fn place_bytes(
+        &self,
+        temp: &Path,
+        target: &Path,
+        data: Vec<u8>,
+        mtime: Option<SystemTime>,
+        mode: Option<u32>,
+        sha: bool,
+    ) -> Result<(Metadata, Option<[u8; 32]>), FtpFailure> {
+        let (temp, target) = (temp.to_path_buf(), target.to_path_buf());
+        blocking(move || {
+            let written = (|| -> std::io::Result<()> {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // The mode is given at creation; the umask may take bits off it.
+                let mut f = std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode.map_or(0o666, |m| m & 0o777))
+                    .open(&temp)?;
+                f.write_all(&data)?;
+                if let Some(t) = mtime {
+                    let _ = f.set_modified(t);
+                }
+                if let Some(m) = mode
+                    && m & crate::local::umask() != 0
+                    && let Err(e) = f.set_permissions(Permissions::from_mode(m & 0o777))
+                {
+                    tracing::warn!("cannot set the mode of {}: {e}", target.display());
+                }
+                Ok(())
+            })();
+            if let Err(e) = written {
                 let _ = std::fs::remove_file(&temp);
-                return Err(FtpFailure::Local(format!(
-                    "{} is a directory",
-                    target.display()
-                )));
+                return Err(path_err(&temp, e));
             }
-            std::fs::rename(&temp, &target).map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                path_err(&target, e)
-            })
+            rename_into(&temp, &target)?;
+            let md = std::fs::symlink_metadata(&target).map_err(|e| path_err(&target, e))?;
+            let sha = sha.then(|| crate::local::sha256_bytes(&data));
+            Ok((md, sha))
+        })
+        .await
+    }
+
+    /// `data`'s digest with `algo` and its SHA-256 (off the async threads);
+    /// `data` is handed back.
+    pub async fn digests_of(&self, data: Vec<u8>, algo: HashAlgo) -> (Vec<u8>, Vec<u8>, [u8; 32]) {
+        blocking(move || {
+            let (digest, sha256) = crate::local::digests_bytes(&data, algo);
+            (data, digest, sha256)
         })
         .await
     }
@@ -186,6 +233,24 @@ impl LocalStore {
         let path = path.to_path_buf();
         blocking(move || crate::local::digests_file(&path, algo).map_err(local_err)).await
     }
+}
+
+/// Renames `temp` over `target`, never over a directory; removes `temp`
+/// when it cannot.
+fn rename_into(temp: &Path, target: &Path) -> Result<(), FtpFailure> {
+    if let Ok(md) = std::fs::symlink_metadata(target)
+        && md.is_dir()
+    {
+        let _ = std::fs::remove_file(temp);
+        return Err(FtpFailure::Local(format!(
+            "{} is a directory",
+            target.display()
+        )));
+    }
+    std::fs::rename(temp, target).map_err(|e| {
+        let _ = std::fs::remove_file(temp);
+        path_err(target, e)
+    })
 }
 
 #[async_trait]

@@ -124,6 +124,15 @@ pub trait RemoteSession: Send {
         resume: Option<Resume>,
         mtime: bool,
     ) -> Result<(u64, Option<chrono::NaiveDateTime>), FtpFailure>;
+    /// Receives a small file of `len` bytes (as listed) into memory; more
+    /// than `len` bytes is a [`FtpFailure::Verify`]. `mtime` as for
+    /// [`RemoteSession::fetch`].
+    async fn fetch_bytes(
+        &mut self,
+        remote: &str,
+        len: u64,
+        mtime: bool,
+    ) -> Result<(Vec<u8>, Option<chrono::NaiveDateTime>), FtpFailure>;
 }
 
 /// One attempt of a transfer, which [`FtpStore::retrying`] may run several
