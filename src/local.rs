@@ -6,6 +6,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
@@ -65,6 +66,19 @@ pub fn umask() -> u32 {
 /// files of ftpsync are listed in `temps` for cleanup. A path `paths` knows
 /// is taken from it rather than allocated again.
 pub fn scan(root: &Path, filters: &Filters, paths: &PathInterner) -> (LocalTree, Vec<RelPath>) {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, SCAN_THREADS);
+    scan_with(root, filters, paths, threads)
+}
+
+/// [`scan`] with `threads` threads reading directories.
+fn scan_with(
+    root: &Path,
+    filters: &Filters,
+    paths: &PathInterner,
+    threads: usize,
+) -> (LocalTree, Vec<RelPath>) {
     let mut tree = LocalTree::default();
     let mut temps = Vec::new();
     match fs::symlink_metadata(root) {
@@ -82,26 +96,102 @@ pub fn scan(root: &Path, filters: &Filters, paths: &PathInterner) -> (LocalTree,
             return (tree, temps);
         }
     }
-    walk(
-        root,
-        &RelPath::root(),
-        filters,
-        paths,
-        &mut tree,
-        &mut temps,
-    );
+    let queue = DirQueue {
+        state: Mutex::new((vec![RelPath::root()], 0)),
+        changed: Condvar::new(),
+    };
+    let parts: Vec<(LocalTree, Vec<RelPath>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (1..threads)
+            .map(|_| s.spawn(|| walk_from(&queue, root, filters, paths)))
+            .collect();
+        let mut parts = vec![walk_from(&queue, root, filters, paths)];
+        for w in workers {
+            match w.join() {
+                Ok(part) => parts.push(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        parts
+    });
+    for (mut part, mut found) in parts {
+        tree.entries.append(&mut part.entries);
+        tree.untrusted.append(&mut part.untrusted);
+        tree.holds_unsynced.append(&mut part.holds_unsynced);
+        tree.modes.append(&mut part.modes);
+        tree.problems.append(&mut part.problems);
+        temps.append(&mut found);
+    }
+    // In the same order whichever thread read what.
+    tree.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    temps.sort();
     tree.compact();
     (tree, temps)
 }
 
-fn walk(
+/// At most this many threads read directories at once: the metadata of a
+/// tree is mostly in the page cache, and then the scan is bound by the CPU
+/// (a stat for each name) while the remote scan mostly waits on the server.
+const SCAN_THREADS: usize = 4;
+
+/// The directories still to read, and how many are being read (their
+/// subdirectories are still to come).
+struct DirQueue {
+    state: Mutex<(Vec<RelPath>, usize)>,
+    changed: Condvar,
+}
+
+impl DirQueue {
+    /// The next directory to read; `None` once every one has been read.
+    fn next(&self) -> Option<RelPath> {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(dir) = g.0.pop() {
+                g.1 += 1;
+                return Some(dir);
+            }
+            if g.1 == 0 {
+                return None;
+            }
+            g = self.changed.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// One directory read, with these subdirectories to read next.
+    fn done(&self, subdirs: Vec<RelPath>) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.0.extend(subdirs);
+        g.1 -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// One scanning thread: reads directories from `queue` until none is left,
+/// into a tree of its own.
+fn walk_from(
+    queue: &DirQueue,
+    root: &Path,
+    filters: &Filters,
+    paths: &PathInterner,
+) -> (LocalTree, Vec<RelPath>) {
+    let mut tree = LocalTree::default();
+    let mut temps = Vec::new();
+    while let Some(dir) = queue.next() {
+        let subdirs = read_one(root, &dir, filters, paths, &mut tree, &mut temps);
+        queue.done(subdirs);
+    }
+    (tree, temps)
+}
+
+/// Reads the directory `dir` into `tree`; returns its subdirectories to read.
+fn read_one(
     root: &Path,
     dir: &RelPath,
     filters: &Filters,
     paths: &PathInterner,
     tree: &mut LocalTree,
     temps: &mut Vec<RelPath>,
-) {
+) -> Vec<RelPath> {
+    let mut subdirs = Vec::new();
     let abs = dir.to_local(root);
     let rd = match fs::read_dir(&abs) {
         Ok(rd) => rd,
@@ -111,7 +201,7 @@ fn walk(
                 path: dir.to_string(),
                 message: format!("cannot read directory: {e}"),
             });
-            return;
+            return subdirs;
         }
     };
     let mut children = Vec::new();
@@ -124,7 +214,7 @@ fn walk(
                     path: dir.to_string(),
                     message: format!("directory listing failed: {e}"),
                 });
-                return;
+                return subdirs;
             }
         }
     }
@@ -148,7 +238,9 @@ fn walk(
                 continue;
             }
         };
-        let md = match fs::symlink_metadata(child.path()) {
+        // Relative to the directory's descriptor (fstatat, links not
+        // followed): no walk of the whole path again for every name.
+        let md = match child.metadata() {
             Ok(md) => md,
             Err(e) => {
                 tree.problems.push(Problem {
@@ -171,7 +263,7 @@ fn walk(
             // it is not kept here for every file.
             tree.modes.insert(rel.clone(), md.permissions().mode());
             tree.add(rel.clone(), Entry::dir());
-            walk(root, &rel, filters, paths, tree, temps);
+            subdirs.push(rel);
         } else if ft.is_file() {
             if is_temp_name(name) {
                 temps.push(rel);
@@ -207,6 +299,7 @@ fn walk(
             }
         }
     }
+    subdirs
 }
 
 /// SHA-256 of a file's content.
@@ -312,6 +405,57 @@ mod tests {
         assert!(is_temp_name(&t), "{t}");
         assert!(!is_temp_name(".ftpsync-zz.part"));
         assert!(!is_temp_name("index.html"));
+    }
+
+    /// Directories read by several threads at once give exactly the tree,
+    /// temporary files and problems of one thread reading them all.
+    #[test]
+    fn threads_scan_the_same_tree_as_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        let mut files = 0;
+        for a in 0..6 {
+            for b in 0..4 {
+                let dir = r.join(format!("a{a}/b{b}/c"));
+                fs::create_dir_all(&dir).unwrap();
+                for f in 0..5 {
+                    fs::write(dir.join(format!("f{f}.txt")), "x".repeat(f)).unwrap();
+                    fs::write(r.join(format!("a{a}/b{b}/g{f}")), "y").unwrap();
+                    files += 2;
+                }
+                std::os::unix::fs::symlink("/etc", dir.join("link")).unwrap();
+            }
+            fs::write(r.join(format!("a{a}/{}", temp_name())), "partial").unwrap();
+        }
+        fs::create_dir(r.join("locked")).unwrap();
+        fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o000)).unwrap();
+        let f = Filters::new(&[], &["**/g4".into()]).unwrap();
+        let one = scan_with(r, &f, &PathInterner::default(), 1);
+        let four = scan_with(r, &f, &PathInterner::default(), 4);
+        fs::set_permissions(r.join("locked"), fs::Permissions::from_mode(0o755)).unwrap();
+        let kinds = |t: &LocalTree| -> Vec<(String, Option<u64>)> {
+            t.entries
+                .iter()
+                .map(|(p, e)| (p.to_string(), e.meta.as_ref().map(|m| m.size)))
+                .collect()
+        };
+        assert_eq!(
+            one.0.entries.values().filter(|e| e.meta.is_some()).count(),
+            files - 6 * 4,
+            "every file but the excluded g4s"
+        );
+        assert_eq!(kinds(&four.0), kinds(&one.0));
+        assert_eq!(four.0.untrusted, one.0.untrusted);
+        assert_eq!(four.0.holds_unsynced, one.0.holds_unsynced);
+        assert_eq!(four.0.modes, one.0.modes);
+        assert_eq!(four.0.problems, one.0.problems);
+        assert_eq!(four.1, one.1);
+        assert_eq!(four.1.len(), 6);
+        assert_eq!(
+            four.0.problems.len(),
+            6 * 4 + usize::from(!four.0.untrusted.is_empty())
+        );
     }
 
     #[test]
