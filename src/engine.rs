@@ -754,8 +754,15 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
     if !matches!(report, Err(Error::State(_))) {
         let path = job.state_path.clone();
         let rec = record.clone();
+        // A run that got through its plan opened and checked the state.
+        let checked = report.is_ok();
         let saved = tokio::task::spawn_blocking(move || -> Result<(), crate::state::StateError> {
-            if let Some(mut db) = StateDb::open(&path, true)? {
+            let db = if checked {
+                StateDb::reopen(&path)?
+            } else {
+                StateDb::open(&path, true)?
+            };
+            if let Some(mut db) = db {
                 db.record_run(&rec)?;
             }
             Ok(())

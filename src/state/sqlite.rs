@@ -129,6 +129,29 @@ impl StateDb {
         }))
     }
 
+    /// [`StateDb::open`] with `create`, for a state this run has already
+    /// opened and checked, and still holds the job's lock on: the schema
+    /// version is checked again, but not every page (`quick_check` reads
+    /// the whole file, once a run is enough).
+    pub fn reopen(path: &Path) -> Result<Option<StateDb>, StateError> {
+        if !path.exists() {
+            return Self::open(path, true);
+        }
+        let (conn, version) = Self::connect_checked(path, true)?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+            .map_err(|e| corrupt(path, e))?;
+        if version < SCHEMA_VERSION {
+            // Not one this run opened (that one was migrated): the full way.
+            drop(conn);
+            return Self::open(path, true);
+        }
+        Ok(Some(StateDb {
+            conn,
+            path: path.to_owned(),
+            version,
+        }))
+    }
+
     /// Opens a connection and refuses a database this build cannot use.
     /// `write` opens it for writing (creating the file if needed); the
     /// read-only opening also runs `quick_check`, so a file that exists is
