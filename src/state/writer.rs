@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
@@ -31,6 +31,9 @@ pub struct StateWriter<S: StateStore + 'static = StateDb> {
     /// Changes and runs sent so far: tells whether a snapshot would differ
     /// from the last one.
     sent: Arc<AtomicU64>,
+    /// Someone waits on the writer (a flush, a snapshot): it stops
+    /// gathering changes and commits at once.
+    urgent: Arc<AtomicBool>,
 }
 
 /// What the writer thread keeps between messages. After the first failed
@@ -70,7 +73,14 @@ impl<S: StateStore + 'static> StateWriter<S> {
     /// Starts the thread; it owns `store` until [`StateWriter::finish`]
     /// hands it back (or the writer is dropped).
     pub fn start(store: S) -> StateWriter<S> {
+        Self::start_with_window(store, GROUP_WINDOW)
+    }
+
+    /// [`StateWriter::start`], gathering changes for `window` before each commit.
+    fn start_with_window(store: S, window: std::time::Duration) -> StateWriter<S> {
         let (tx, rx) = mpsc::channel::<WriterMsg>();
+        let urgent = Arc::new(AtomicBool::new(false));
+        let hurried = Arc::clone(&urgent);
         let handle = thread::spawn(move || {
             let mut c = Committer {
                 store,
@@ -79,12 +89,20 @@ impl<S: StateStore + 'static> StateWriter<S> {
             };
             while let Ok(first) = rx.recv() {
                 let mut flushes = Vec::new();
-                // Group commit: after the first change, wait GROUP_WINDOW (unless
-                // a flush is asked for) and write everything queued by then in
-                // one transaction. Sleeping rather than waking per message
-                // keeps the senders from waking this thread thousands of times.
+                // Group commit: after the first change, wait `window` (unless
+                // someone waits on a flush or a snapshot) and write everything
+                // queued by then in one transaction. Sleeping rather than
+                // waking per message keeps the senders from waking this
+                // thread thousands of times; a flush wakes it (unpark).
                 if matches!(first, WriterMsg::Change(_)) {
-                    thread::sleep(GROUP_WINDOW);
+                    let until = std::time::Instant::now() + window;
+                    while !hurried.swap(false, Ordering::AcqRel) {
+                        let now = std::time::Instant::now();
+                        if now >= until {
+                            break;
+                        }
+                        thread::park_timeout(until - now);
+                    }
                 }
                 let mut next = Some(first);
                 while let Some(msg) = next {
@@ -118,6 +136,15 @@ impl<S: StateStore + 'static> StateWriter<S> {
             tx,
             handle: Some(handle),
             sent: Arc::default(),
+            urgent,
+        }
+    }
+
+    /// Ends the current group's wait: a flush or a snapshot was just queued.
+    fn hurry(&self) {
+        self.urgent.store(true, Ordering::Release);
+        if let Some(h) = &self.handle {
+            h.thread().unpark();
         }
     }
 
@@ -148,6 +175,7 @@ impl<S: StateStore + 'static> StateWriter<S> {
         self.tx
             .send(WriterMsg::Snapshot(to, ack_tx))
             .map_err(|_| StateError::Writer("thread gone".into()))?;
+        self.hurry();
         ack_rx
             .recv()
             .map_err(|_| StateError::Writer("thread gone".into()))?
@@ -160,6 +188,7 @@ impl<S: StateStore + 'static> StateWriter<S> {
         self.tx
             .send(WriterMsg::Flush(ack_tx))
             .map_err(|_| StateError::Writer("thread gone".into()))?;
+        self.hurry();
         ack_rx
             .recv()
             .map_err(|_| StateError::Writer("thread gone".into()))?
@@ -214,6 +243,32 @@ mod tests {
         let db = w.finish().unwrap();
         assert_eq!(db.load().unwrap().len(), 100);
         assert_eq!(db.integrity_check().unwrap(), "ok");
+    }
+
+    /// A flush does not wait out the window in which the writer gathers
+    /// changes (here ten seconds): it is committed at once.
+    #[test]
+    fn flush_does_not_wait_for_the_group_window() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let db = StateDb::open(&path, true).unwrap().unwrap();
+        let w = StateWriter::start_with_window(db, std::time::Duration::from_secs(10));
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            w.send(StateChange::Put(
+                RelPath::parse(&format!("f{round}")).unwrap(),
+                file_record(),
+            ));
+            w.flush().unwrap();
+            let took = started.elapsed();
+            assert!(
+                took < std::time::Duration::from_secs(5),
+                "round {round}: {took:?}"
+            );
+            let reader = StateDb::open(&path, false).unwrap().unwrap();
+            assert_eq!(reader.load().unwrap().len(), round + 1);
+        }
+        drop(w);
     }
 
     #[test]
