@@ -11,7 +11,7 @@ for arg in "$@"; do
         sed -n '2,5p' "$0"
         echo "Settings (env or KEY=VALUE args): BENCH_FILES BENCH_DIRS BENCH_BIG_FILES BENCH_BIG_MIB"
         echo "  BENCH_CONCURRENCY BENCH_TOOLS BENCH_CASES BENCH_WORK BENCH_KEEP BENCH_SERVER_DIR BENCH_RTT_MS"
-        echo "  BENCH_COUNT FTPSYNC_BIN BENCH_OUT"
+        echo "  BENCH_COUNT BENCH_PULL_DIR FTPSYNC_BIN BENCH_OUT"
         exit 0
         ;;
     BENCH_*=* | FTPSYNC_BIN=*) export "${arg?}" ;;
@@ -86,6 +86,10 @@ if [ -z "$SERVER_PARENT" ]; then
     if [ -d /dev/shm ] && [ -w /dev/shm ]; then SERVER_PARENT=/dev/shm; else SERVER_PARENT=$WORK; fi
 fi
 SRV=$(mktemp -d "$SERVER_PARENT/ftpsync-bench-srv.XXXXXX")
+# Case (e) pulls into the same kind of place, for the same reason: on ext4
+# the tools' file creations after the previous run's deletions took 2 to 7 s
+# for the same tool and tree. BENCH_PULL_DIR picks another place.
+PULLED=$(mktemp -d "${BENCH_PULL_DIR:-$SERVER_PARENT}/ftpsync-bench-pull.XXXXXX")
 ANON_ROOT=$SRV/root
 DISK=$ANON_ROOT/data # what clients see as $REMOTE_BASE
 mkdir -p "$ANON_ROOT" "$DISK" "$SRV/empty"
@@ -149,9 +153,9 @@ cleanup() {
         wait "$VSFTPD_PID" 2>/dev/null || true
     fi
     if [ "$KEEP" = 1 ]; then
-        log "work dir kept: $WORK (server files: $SRV)"
+        log "work dir kept: $WORK (server files: $SRV, pulled trees: $PULLED)"
     else
-        rm -rf "$WORK" "$SRV"
+        rm -rf "$WORK" "$SRV" "$PULLED"
     fi
 }
 trap cleanup EXIT
@@ -261,6 +265,10 @@ run_tool() {
     local tfile=$WORK/time.out
     rm -f "$tfile"
     if [ -n "$COUNTS_FILE" ]; then : >"$COUNTS_FILE"; fi
+    # The wall time to the millisecond (/usr/bin/time gives hundredths,
+    # too coarse for a no-op of 0.07 s); /usr/bin/time for the peak RSS.
+    local t0 t1
+    t0=$(date +%s%N)
     set +e
     case "$tool" in
     ftpsync)
@@ -310,13 +318,15 @@ EOF
         ;;
     esac
     T_RC=$?
+    t1=$(date +%s%N)
     set -e
     T_SECS="?"
     T_KIB=0
-    local line
+    local line secs
     line=$(grep -E '^[0-9.]+ [0-9]+$' "$tfile" 2>/dev/null | tail -1 || true)
     if [ -n "$line" ]; then
-        read -r T_SECS T_KIB <<<"$line"
+        read -r secs T_KIB <<<"$line"
+        T_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b - a) / 1e9}')
     fi
 }
 
@@ -341,7 +351,7 @@ run_case() { # run_case CASE TREE SUBDIR_SUFFIX
         local pull="" dest=$tree
         if [ "$c" = e ]; then
             # Download the pushed small tree into a fresh local directory.
-            pull=pull dest=$WORK/pulled-$tool
+            pull=pull dest=$PULLED/$tool
             rm -rf "$dest" "$WORK/state-pull-$sub.db"
             mkdir -p "$dest"
         fi
