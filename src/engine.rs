@@ -748,14 +748,22 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
     };
     let mut remote = None;
     let mut left = Vec::new();
-    let mut report = run_locked(job, opts, cancel, mode, &mut remote, &mut left).await;
+    let mut checked = false;
+    let mut report = run_locked(
+        job,
+        opts,
+        cancel,
+        mode,
+        &mut remote,
+        &mut left,
+        &mut checked,
+    )
+    .await;
     let mut record = run_record(opts, started_at, &report);
     // A damaged or too-new database is left as it is.
     if !matches!(report, Err(Error::State(_))) {
         let path = job.state_path.clone();
         let rec = record.clone();
-        // A run that got through its plan opened and checked the state.
-        let checked = report.is_ok();
         let saved = tokio::task::spawn_blocking(move || -> Result<(), crate::state::StateError> {
             let db = if checked {
                 StateDb::reopen(&path)?
@@ -981,6 +989,7 @@ async fn run_locked(
     mode: Mode,
     remote: &mut Option<RemoteRun>,
     left: &mut Vec<crate::plan::PlanItem>,
+    state_checked: &mut bool,
 ) -> Result<RunReport, Error> {
     let signals = StopSignals {
         stop: cancel.child_token(),
@@ -1015,6 +1024,8 @@ async fn run_locked(
             return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
         }
     };
+    // Prepared for a run: the state was opened, and checked if it existed.
+    *state_checked = true;
     if mode == Mode::Adopt {
         let (kept, rest) = std::mem::take(&mut prepared.plan.items)
             .into_iter()

@@ -1321,7 +1321,7 @@ impl DownloadAttempt<'_> {
         let want_sha = job.compare == CompareMode::Hash && sha.is_none();
         let placed = ctx
             .local
-            .place_bytes(&tmp, &final_local, data, mtime, mode, want_sha)
+            .place_bytes(path, &tmp, data, mtime, mode, want_sha)
             .await;
         // Renamed, or removed on failure: either way no longer there.
         ctx.send(StateChange::PendingRemove(tmp_key));

@@ -96,10 +96,7 @@ fn scan_with(
             return (tree, temps);
         }
     }
-    let queue = DirQueue {
-        state: Mutex::new((vec![RelPath::root()], 0)),
-        changed: Condvar::new(),
-    };
+    let queue = DirQueue::new(RelPath::root());
     let parts: Vec<(LocalTree, Vec<RelPath>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (1..threads)
             .map(|_| s.spawn(|| walk_from(&queue, root, filters, paths)))
@@ -133,18 +130,29 @@ fn scan_with(
 /// (a stat for each name) while the remote scan mostly waits on the server.
 const SCAN_THREADS: usize = 4;
 
-/// The directories still to read, and how many are being read (their
-/// subdirectories are still to come).
+/// The directories still to read, how many are being read (their
+/// subdirectories are still to come), and whether a thread panicked.
 struct DirQueue {
-    state: Mutex<(Vec<RelPath>, usize)>,
+    state: Mutex<(Vec<RelPath>, usize, bool)>,
     changed: Condvar,
 }
 
 impl DirQueue {
-    /// The next directory to read; `None` once every one has been read.
+    fn new(first: RelPath) -> DirQueue {
+        DirQueue {
+            state: Mutex::new((vec![first], 0, false)),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The next directory to read; `None` once every one has been read (or
+    /// a thread panicked: the scan is over).
     fn next(&self) -> Option<RelPath> {
         let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            if g.2 {
+                return None;
+            }
             if let Some(dir) = g.0.pop() {
                 g.1 += 1;
                 return Some(dir);
@@ -163,6 +171,23 @@ impl DirQueue {
         g.1 -= 1;
         self.changed.notify_all();
     }
+
+    /// A thread panicked while reading a directory: the others stop
+    /// instead of waiting for it, and the panic is raised by the scope.
+    fn abandon(&self) {
+        let mut g = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        g.2 = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Abandons the queue if dropped while a directory is being read (a panic).
+struct Reading<'a>(&'a DirQueue);
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
 }
 
 /// One scanning thread: reads directories from `queue` until none is left,
@@ -176,7 +201,9 @@ fn walk_from(
     let mut tree = LocalTree::default();
     let mut temps = Vec::new();
     while let Some(dir) = queue.next() {
+        let reading = Reading(queue);
         let subdirs = read_one(root, &dir, filters, paths, &mut tree, &mut temps);
+        std::mem::forget(reading);
         queue.done(subdirs);
     }
     (tree, temps)
@@ -405,6 +432,27 @@ mod tests {
         assert!(is_temp_name(&t), "{t}");
         assert!(!is_temp_name(".ftpsync-zz.part"));
         assert!(!is_temp_name("index.html"));
+    }
+
+    /// A scanning thread that panics while reading a directory stops the
+    /// others, which would otherwise wait for its subdirectories forever.
+    #[test]
+    fn a_panicking_scan_thread_stops_the_others() {
+        let q = std::sync::Arc::new(DirQueue::new(RelPath::root()));
+        let taken = q.next();
+        assert!(taken.is_some());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = std::sync::Arc::clone(&q);
+        // Nothing queued, one directory being read: this one waits.
+        std::thread::spawn(move || tx.send(waiting.next()).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _reading = Reading(&q);
+            panic!("a directory that cannot be read");
+        }));
+        assert!(panicked.is_err());
+        let next = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(next, Ok(None), "the other thread still waits");
     }
 
     /// Directories read by several threads at once give exactly the tree,

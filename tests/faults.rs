@@ -1539,6 +1539,12 @@ fn a_file_grown_on_the_server_since_its_listing_is_not_placed() {
             out.all()
         );
     });
+    let retrs = |cmds: Vec<String>| {
+        cmds.iter()
+            .filter(|c| c.starts_with("RETR ") && c.ends_with("small.txt"))
+            .count()
+    };
+    assert_eq!(retrs(f.proxy.commands()), 2, "the retry fails the same way");
     assert!(!f.env.local.join("d/small.txt").exists());
     assert_eq!(
         fs::read(f.env.local.join("d/other.txt")).unwrap(),
@@ -1547,6 +1553,49 @@ fn a_file_grown_on_the_server_since_its_listing_is_not_placed() {
     no_temp_files(&f.env.local);
     f.env.run(&job, 0);
     assert_same_tree(&f.env.remote_disk, &f.env.local);
+}
+
+/// A local directory swapped for a link to elsewhere while a small file is
+/// on its way is noticed before the file is written: the links are checked
+/// again right before it is created, and nothing lands outside the tree.
+#[test]
+fn a_directory_swapped_for_a_link_during_a_download_is_not_written_through() {
+    let f = faulty();
+    write(&f.env.remote_disk, "d/a.txt", "server file\n");
+    let outside = f.env.dir.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    // The RETR waits in the proxy while the directory is swapped.
+    f.proxy.add_rule(
+        Rule::new("RETR", Action::Delay(Duration::from_millis(1500)))
+            .arg("a.txt")
+            .times(1),
+    );
+    let job = f.env.job("pull", false, "retry:\n  max_attempts: 1\n");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while !f.proxy.commands().iter().any(|c| c.starts_with("RETR ")) {
+                assert!(std::time::Instant::now() < deadline, "no RETR seen");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            fs::rename(f.env.local.join("d"), f.env.dir.path().join("d.moved")).unwrap();
+            std::os::unix::fs::symlink(&outside, f.env.local.join("d")).unwrap();
+        });
+        let out = f.env.run(&job, 1);
+        let failed = out.failed();
+        assert_eq!(failed.len(), 1, "{}", out.all());
+        assert!(
+            failed[0].starts_with("FAILED download d/a.txt: ")
+                && failed[0].ends_with("is a symbolic link; refusing to write through it"),
+            "{}",
+            out.all()
+        );
+    });
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote outside the local root"
+    );
 }
 
 /// A 421 to a command sent on its own (here the MDTM that sets the time

@@ -109,8 +109,13 @@ impl<S: StateStore + 'static> StateWriter<S> {
                     match msg {
                         WriterMsg::Change(change) => c.batch.push(change),
                         WriterMsg::Run(run) => c.record_run(&run),
-                        WriterMsg::Flush(ack) => flushes.push(ack),
+                        WriterMsg::Flush(ack) => {
+                            // Its hurry is served by this round.
+                            hurried.store(false, Ordering::Release);
+                            flushes.push(ack);
+                        }
                         WriterMsg::Snapshot(to, ack) => {
+                            hurried.store(false, Ordering::Release);
                             c.commit();
                             let result = match &c.failed {
                                 Some(e) => Err(e.clone()),

@@ -160,24 +160,29 @@ impl LocalStore {
 
     /// [`LocalStore::place`] for a small file received into memory: in one
     /// trip to a blocking thread, writes `data` to the new file `temp`
-    /// (never an existing one), gives it `mode` and `mtime`, and renames it
-    /// over `target`. Returns the placed file's metadata and, with `sha`,
-    /// the SHA-256 of `data`. On failure the temporary file is removed.
+    /// (never an existing one, beside `rel`'s path), gives it `mode` and
+    /// `mtime`, and renames it over `rel`'s path, checked again for links.
+    /// Returns the placed file's metadata and, with `sha`, the SHA-256 of
+    /// `data`. On failure the temporary file is removed.
     pub async fn place_bytes(
         &self,
+        rel: &RelPath,
         temp: &Path,
-        target: &Path,
         data: Vec<u8>,
         mtime: Option<SystemTime>,
         mode: Option<u32>,
         sha: bool,
     ) -> Result<(Metadata, Option<[u8; 32]>), FtpFailure> {
-        let (temp, target) = (temp.to_path_buf(), target.to_path_buf());
+        let temp = temp.to_path_buf();
+        let (root, rel) = (self.root.clone(), rel.clone());
         blocking(move || {
+            // The data took a while to come: the directories on the way are
+            // checked for links again right before the file is created.
+            let target = safe_path(&root, &rel).map_err(local_err)?;
             let written = (|| -> std::io::Result<()> {
                 use std::io::Write;
                 use std::os::unix::fs::OpenOptionsExt;
-                // The mode is given at creation; the umask may take bits off it.
+                // Never more open than `mode`, even before it is set exactly.
                 let mut f = std::fs::File::options()
                     .write(true)
                     .create_new(true)
@@ -188,7 +193,6 @@ impl LocalStore {
                     let _ = f.set_modified(t);
                 }
                 if let Some(m) = mode
-                    && m & crate::local::umask() != 0
                     && let Err(e) = f.set_permissions(Permissions::from_mode(m & 0o777))
                 {
                     tracing::warn!("cannot set the mode of {}: {e}", target.display());
