@@ -1234,17 +1234,26 @@ impl Attempt for DownloadAttempt<'_> {
             _ if job.compare != CompareMode::Hash => None,
             Some(d) => Some(d),
             None => ctx.local.sha256(&final_local).await,
-        }
-        .map(Box::new);
-        Ok(StateRecord {
-            kind: Kind::File,
-            local: Some(LocalMeta {
-                size: md.len(),
-                mtime_ns: mtime_ns(&md),
-                sha256: sha,
-            }),
-            remote: remote_meta,
-        })
+        };
+        Ok(downloaded_record(&md, sha, remote_meta))
+    }
+}
+
+/// The record of a file just downloaded and placed (`md`), with its SHA-256
+/// when the job compares hashes.
+fn downloaded_record(
+    md: &std::fs::Metadata,
+    sha256: Option<[u8; 32]>,
+    remote: Option<RemoteMeta>,
+) -> StateRecord {
+    StateRecord {
+        kind: Kind::File,
+        local: Some(LocalMeta {
+            size: md.len(),
+            mtime_ns: mtime_ns(md),
+            sha256: sha256.map(Box::new),
+        }),
+        remote,
     }
 }
 
@@ -1331,17 +1340,8 @@ impl DownloadAttempt<'_> {
             _ if job.compare != CompareMode::Hash => None,
             Some(d) => Some(d),
             None => computed,
-        }
-        .map(Box::new);
-        Ok(StateRecord {
-            kind: Kind::File,
-            local: Some(LocalMeta {
-                size: md.len(),
-                mtime_ns: mtime_ns(&md),
-                sha256: sha,
-            }),
-            remote: remote_meta,
-        })
+        };
+        Ok(downloaded_record(&md, sha, remote_meta))
     }
 }
 

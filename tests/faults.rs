@@ -69,6 +69,15 @@ pub(crate) fn small_tree(env: &Env, n: usize) {
     }
 }
 
+/// Waits until the proxy has seen a command starting with `prefix`.
+fn wait_for_command(proxy: &FaultProxy, prefix: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !proxy.commands().iter().any(|c| c.starts_with(prefix)) {
+        assert!(std::time::Instant::now() < deadline, "no {prefix} seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub(crate) fn no_temp_files(root: &std::path::Path) {
     for k in snapshot(root).keys() {
         assert!(!k.contains(".ftpsync-"), "temporary file left behind: {k}");
@@ -269,11 +278,7 @@ fn first_run_logs_in_while_the_root_is_listed() {
     let job = f.env.job("push", false, "concurrency: 4\n");
     let during_hold = std::thread::scope(|s| {
         let run = s.spawn(|| f.env.run(&job, 0));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !f.proxy.commands().iter().any(|c| c.starts_with("MLSD")) {
-            assert!(std::time::Instant::now() < deadline, "no MLSD");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_command(&f.proxy, "MLSD");
         std::thread::sleep(hold / 2);
         let logins = count(&f.proxy.commands(), "USER ");
         run.join().expect("the run");
@@ -1476,11 +1481,7 @@ fn a_file_changed_during_upload_is_sent_again() {
     let job = f.env.job("push", false, "");
     std::thread::scope(|s| {
         s.spawn(|| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !f.proxy.commands().iter().any(|c| c.starts_with("STOR ")) {
-                assert!(std::time::Instant::now() < deadline, "no STOR seen");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for_command(&f.proxy, "STOR ");
             use std::io::Write;
             let mut file = fs::OpenOptions::new()
                 .append(true)
@@ -1518,11 +1519,7 @@ fn a_file_grown_on_the_server_since_its_listing_is_not_placed() {
     );
     std::thread::scope(|s| {
         s.spawn(|| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !f.proxy.commands().iter().any(|c| c.starts_with("RETR ")) {
-                assert!(std::time::Instant::now() < deadline, "no RETR seen");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for_command(&f.proxy, "RETR ");
             use std::io::Write;
             fs::OpenOptions::new()
                 .append(true)
@@ -1573,11 +1570,7 @@ fn a_directory_swapped_for_a_link_during_a_download_is_not_written_through() {
     let job = f.env.job("pull", false, "retry:\n  max_attempts: 1\n");
     std::thread::scope(|s| {
         s.spawn(|| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while !f.proxy.commands().iter().any(|c| c.starts_with("RETR ")) {
-                assert!(std::time::Instant::now() < deadline, "no RETR seen");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for_command(&f.proxy, "RETR ");
             fs::rename(f.env.local.join("d"), f.env.dir.path().join("d.moved")).unwrap();
             std::os::unix::fs::symlink(&outside, f.env.local.join("d")).unwrap();
         });
