@@ -9,7 +9,8 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+
+use triomphe::ThinArc;
 
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,12 +57,64 @@ pub fn validate_name(raw: &[u8]) -> Result<&str, NameError> {
 /// run's memory (see [`super::PathInterner`] for sharing between maps built
 /// apart). It compares, orders and hashes as its text (`Borrow<str>`).
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct RelPath(Arc<str>);
+pub struct RelPath(Text);
+
+/// The shared text of a path: one allocation that holds the count, the
+/// length and the bytes, behind a one-word pointer. An `Arc<str>` is two
+/// words (pointer and length): as the key of the state and of both trees
+/// that was 8 bytes a path three times over, 2.4 MB at 100,000 files.
+#[derive(Clone)]
+struct Text(ThinArc<(), u8>);
+
+impl Text {
+    fn new(text: &str) -> Self {
+        Text(ThinArc::from_header_and_slice((), text.as_bytes()))
+    }
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // SAFETY: the bytes were copied from a `&str` in `Text::new` and
+        // are never changed, so they are valid UTF-8.
+        unsafe { std::str::from_utf8_unchecked(&self.0.slice) }
+    }
+}
+
+impl Default for Text {
+    fn default() -> Self {
+        Text::new("")
+    }
+}
+
+// Compared, ordered and hashed as the text, like `str` (what `Borrow<str>`
+// on [`RelPath`] requires).
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+impl Eq for Text {}
+impl PartialOrd for Text {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Text {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (**self).cmp(&**other)
+    }
+}
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state)
+    }
+}
 
 impl RelPath {
     /// The root of the tree.
     pub fn root() -> Self {
-        RelPath(Arc::from(""))
+        RelPath(Text::default())
     }
 
     /// Parses a stored or user-given `a/b/c` path, validating every component.
@@ -99,13 +152,13 @@ impl RelPath {
 
     /// A path from text made of validated names joined by `/`.
     pub(super) fn from_valid(text: &str) -> Self {
-        RelPath(Arc::from(text))
+        RelPath(Text::new(text))
     }
 
     /// Whether the two share one copy of their text (not only equal text).
     #[cfg(test)]
     pub(crate) fn same_text(a: &RelPath, b: &RelPath) -> bool {
-        Arc::ptr_eq(&a.0, &b.0)
+        a.0.0.as_ptr() == b.0.0.as_ptr()
     }
 
     pub fn is_root(&self) -> bool {
@@ -127,7 +180,7 @@ impl RelPath {
             return None;
         }
         Some(match self.0.rfind('/') {
-            Some(i) => RelPath(Arc::from(&self.0[..i])),
+            Some(i) => RelPath(Text::new(&self.0[..i])),
             None => RelPath::root(),
         })
     }
@@ -165,9 +218,9 @@ impl RelPath {
         if root.is_empty() {
             self.0.to_string()
         } else if root.ends_with('/') {
-            format!("{root}{}", self.0)
+            format!("{root}{}", self.as_str())
         } else {
-            format!("{root}/{}", self.0)
+            format!("{root}/{}", self.as_str())
         }
     }
 }
@@ -190,7 +243,7 @@ impl fmt::Display for RelPath {
 
 impl fmt::Debug for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.0)
+        write!(f, "{:?}", self.as_str())
     }
 }
 
@@ -214,6 +267,39 @@ pub fn check_command_arg(arg: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_one_word_and_behaves_as_its_text() {
+        assert_eq!(std::mem::size_of::<RelPath>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<Option<RelPath>>(),
+            std::mem::size_of::<usize>()
+        );
+        // Ordered, compared and hashed as the text, so that maps keyed by
+        // paths can be searched with a `&str`.
+        let texts = ["", "a", "a b", "a.b", "a/b", "a/b/c", "ab", "é", "z"];
+        let paths: Vec<RelPath> = texts.iter().map(|t| RelPath::parse(t).unwrap()).collect();
+        for (a, ta) in paths.iter().zip(texts) {
+            assert_eq!(a.as_str(), ta);
+            for (b, tb) in paths.iter().zip(texts) {
+                assert_eq!(a.cmp(b), ta.cmp(tb), "{ta:?} vs {tb:?}");
+                assert_eq!(a == b, ta == tb);
+            }
+        }
+        let set: std::collections::HashSet<RelPath> = paths.iter().cloned().collect();
+        for t in texts {
+            assert!(set.contains(t), "{t:?}");
+        }
+        assert!(!set.contains("a/c"));
+        let copy = paths[4].clone();
+        assert!(RelPath::same_text(&copy, &paths[4]));
+        assert!(!RelPath::same_text(
+            &RelPath::parse("a/b").unwrap(),
+            &paths[4]
+        ));
+        assert_eq!(RelPath::default(), RelPath::root());
+        assert_eq!(paths[5].parent().unwrap(), paths[4]);
+    }
 
     #[test]
     fn rejects_hostile_names() {
