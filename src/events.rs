@@ -10,9 +10,10 @@
 //! reads the counters from its own ticker ([`Progress::snapshot`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::ftp::FtpFailure;
 use crate::model::{Problem, Side};
@@ -142,6 +143,8 @@ pub struct Progress {
     local_done: AtomicBool,
     remote_done: AtomicBool,
     planned: AtomicBool,
+    /// When the plan was made: transfers begin then.
+    planned_at: OnceLock<Instant>,
     files_total: AtomicU64,
     bytes_total: AtomicU64,
     files_done: AtomicU64,
@@ -179,6 +182,8 @@ pub struct Snapshot {
     pub remote_done: bool,
     /// Whether the plan is made (the run is past scanning).
     pub planned: bool,
+    /// How long ago the plan was made (the transfers' time so far).
+    pub since_planned: Option<Duration>,
     /// Transfers: files finished (done or failed) of all, and their bytes;
     /// the bytes of transfers in flight count as far as they got.
     pub files_done: u64,
@@ -207,6 +212,7 @@ impl Progress {
         }
         self.files_total.store(files, Ordering::Relaxed);
         self.bytes_total.store(bytes, Ordering::Relaxed);
+        let _ = self.planned_at.set(Instant::now());
         self.planned.store(true, Ordering::Relaxed);
     }
 
@@ -246,6 +252,7 @@ impl Progress {
             remote_entries: self.remote_entries.load(Ordering::Relaxed),
             remote_done: self.remote_done.load(Ordering::Relaxed),
             planned: self.planned.load(Ordering::Relaxed),
+            since_planned: self.planned_at.get().map(Instant::elapsed),
             files_done: self.files_done.load(Ordering::Relaxed),
             files_total: self.files_total.load(Ordering::Relaxed),
             bytes_done: self.bytes_done.load(Ordering::Relaxed),

@@ -8,7 +8,7 @@
 //! `FTPSYNC_PROGRESS_INTERVAL` (e.g. `2s`).
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -93,21 +93,20 @@ fn interval() -> Duration {
         .unwrap_or(Duration::from_secs(10))
 }
 
-/// The transfer rate since the transfers began.
+/// The transfer rate since the transfers began (when the plan was made:
+/// the first reading may come seconds later, with much already sent).
 #[derive(Default)]
 struct Rate {
-    since: Option<Instant>,
     bytes_per_second: u64,
 }
 
 impl Rate {
     fn update(&mut self, s: &Snapshot) {
-        if !s.planned {
-            return;
-        }
-        let since = *self.since.get_or_insert_with(Instant::now);
-        let secs = since.elapsed().as_secs_f64();
-        if secs > 0.0 {
+        if let Some(secs) = s
+            .since_planned
+            .map(|d| d.as_secs_f64())
+            .filter(|&t| t > 0.0)
+        {
             self.bytes_per_second = (s.bytes_done as f64 / secs) as u64;
         }
     }
@@ -283,6 +282,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_rate_counts_from_the_plan_not_from_the_first_reading() {
+        // The first reading comes up to an interval after the plan, with
+        // 100 MiB already sent in the 10 s since: 10 MiB/s, not 100 MiB
+        // over the few microseconds since the reading began.
+        let mut rate = Rate::default();
+        let mut s = Snapshot {
+            planned: true,
+            since_planned: Some(Duration::from_secs(10)),
+            bytes_done: 100 << 20,
+            bytes_total: 200 << 20,
+            ..Snapshot::default()
+        };
+        rate.update(&s);
+        assert_eq!(rate.bytes_per_second, 10 << 20);
+        assert_eq!(rate.eta(&s), Some(10));
+        s.since_planned = Some(Duration::from_secs(20));
+        s.bytes_done = 120 << 20;
+        rate.update(&s);
+        assert_eq!(rate.bytes_per_second, 6 << 20);
+        // Before the plan: no rate.
+        let mut before = Rate::default();
+        before.update(&Snapshot::default());
+        assert_eq!(before.bytes_per_second, 0);
+        assert_eq!(before.eta(&s), None);
+    }
+
+    #[test]
     fn plain_lines_say_the_phase_counts_rate_and_files() {
         let mut s = Snapshot {
             local_entries: 12,
@@ -302,7 +328,6 @@ mod tests {
         s.bytes_total = 2 * 1024 * 1024;
         s.current = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
         let rate = Rate {
-            since: None,
             bytes_per_second: 256 * 1024,
         };
         assert_eq!(
