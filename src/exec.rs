@@ -407,7 +407,8 @@ pub async fn execute(
         });
     }
     let transfers = schedule(transfers);
-    run_concurrent(&ctx, transfers, &mut report).await;
+    let mut relister = Relister::new(&transfers);
+    run_concurrent_with(&ctx, transfers, &mut report, Some(&mut relister)).await;
 
     // 3. Deletes last, and only if nothing failed (rclone's rule: an error
     // anywhere may mean the picture is incomplete) and the run was not stopped.
@@ -432,13 +433,14 @@ pub async fn execute(
         report.outcomes.push(Outcome { item, error: None });
     }
 
-    // 5. Record the remote fingerprints of what was uploaded: one listing per
-    // touched directory instead of a query per file. A stopped run leaves
-    // that to the next one (the planner refreshes such records).
+    // 5. The re-listings of the directories that received uploads (started
+    // as each directory's last upload ended) are awaited. A stopped run
+    // leaves them to the next one (the planner refreshes such records).
     if ctx.stopping() {
+        relister.set.abort_all();
         remove_live_temps(&ctx, &mut report).await;
     } else {
-        refresh_uploaded(&ctx, &report).await;
+        while relister.set.join_next().await.is_some() {}
     }
 
     report.bytes = ctx.bytes.load(Ordering::Relaxed);
@@ -525,6 +527,16 @@ async fn run_levels(
 /// Once a stop is asked, no new item starts; those in flight get the grace
 /// period and are then abandoned (their tasks dropped, their connections closed).
 async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunReport) {
+    run_concurrent_with(ctx, items, report, None).await
+}
+
+/// [`run_concurrent`], telling `relister` of each item that ends.
+async fn run_concurrent_with(
+    ctx: &Arc<Ctx>,
+    items: Vec<PlanItem>,
+    report: &mut RunReport,
+    mut relister: Option<&mut Relister>,
+) {
     let mut set: JoinSet<Outcome> = JoinSet::new();
     let mut running: HashMap<tokio::task::Id, PlanItem> = HashMap::new();
     let mut queue = items.into_iter();
@@ -566,10 +578,16 @@ async fn run_concurrent(ctx: &Arc<Ctx>, items: Vec<PlanItem>, report: &mut RunRe
             joined = set.join_next_with_id() => match joined {
                 Some(Ok((id, o))) => {
                     running.remove(&id);
+                    if let Some(r) = relister.as_deref_mut() {
+                        r.ended(ctx, &o.item, o.error.is_none());
+                    }
                     report.outcomes.push(o);
                 }
                 Some(Err(e)) => {
                     let item = running.remove(&e.id());
+                    if let (Some(r), Some(item)) = (relister.as_deref_mut(), &item) {
+                        r.ended(ctx, item, false);
+                    }
                     if e.is_cancelled() {
                         report.abandoned.extend(item);
                     } else if let Some(item) = item {
@@ -1373,58 +1391,90 @@ fn server_time(
     })
 }
 
-/// Re-lists the directories that received uploads and records the remote
-/// fingerprints as the server now reports them.
-async fn refresh_uploaded(ctx: &Arc<Ctx>, report: &RunReport) {
-    let mut by_dir: BTreeMap<RelPath, Vec<RelPath>> = BTreeMap::new();
-    for o in &report.outcomes {
-        if o.item.op == Op::Upload && o.error.is_none() {
-            by_dir
-                .entry(o.item.path.parent().unwrap_or_default())
-                .or_default()
-                .push(o.item.path.clone());
+/// Re-lists each directory that received uploads as soon as the last of its
+/// uploads has ended, while other transfers go on, and records the remote
+/// fingerprints as the server now reports them: one listing per directory
+/// instead of a query per file. At the end of a run these listings were a
+/// round trip or two per directory added to its tail.
+struct Relister {
+    /// Uploads not yet ended, by directory.
+    left: HashMap<RelPath, usize>,
+    /// Uploads that succeeded, by directory, until it is re-listed.
+    done: HashMap<RelPath, Vec<RelPath>>,
+    set: JoinSet<()>,
+}
+
+impl Relister {
+    fn new(items: &[PlanItem]) -> Self {
+        let mut left: HashMap<RelPath, usize> = HashMap::new();
+        for i in items.iter().filter(|i| i.op == Op::Upload) {
+            *left.entry(i.path.parent().unwrap_or_default()).or_default() += 1;
+        }
+        Relister {
+            left,
+            done: HashMap::new(),
+            set: JoinSet::new(),
         }
     }
-    let mut set = JoinSet::new();
-    let mut dirs = by_dir.into_iter();
-    loop {
-        while set.len() < ctx.remote.connections() {
-            let Some((dir, files)) = dirs.next() else {
-                break;
-            };
-            let ctx = Arc::clone(ctx);
-            set.spawn(
-                async move {
-                    let Ok(entries) = ctx.remote.list_dir(&dir).await else {
-                        return;
-                    };
-                    let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
-                    for e in entries {
-                        let Ok(name) = std::str::from_utf8(&e.name) else {
-                            continue;
-                        };
-                        if !wanted.contains(name) {
-                            continue;
-                        }
-                        let Ok(path) = dir.join(name.as_bytes()) else {
-                            continue;
-                        };
-                        // Completes the record this run's upload wrote.
-                        ctx.send(StateChange::RefreshRemote(
-                            path,
-                            RemoteMeta {
-                                size: e.size,
-                                mtime: e.mtime,
-                            },
-                        ));
-                    }
-                }
-                .in_current_span(),
-            );
+
+    /// `item` ended (`ok`: it succeeded). Starts its directory's listing
+    /// once none of the directory's uploads is left.
+    fn ended(&mut self, ctx: &Arc<Ctx>, item: &PlanItem, ok: bool) {
+        if item.op != Op::Upload {
+            return;
         }
-        if set.join_next().await.is_none() {
-            break;
+        let dir = item.path.parent().unwrap_or_default();
+        if ok {
+            self.done
+                .entry(dir.clone())
+                .or_default()
+                .push(item.path.clone());
         }
+        let Some(left) = self.left.get_mut(&dir) else {
+            return;
+        };
+        *left -= 1;
+        if *left > 0 {
+            return;
+        }
+        self.left.remove(&dir);
+        let Some(files) = self.done.remove(&dir) else {
+            return;
+        };
+        if ctx.stopping() {
+            return;
+        }
+        let ctx = Arc::clone(ctx);
+        self.set
+            .spawn(async move { relist(&ctx, &dir, &files).await }.in_current_span());
+    }
+}
+
+/// Lists `dir` and completes the records of the `files` this run uploaded
+/// there with what the listing shows.
+async fn relist(ctx: &Ctx, dir: &RelPath, files: &[RelPath]) {
+    let Ok(entries) = ctx.remote.list_dir(dir).await else {
+        return;
+    };
+    let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
+    for e in entries {
+        let Ok(name) = std::str::from_utf8(&e.name) else {
+            continue;
+        };
+        if !wanted.contains(name) {
+            continue;
+        }
+        let Ok(path) = dir.join(name.as_bytes()) else {
+            continue;
+        };
+        // Completes the record this run's upload wrote.
+        ctx.send(StateChange::RefreshRemote(
+            path,
+            RemoteMeta {
+                size: e.size,
+                mtime: e.mtime,
+            },
+        ));
     }
 }
 

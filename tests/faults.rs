@@ -1335,14 +1335,21 @@ fn login_is_one_write(f: &Faulty) {
 
 /// How many `verb` commands there are, and how many of them came right
 /// after a passive request (`EPSV`/`PASV`) on the wire: the others used a
-/// passive port opened ahead of time.
-fn after_passive(cmds: &[String], verb: &str) -> (usize, usize) {
+/// passive port opened ahead of time. With `but_after_listing`, a transfer
+/// right after a listing (a directory re-listed once its uploads ended) is
+/// not counted: the listing took the port opened ahead, so the next
+/// transfer asks again.
+fn after_passive(cmds: &[String], verb: &str, but_after_listing: bool) -> (usize, usize) {
+    let listing = |c: &String| c.starts_with("MLSD") || c.starts_with("LIST");
     let mut all = 0;
     let mut fresh = 0;
     for (i, c) in cmds.iter().enumerate() {
         if c.starts_with(verb) {
             all += 1;
-            if i > 0 && (cmds[i - 1] == "EPSV" || cmds[i - 1] == "PASV") {
+            if i > 0
+                && (cmds[i - 1] == "EPSV" || cmds[i - 1] == "PASV")
+                && !(but_after_listing && i > 1 && listing(&cmds[i - 2]))
+            {
                 fresh += 1;
             }
         }
@@ -1379,7 +1386,7 @@ fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
             .any(|c| c == "EPSV" || c == "PASV"),
         "{cmds:#?}"
     );
-    let (stors, fresh) = after_passive(&cmds, "STOR ");
+    let (stors, fresh) = after_passive(&cmds, "STOR ", true);
     assert_eq!(stors, 6, "{cmds:#?}");
     assert!(
         fresh <= 1,
@@ -1403,7 +1410,7 @@ fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
     let done = cmds.len();
     pull_afresh(f, 1);
     let cmds = f.proxy.commands()[done..].to_vec();
-    let (retrs, fresh) = after_passive(&cmds, "RETR ");
+    let (retrs, fresh) = after_passive(&cmds, "RETR ", false);
     assert_eq!(retrs, 6, "{cmds:#?}");
     if quiet_in_transfer {
         assert!(
@@ -1775,3 +1782,64 @@ on_server!(
     passive_ports_opened_ahead,
     false
 );
+
+/// A directory whose uploads have all ended is re-listed at once, while
+/// uploads elsewhere go on: the listing that completes its records does not
+/// wait for the run's last transfer.
+#[test]
+fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
+    let f = faulty();
+    write(&f.env.local, "a/x.txt", "x\n");
+    write(&f.env.local, "b/y.txt", "y\n");
+    // y's upload (to a temporary name in b) is held in the proxy for 2 s.
+    let hold = Duration::from_millis(2000);
+    f.proxy.add_rule(
+        Rule::new("STOR", Action::Delay(hold))
+            .arg("/b/.ftpsync-")
+            .times(1),
+    );
+    let job = f.env.job("push", false, "");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+
+    // "#2 +0.153s MLSD" -> (seconds, command)
+    let log: Vec<(f64, String)> = f
+        .proxy
+        .commands_by_session()
+        .iter()
+        .map(|l| {
+            let (_, rest) = l.split_once(" +").unwrap();
+            let (secs, cmd) = rest.split_once("s ").unwrap();
+            (secs.parse().unwrap(), cmd.to_string())
+        })
+        .collect();
+    let at = |pred: &dyn Fn(&str) -> bool| {
+        log.iter()
+            .find(|(_, c)| pred(c))
+            .map(|(t, _)| *t)
+            .unwrap_or_else(|| panic!("not found in {log:#?}"))
+    };
+    let stor_x = at(&|c| c.starts_with("STOR ") && c.contains("/a/.ftpsync-"));
+    let stor_y = at(&|c| c.starts_with("STOR ") && c.contains("/b/.ftpsync-"));
+    // The first run's only listing before the uploads is the root's: the
+    // first one after x's upload is a's.
+    let relist_a = log
+        .iter()
+        .find(|(t, c)| *t >= stor_x && (c.starts_with("MLSD") || c.starts_with("LIST")))
+        .map(|(t, _)| *t)
+        .unwrap_or_else(|| panic!("no listing after the uploads: {log:#?}"));
+    assert!(
+        relist_a < stor_y + hold.as_secs_f64() - 0.5,
+        "a was listed {relist_a:.3}s, y's upload was held from {stor_y:.3}s: {log:#?}"
+    );
+
+    // Both records were completed by the listings: the server's times are in the state.
+    let db = ftpsync::state::StateDb::open(&f.env.state_path(), false)
+        .unwrap()
+        .unwrap();
+    let state = db.load().unwrap();
+    for p in ["a/x.txt", "b/y.txt"] {
+        let remote = state[p].remote.as_ref().unwrap();
+        assert_ne!(remote.mtime, ftpsync::model::RemoteTime::Unknown, "{p}");
+    }
+}
