@@ -436,11 +436,21 @@ pub async fn execute(
     // 5. The re-listings of the directories that received uploads (started
     // as each directory's last upload ended) are awaited. A stopped run
     // leaves them to the next one (the planner refreshes such records).
-    if ctx.stopping() {
+    let mut stopped = ctx.stopping();
+    while !stopped {
+        tokio::select! {
+            next = relister.set.join_next() => if next.is_none() { break },
+            _ = ctx.signals.stop.cancelled() => stopped = true,
+            _ = ctx.signals.abort.cancelled() => stopped = true,
+        }
+    }
+    if stopped {
+        ctx.remote.halt();
         relister.set.abort_all();
-        remove_live_temps(&ctx, &mut report).await;
-    } else {
+        // None outlives the run (a connection held, a record sent after
+        // the state's last flush).
         while relister.set.join_next().await.is_some() {}
+        remove_live_temps(&ctx, &mut report).await;
     }
 
     report.bytes = ctx.bytes.load(Ordering::Relaxed);

@@ -1336,9 +1336,9 @@ fn login_is_one_write(f: &Faulty) {
 /// How many `verb` commands there are, and how many of them came right
 /// after a passive request (`EPSV`/`PASV`) on the wire: the others used a
 /// passive port opened ahead of time. With `but_after_listing`, a transfer
-/// right after a listing (a directory re-listed once its uploads ended) is
-/// not counted: the listing took the port opened ahead, so the next
-/// transfer asks again.
+/// right after a listing between transfers (a directory re-listed once its
+/// uploads ended) is not counted: the listing took the port opened ahead,
+/// so the next transfer asks again.
 fn after_passive(cmds: &[String], verb: &str, but_after_listing: bool) -> (usize, usize) {
     let listing = |c: &String| c.starts_with("MLSD") || c.starts_with("LIST");
     let mut all = 0;
@@ -1346,10 +1346,10 @@ fn after_passive(cmds: &[String], verb: &str, but_after_listing: bool) -> (usize
     for (i, c) in cmds.iter().enumerate() {
         if c.starts_with(verb) {
             all += 1;
-            if i > 0
-                && (cmds[i - 1] == "EPSV" || cmds[i - 1] == "PASV")
-                && !(but_after_listing && i > 1 && listing(&cmds[i - 2]))
-            {
+            // Only a listing between transfers: the scan's, before the
+            // first, must leave a port open for it.
+            let after_relisting = but_after_listing && all > 1 && i > 1 && listing(&cmds[i - 2]);
+            if i > 0 && (cmds[i - 1] == "EPSV" || cmds[i - 1] == "PASV") && !after_relisting {
                 fresh += 1;
             }
         }
@@ -1785,60 +1785,78 @@ on_server!(
 
 /// A directory whose uploads have all ended is re-listed at once, while
 /// uploads elsewhere go on: the listing that completes its records does not
-/// wait for the run's last transfer.
+/// wait for the run's last transfer, nor does it come before the
+/// directory's own last upload.
 #[test]
 fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
     let f = faulty();
     write(&f.env.local, "a/x.txt", "x\n");
     write(&f.env.local, "b/y.txt", "y\n");
-    // y's upload (to a temporary name in b) is held in the proxy for 2 s.
+    write(&f.env.local, "c/p.txt", "p\n");
+    write(&f.env.local, "c/q.txt", "q\n");
+    // b's upload and one of c's two (to temporary names) are held in the
+    // proxy for 2 s.
     let hold = Duration::from_millis(2000);
-    f.proxy.add_rule(
-        Rule::new("STOR", Action::Delay(hold))
-            .arg("/b/.ftpsync-")
-            .times(1),
-    );
+    for dir in ["/b/.ftpsync-", "/c/.ftpsync-"] {
+        f.proxy
+            .add_rule(Rule::new("STOR", Action::Delay(hold)).arg(dir).times(1));
+    }
     let job = f.env.job("push", false, "");
     f.env.run(&job, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 
-    // "#2 +0.153s MLSD" -> (seconds, command)
-    let log: Vec<(f64, String)> = f
+    // "#2 +0.153s MLSD" -> (session, seconds, command)
+    let log: Vec<(String, f64, String)> = f
         .proxy
         .commands_by_session()
         .iter()
         .map(|l| {
-            let (_, rest) = l.split_once(" +").unwrap();
+            let (session, rest) = l.split_once(" +").unwrap();
             let (secs, cmd) = rest.split_once("s ").unwrap();
-            (secs.parse().unwrap(), cmd.to_string())
+            (session.to_string(), secs.parse().unwrap(), cmd.to_string())
         })
         .collect();
-    let at = |pred: &dyn Fn(&str) -> bool| {
+    let last = |pred: &dyn Fn(&str) -> bool| {
         log.iter()
-            .find(|(_, c)| pred(c))
-            .map(|(t, _)| *t)
+            .filter(|(_, _, c)| pred(c))
+            .map(|(_, t, _)| *t)
+            .reduce(f64::max)
             .unwrap_or_else(|| panic!("not found in {log:#?}"))
     };
-    let stor_x = at(&|c| c.starts_with("STOR ") && c.contains("/a/.ftpsync-"));
-    let stor_y = at(&|c| c.starts_with("STOR ") && c.contains("/b/.ftpsync-"));
-    // The first run's only listing before the uploads is the root's: the
-    // first one after x's upload is a's.
-    let relist_a = log
-        .iter()
-        .find(|(t, c)| *t >= stor_x && (c.starts_with("MLSD") || c.starts_with("LIST")))
-        .map(|(t, _)| *t)
-        .unwrap_or_else(|| panic!("no listing after the uploads: {log:#?}"));
+    // When `dir` was listed: the listing that follows a CWD into it on the
+    // same connection (the first run lists only the root before uploading).
+    let listed = |dir: &str| {
+        let cwd = log
+            .iter()
+            .position(|(_, _, c)| c.starts_with("CWD ") && c.ends_with(&format!("/{dir}")))
+            .unwrap_or_else(|| panic!("{dir} never listed: {log:#?}"));
+        log[cwd..]
+            .iter()
+            .find(|(s, _, c)| *s == log[cwd].0 && (c.starts_with("MLSD") || c.starts_with("LIST")))
+            .map(|(_, t, _)| *t)
+            .unwrap_or_else(|| panic!("no listing after the CWD into {dir}: {log:#?}"))
+    };
+    let stor_y = last(&|c| c.starts_with("STOR ") && c.contains("/b/.ftpsync-"));
     assert!(
-        relist_a < stor_y + hold.as_secs_f64() - 0.5,
-        "a was listed {relist_a:.3}s, y's upload was held from {stor_y:.3}s: {log:#?}"
+        listed("a") < stor_y + hold.as_secs_f64() - 0.5,
+        "a was listed at {:.3}s, b's upload was held from {stor_y:.3}s: {log:#?}",
+        listed("a")
+    );
+    let renamed_c = last(&|c| c.starts_with("RNTO ") && c.contains("/c/"));
+    assert!(
+        listed("c") > renamed_c,
+        "c was listed at {:.3}s, before its last upload was renamed at {renamed_c:.3}s: {log:#?}",
+        listed("c")
     );
 
-    // Both records were completed by the listings: the server's times are in the state.
+    // Every record was completed by the listings: the server's times are
+    // in the state (the built-in server cannot be told a file's time, so
+    // an upload alone records none).
     let db = ftpsync::state::StateDb::open(&f.env.state_path(), false)
         .unwrap()
         .unwrap();
     let state = db.load().unwrap();
-    for p in ["a/x.txt", "b/y.txt"] {
+    for p in ["a/x.txt", "b/y.txt", "c/p.txt", "c/q.txt"] {
         let remote = state[p].remote.as_ref().unwrap();
         assert_ne!(remote.mtime, ftpsync::model::RemoteTime::Unknown, "{p}");
     }

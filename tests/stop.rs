@@ -278,3 +278,39 @@ fn unreachable_server_ends_the_run_with_exit_3() {
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     no_temp_files(&f.env.remote_disk);
 }
+
+/// A stop while the directories that received uploads are re-listed ends
+/// the run at once: those listings are dropped (the next run completes the
+/// records they were for), not awaited.
+#[test]
+fn a_stop_during_the_relisting_does_not_wait_for_it() {
+    let f = faulty();
+    crate::support::harness::write(&f.env.local, "a/x.txt", "x\n");
+    // The listing of a, once its upload is done, waits 30 s in the proxy.
+    f.proxy
+        .add_rule(Rule::new("MLSD", Action::Delay(Duration::from_secs(30))).in_dir("/www/a"));
+    let job = f.env.job("push", true, "");
+    let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
+    let start = Instant::now();
+    while !f.proxy.commands().iter().any(|c| c == "CWD /www/a") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "a was never listed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "TERM");
+    let (code, out, took) = finish(child, Duration::from_secs(25));
+    assert!(took < Duration::from_secs(10), "took {took:?}: {out}");
+    // Every item was done before the stop: only the listing was dropped.
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("SIGTERM: stopping"), "{out}");
+    assert!(out.contains("1 uploaded"), "{out}");
+    integrity_ok(&f.env);
+    // The next run has nothing to transfer.
+    f.proxy.clear_rules();
+    let out = f.env.run(&job, 0);
+    assert!(out.stdout.contains("0 uploaded"), "{}", out.all());
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+}
