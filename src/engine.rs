@@ -187,12 +187,39 @@ async fn prepare_limited(
         tracing::warn!("{w}");
     }
 
+    // The state on the server has a connection of its own, so that saving
+    // it during the run never waits behind the transfers.
+    let remote_mode = job.state_location == StateLocation::Remote;
+    let state_pool = remote_mode.then(|| {
+        Arc::new(
+            Pool::new(opts.clone(), 1)
+                .with_give_up_after(job.retry.give_up_after)
+                .with_server_limit(server_limit.clone()),
+        )
+    });
+    let pool = Arc::new(
+        Pool::new(opts.clone(), job.concurrency)
+            .with_give_up_after(job.retry.give_up_after)
+            .with_server_limit(server_limit.clone()),
+    );
+    // Connections logged in ahead of time do not outlive a preparation
+    // that fails.
+    let halt_on_error = HaltOnDrop(Some(Arc::clone(&pool)));
+
     // The state is opened and checked (SQLite's quick_check reads it all)
     // while the first connection logs in: a damaged or too-new database
     // still stops the run before anything on the server is changed, and
     // its error comes first. The state on the server is read once connected.
-    let remote_mode = job.state_location == StateLocation::Remote;
+    //
+    // A run with no state yet (no file, or an empty one) most likely has
+    // the whole tree to transfer: once the first login has succeeded, the
+    // others start at once, beside the state's creation (its first writes
+    // wait for the disk) rather than after it.
     let path = job.state_path.clone();
+    let no_state_yet = for_run
+        && !remote_mode
+        && std::fs::metadata(&path).map_or(true, |m| m.is_file() && m.len() == 0);
+    let mut warmed = false;
     let (db, (first_permit, first)) = {
         let state_open = async {
             if remote_mode {
@@ -213,7 +240,13 @@ async fn prepare_limited(
         tokio::select! {
             // A bad state does not wait for a login that may be retrying.
             db = &mut state_open => (db?, first_login.await),
-            login = &mut first_login => (state_open.await?, login),
+            login = &mut first_login => {
+                if no_state_yet && login.1.is_ok() {
+                    pool.warm(job.concurrency.saturating_sub(1));
+                    warmed = true;
+                }
+                (state_open.await?, login)
+            }
         }
     };
     let mut first = first?;
@@ -223,20 +256,6 @@ async fn prepare_limited(
             server: server.clone(),
             failure,
         })?;
-    // The state on the server has a connection of its own, so that saving
-    // it during the run never waits behind the transfers.
-    let state_pool = remote_mode.then(|| {
-        Arc::new(
-            Pool::new(opts.clone(), 1)
-                .with_give_up_after(job.retry.give_up_after)
-                .with_server_limit(server_limit.clone()),
-        )
-    });
-    let pool = Arc::new(
-        Pool::new(opts, job.concurrency)
-            .with_give_up_after(job.retry.give_up_after)
-            .with_server_limit(server_limit),
-    );
     let hash_command = first.features.hash;
     let has_mdtm = first.features.mdtm;
     pool.put_idle(first, first_permit);
@@ -304,7 +323,9 @@ async fn prepare_limited(
     } else {
         dirs
     };
-    pool.warm(ahead.min(job.concurrency.saturating_sub(1)));
+    if !warmed {
+        pool.warm(ahead.min(job.concurrency.saturating_sub(1)));
+    }
 
     // Scan both sides at once: the local walk on a blocking thread, the
     // remote one over the pool. Both take the state's copy of a path it knows.
@@ -427,6 +448,7 @@ async fn prepare_limited(
     } else {
         check_delete_limit(job, &plan, &state, &local, &remote)
     };
+    halt_on_error.disarm();
     Ok(Prepared {
         job: job.clone(),
         root,
@@ -445,6 +467,24 @@ async fn prepare_limited(
         adoption,
         remote_state: if for_run { remote_state } else { None },
     })
+}
+
+/// Halts a pool when dropped, unless disarmed: what [`prepare_limited`]
+/// opened ahead of time stops when it returns an error.
+struct HaltOnDrop(Option<Arc<Pool>>);
+
+impl HaltOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HaltOnDrop {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.0 {
+            pool.halt();
+        }
+    }
 }
 
 /// What `compare: auto` means for this run: `hash` when the state is kept

@@ -1861,3 +1861,48 @@ fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
         assert_ne!(remote.mtime, ftpsync::model::RemoteTime::Unknown, "{p}");
     }
 }
+
+/// A run with no state yet logs its other connections in as soon as the
+/// first login succeeds, beside the state's creation rather than after it:
+/// here the state cannot be created (another program holds SQLite's lock
+/// on the empty file) until every connection of the pool has logged in.
+#[test]
+fn a_first_run_logs_in_while_its_state_is_created() {
+    let f = faulty();
+    write(&f.env.local, "a.txt", "a\n");
+    let job = f.env.job("push", false, "concurrency: 4\n");
+    let state = f.env.state_path();
+    std::fs::write(&state, b"").unwrap();
+    let holder = rusqlite::Connection::open(&state).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let child = crate::stop::spawn(&f.env, &["run", job.to_str().unwrap()]);
+    let logins = || {
+        f.proxy
+            .commands_by_session()
+            .iter()
+            .filter(|l| l.contains("s PASS "))
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while logins() < 4 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before_unlock = f.proxy.commands_by_session();
+    holder.execute_batch("COMMIT").unwrap();
+    drop(holder);
+    let (code, out, _) = crate::stop::finish(child, Duration::from_secs(30));
+    assert_eq!(code, 0, "{out}");
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+
+    let logged_in: std::collections::BTreeSet<&str> = before_unlock
+        .iter()
+        .filter(|l| l.contains("s PASS "))
+        .map(|l| l.split_once(' ').unwrap().0)
+        .collect();
+    assert_eq!(logged_in.len(), 4, "{before_unlock:#?}");
+    assert!(
+        !before_unlock.iter().any(|l| l.contains("s STOR ")),
+        "{before_unlock:#?}"
+    );
+}

@@ -9,7 +9,7 @@ use crate::support::fault_proxy::{Action, Rule};
 use crate::support::harness::{Env, PASSWORD, assert_same_tree, snapshot};
 
 /// Starts `ftpsync ARGS` in the background, output captured.
-fn spawn(env: &Env, args: &[&str]) -> Child {
+pub(crate) fn spawn(env: &Env, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_ftpsync"))
         .args(args)
         .env("FTPSYNC_TEST_PASSWORD", env.password())
@@ -31,7 +31,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 /// Waits for the child, at most `limit`; returns (exit code, stdout+stderr, time taken).
-fn finish(child: Child, limit: Duration) -> (i32, String, Duration) {
+pub(crate) fn finish(child: Child, limit: Duration) -> (i32, String, Duration) {
     let start = Instant::now();
     let pid = child.id();
     let waiter = std::thread::spawn(move || child.wait_with_output().unwrap());
