@@ -55,15 +55,15 @@ fn main() {
             .expect("a valid name")
     };
     let metas = |n: i64| {
-        let lm = LocalMeta {
-            size: 1000 + (n as u64 % 7000),
-            mtime_ns: 1_704_067_200_000_000_000 + n * 1_000_000_000,
-            sha256: None,
-        };
-        let rm = RemoteMeta {
-            size: Some(lm.size),
-            mtime: RemoteTime::Exact(base + chrono::Duration::seconds(n)),
-        };
+        let lm = LocalMeta::new(
+            1000 + (n as u64 % 7000),
+            1_704_067_200_000_000_000 + n * 1_000_000_000,
+            None,
+        );
+        let rm = RemoteMeta::new(
+            Some(lm.size()),
+            RemoteTime::Exact(base + chrono::Duration::seconds(n)),
+        );
         (lm, rm)
     };
     // The state first, on its own: the records it is written from are gone

@@ -114,7 +114,7 @@ pub async fn by_time(
         ) else {
             continue;
         };
-        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size != Some(lm.size) {
+        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size() != Some(lm.size()) {
             continue;
         }
         if let RemoteTime::Exact(t) = rm.mtime {

@@ -523,7 +523,7 @@ fn unsettled_by_time(
         ) else {
             continue;
         };
-        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size != Some(lm.size) {
+        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size() != Some(lm.size()) {
             continue;
         }
         let same_time = match verdicts.get(p) {
@@ -558,7 +558,7 @@ async fn adopt_by_server_hash(
             .entries
             .get(&p)
             .and_then(|e| e.meta.as_ref())
-            .map_or(0, |m| m.size);
+            .map_or(0, |m| m.size());
         let rel = p;
         tasks.spawn(async move {
             let algo = cmd.algo();
@@ -690,7 +690,7 @@ async fn fill_hashes(job: &Job, local: &mut LocalTree, state: &BTreeMap<RelPath,
     let mut todo = Vec::new();
     for (p, e) in &local.entries {
         if let (Some(m), Some(rec)) = (&e.meta, state.get(p).and_then(|r| r.local.as_ref()))
-            && m.size == rec.size
+            && m.size() == rec.size()
             && m.mtime_ns != rec.mtime_ns
         {
             todo.push(p.clone());

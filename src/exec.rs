@@ -329,7 +329,7 @@ fn resumable_partial(input: &ExecInput, local: &LocalStore, plan: &Plan, p: &Par
                     .entries
                     .get(&p.path)
                     .and_then(|e| e.meta.as_ref())
-                    .is_some_and(|m| m.size == p.size && m.mtime_ns.to_string() == p.stamp)
+                    .is_some_and(|m| m.size() == p.size && m.mtime_ns.to_string() == p.stamp)
         }
         Side::Local => {
             local.is_our_temp(&p.temp)
@@ -339,7 +339,7 @@ fn resumable_partial(input: &ExecInput, local: &LocalStore, plan: &Plan, p: &Par
                     .entries
                     .get(&p.path)
                     .and_then(|e| e.meta.as_ref())
-                    .is_some_and(|m| m.size == Some(p.size) && m.mtime.to_stored() == p.stamp)
+                    .is_some_and(|m| m.size() == Some(p.size) && m.mtime.to_stored() == p.stamp)
         }
     }
 }
@@ -726,7 +726,7 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             if let Some(temp) = ctx.input.resume.get(&item.path)
                 && let Some(m) = ctx.local_meta(&item.path)
             {
-                attempt.partial = Some((temp.clone(), m.size, m.mtime_ns));
+                attempt.partial = Some((temp.clone(), m.size(), m.mtime_ns));
             }
             let rec = ctx.remote.retrying(&mut attempt).await?;
             ctx.send(StateChange::Put(item.path.clone(), rec));
@@ -806,7 +806,9 @@ fn record_only(ctx: &Ctx, item: &PlanItem) {
                 .get(&item.path)
                 .and_then(|r| r.local.as_ref());
             let local = ctx.local_meta(&item.path).map(|mut m| {
-                if let Some(r) = recorded.filter(|r| (r.size, r.mtime_ns) == (m.size, m.mtime_ns)) {
+                if let Some(r) =
+                    recorded.filter(|r| (r.size(), r.mtime_ns) == (m.size(), m.mtime_ns))
+                {
                     m.sha256 = m.sha256.or_else(|| r.sha256.clone());
                 }
                 m
@@ -993,15 +995,8 @@ impl Attempt for UploadAttempt<'_> {
         .map(Box::new);
         Ok(StateRecord {
             kind: Kind::File,
-            local: Some(LocalMeta {
-                size: bytes,
-                mtime_ns: mtime,
-                sha256: sha,
-            }),
-            remote: Some(RemoteMeta {
-                size: Some(bytes),
-                mtime: remote_time,
-            }),
+            local: Some(LocalMeta::new(bytes, mtime, sha)),
+            remote: Some(RemoteMeta::new(Some(bytes), remote_time)),
         })
     }
 }
@@ -1123,7 +1118,7 @@ impl Attempt for DownloadAttempt<'_> {
         let (ctx, path) = (self.ctx, self.path);
         let job = &ctx.input.job;
         let remote_meta = ctx.remote_meta(path);
-        let expected = remote_meta.as_ref().and_then(|m| m.size);
+        let expected = remote_meta.as_ref().and_then(|m| m.size());
         if self.partial.is_none()
             && let Some(len) = expected.filter(|&n| n <= IN_MEMORY_MAX)
         {
@@ -1276,11 +1271,7 @@ fn downloaded_record(
 ) -> StateRecord {
     StateRecord {
         kind: Kind::File,
-        local: Some(LocalMeta {
-            size: md.len(),
-            mtime_ns: mtime_ns(md),
-            sha256: sha256.map(Box::new),
-        }),
+        local: Some(LocalMeta::new(md.len(), mtime_ns(md), sha256.map(Box::new))),
         remote,
     }
 }
@@ -1480,10 +1471,7 @@ async fn relist(ctx: &Ctx, dir: &RelPath, files: &[RelPath]) {
         // Completes the record this run's upload wrote.
         ctx.send(StateChange::RefreshRemote(
             path,
-            RemoteMeta {
-                size: e.size,
-                mtime: e.mtime,
-            },
+            RemoteMeta::new(e.size, e.mtime),
         ));
     }
 }

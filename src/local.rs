@@ -302,11 +302,7 @@ fn read_one(
             }
             tree.add(
                 rel,
-                Entry::file(LocalMeta {
-                    size: md.len(),
-                    mtime_ns: mtime_ns(&md),
-                    sha256: None,
-                }),
+                Entry::file(LocalMeta::new(md.len(), mtime_ns(&md), None)),
             );
         } else if ft.is_symlink() {
             tree.holds_unsynced.insert(dir.clone());
@@ -485,7 +481,7 @@ mod tests {
         let kinds = |t: &LocalTree| -> Vec<(String, Option<u64>)> {
             t.entries
                 .iter()
-                .map(|(p, e)| (p.to_string(), e.meta.as_ref().map(|m| m.size)))
+                .map(|(p, e)| (p.to_string(), e.meta.as_ref().map(|m| m.size())))
                 .collect()
         };
         assert_eq!(
@@ -534,7 +530,7 @@ mod tests {
                 .meta
                 .as_ref()
                 .unwrap()
-                .size,
+                .size(),
             5
         );
         assert_eq!(

@@ -213,7 +213,7 @@ impl Plan {
 
 /// Whether a local file changed since the state recorded it.
 pub fn local_changed(cur: &LocalMeta, rec: &LocalMeta, mode: CompareMode) -> bool {
-    if cur.size != rec.size {
+    if cur.size() != rec.size() {
         return true;
     }
     match mode {
@@ -232,7 +232,7 @@ pub fn local_changed(cur: &LocalMeta, rec: &LocalMeta, mode: CompareMode) -> boo
 /// Whether a remote file changed since the state recorded it. An unknown
 /// recorded time (not yet re-listed after an upload) matches any time.
 pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> bool {
-    if let (Some(a), Some(b)) = (cur.size, rec.size)
+    if let (Some(a), Some(b)) = (cur.size(), rec.size())
         && a != b
     {
         return true;
@@ -249,7 +249,7 @@ pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> 
 /// zone, or with days only, are compared before planning (see
 /// [`crate::adoption`]) and their verdicts override this.
 pub fn same_content(local: &LocalMeta, remote: &RemoteMeta, mode: CompareMode) -> bool {
-    if remote.size != Some(local.size) {
+    if remote.size() != Some(local.size()) {
         return false;
     }
     mode == CompareMode::Size || remote.mtime.agrees_with_local(local.mtime_ns, 0)
@@ -312,14 +312,14 @@ fn facts(
             remote.map(|e| e.kind()),
             l_changed,
             r_changed,
-            lf.map(|m| m.size),
+            lf.map(|m| m.size()),
         ),
         Direction::Pull => (
             remote.map(|e| e.kind()),
             local.map(|e| e.kind()),
             r_changed,
             l_changed,
-            rf.and_then(|m| m.size),
+            rf.and_then(|m| m.size()),
         ),
     };
     Facts {
@@ -638,17 +638,10 @@ mod tests {
         t(s).and_utc().timestamp() * 1_000_000_000 + 123
     }
     fn lf(size: u64, sec: &str) -> Entry<LocalMeta> {
-        Entry::file(LocalMeta {
-            size,
-            mtime_ns: ns(sec),
-            sha256: None,
-        })
+        Entry::file(LocalMeta::new(size, ns(sec), None))
     }
     fn rf(size: u64, sec: &str) -> Entry<RemoteMeta> {
-        Entry::file(RemoteMeta {
-            size: Some(size),
-            mtime: RemoteTime::Exact(t(sec)),
-        })
+        Entry::file(RemoteMeta::new(Some(size), RemoteTime::Exact(t(sec))))
     }
     fn p(s: &str) -> RelPath {
         RelPath::parse(s).unwrap()
@@ -976,31 +969,15 @@ mod tests {
 
     #[test]
     fn minute_precision_and_unknown_times() {
-        let l = LocalMeta {
-            size: 3,
-            mtime_ns: ns("42"),
-            sha256: None,
-        };
-        let minute = RemoteMeta {
-            size: Some(3),
-            mtime: RemoteTime::Minute(t("00")),
-        };
+        let l = LocalMeta::new(3, ns("42"), None);
+        let minute = RemoteMeta::new(Some(3), RemoteTime::Minute(t("00")));
         assert!(same_content(&l, &minute, CompareMode::Auto));
-        let day = RemoteMeta {
-            size: Some(3),
-            mtime: RemoteTime::Day(t("00").date()),
-        };
+        let day = RemoteMeta::new(Some(3), RemoteTime::Day(t("00").date()));
         assert!(!same_content(&l, &day, CompareMode::Auto));
         assert!(same_content(&l, &day, CompareMode::Size));
-        let pending = RemoteMeta {
-            size: Some(3),
-            mtime: RemoteTime::Unknown,
-        };
+        let pending = RemoteMeta::new(Some(3), RemoteTime::Unknown);
         assert!(!remote_changed(&minute, &pending, CompareMode::Auto));
-        let resized = RemoteMeta {
-            size: Some(4),
-            mtime: RemoteTime::Unknown,
-        };
+        let resized = RemoteMeta::new(Some(4), RemoteTime::Unknown);
         assert!(remote_changed(&resized, &pending, CompareMode::Auto));
     }
 
@@ -1016,10 +993,10 @@ mod tests {
         r.entries.insert(p("same"), rf(5, "00"));
         r.entries.insert(
             p("shifted"),
-            Entry::file(RemoteMeta {
-                size: Some(5),
-                mtime: RemoteTime::Exact(t("00") + chrono::Duration::hours(1)),
-            }),
+            Entry::file(RemoteMeta::new(
+                Some(5),
+                RemoteTime::Exact(t("00") + chrono::Duration::hours(1)),
+            )),
         );
         r.entries.insert(p("odd"), rf(5, "00"));
         let o = PlanOptions {
@@ -1057,20 +1034,9 @@ mod tests {
 
     #[test]
     fn hash_mode_ignores_touch() {
-        let a = LocalMeta {
-            size: 3,
-            mtime_ns: 1,
-            sha256: Some(Box::new([1; 32])),
-        };
-        let touched = LocalMeta {
-            mtime_ns: 2,
-            ..a.clone()
-        };
-        let edited = LocalMeta {
-            mtime_ns: 2,
-            sha256: Some(Box::new([2; 32])),
-            ..a.clone()
-        };
+        let a = LocalMeta::new(3, 1, Some(Box::new([1; 32])));
+        let touched = LocalMeta::new(3, 2, Some(Box::new([1; 32])));
+        let edited = LocalMeta::new(3, 2, Some(Box::new([2; 32])));
         assert!(!local_changed(&touched, &a, CompareMode::Hash));
         assert!(local_changed(&touched, &a, CompareMode::Mtime));
         assert!(local_changed(&edited, &a, CompareMode::Hash));

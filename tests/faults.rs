@@ -1825,28 +1825,36 @@ fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
     };
     // When `dir` was listed: the listing that follows a CWD into it on the
     // same connection (the first run lists only the root before uploading).
-    let listed = |dir: &str| {
+    // Where in the log (the proxy's order of arrival) `dir` was listed.
+    let listing = |dir: &str| {
         let cwd = log
             .iter()
             .position(|(_, _, c)| c.starts_with("CWD ") && c.ends_with(&format!("/{dir}")))
             .unwrap_or_else(|| panic!("{dir} never listed: {log:#?}"));
-        log[cwd..]
+        cwd + log[cwd..]
             .iter()
-            .find(|(s, _, c)| *s == log[cwd].0 && (c.starts_with("MLSD") || c.starts_with("LIST")))
-            .map(|(_, t, _)| *t)
+            .position(|(s, _, c)| {
+                *s == log[cwd].0 && (c.starts_with("MLSD") || c.starts_with("LIST"))
+            })
             .unwrap_or_else(|| panic!("no listing after the CWD into {dir}: {log:#?}"))
     };
+    let listed = |dir: &str| log[listing(dir)].1;
     let stor_y = last(&|c| c.starts_with("STOR ") && c.contains("/b/.ftpsync-"));
     assert!(
         listed("a") < stor_y + hold.as_secs_f64() - 0.5,
         "a was listed at {:.3}s, b's upload was held from {stor_y:.3}s: {log:#?}",
         listed("a")
     );
-    let renamed_c = last(&|c| c.starts_with("RNTO ") && c.contains("/c/"));
+    // By order of arrival: the times have a resolution of 1 ms, and the
+    // listing may follow the rename within it.
+    let renamed_c = log
+        .iter()
+        .rposition(|(_, _, c)| c.starts_with("RNTO ") && c.contains("/c/"))
+        .unwrap_or_else(|| panic!("c's uploads never renamed: {log:#?}"));
     assert!(
-        listed("c") > renamed_c,
-        "c was listed at {:.3}s, before its last upload was renamed at {renamed_c:.3}s: {log:#?}",
-        listed("c")
+        listing("c") > renamed_c,
+        "c was listed (command {}) before its last upload was renamed (command {renamed_c}): {log:#?}",
+        listing("c")
     );
 
     // Every record was completed by the listings: the server's times are

@@ -216,6 +216,12 @@ fn parse_digits(b: &[u8]) -> Option<u64> {
     })
 }
 
+/// A size: digits, up to `i64::MAX` (what the state's SQLite integers
+/// hold; a listing that claims more is not believed).
+fn parse_size(b: &[u8]) -> Option<u64> {
+    parse_digits(b).filter(|&n| i64::try_from(n).is_ok())
+}
+
 fn num(b: &[u8]) -> Option<u32> {
     parse_digits(b).and_then(|v| u32::try_from(v).ok())
 }
@@ -311,13 +317,13 @@ fn parse_mlsd(line: &[u8]) -> Result<ParsedLine, String> {
             b"type" => type_value = Some(value),
             b"size" => {
                 size = Some(
-                    parse_digits(value)
+                    parse_size(value)
                         .ok_or_else(|| format!("bad size value {:?}", lossy(value)))?,
                 );
             }
             b"sizd" => {
                 sizd = Some(
-                    parse_digits(value)
+                    parse_size(value)
                         .ok_or_else(|| format!("bad sizd value {:?}", lossy(value)))?,
                 );
             }
@@ -505,7 +511,7 @@ fn parse_unix_size(
     is_device: bool,
 ) -> Option<(Option<u64>, usize)> {
     let t = tok(line, toks, i)?;
-    if let Some(n) = parse_digits(t) {
+    if let Some(n) = parse_size(t) {
         return Some((Some(n), i + 1));
     }
     if !is_device {
@@ -758,7 +764,7 @@ fn dos_time(t: &[u8]) -> Option<NaiveTime> {
 /// Plain digits, or digits grouped by `,` thousands separators (`1,234,567`).
 fn dos_size(t: &[u8]) -> Option<u64> {
     if !t.contains(&b',') {
-        return parse_digits(t);
+        return parse_size(t);
     }
     let mut groups = t.split(|&b| b == b',');
     let first = groups.next()?;
@@ -772,7 +778,7 @@ fn dos_size(t: &[u8]) -> Option<u64> {
         }
         digits.extend_from_slice(group);
     }
-    parse_digits(&digits)
+    parse_size(&digits)
 }
 
 #[cfg(test)]
@@ -1097,6 +1103,20 @@ mod tests {
         assert_bad(parse_mlsd_line(
             b"type=file;size=99999999999999999999999; x",
         ));
+        // Sizes past what the state holds (i64::MAX) are not believed.
+        assert_bad(parse_mlsd_line(b"type=file;size=9223372036854775808; x"));
+        assert_bad(parse_mlsd_line(b"type=file;size=18446744073709551615; x"));
+        assert_bad(parse_list_line(
+            b"-rw-r--r--    1 0        0        18446744073709551615 Jan 01  2020 x",
+            NaiveDate::from_ymd_opt(2026, 1, 1)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap(),
+        ));
+        match parse_mlsd_line(b"type=file;size=9223372036854775807; x") {
+            ParsedLine::Entry(e) => assert_eq!(e.size, Some(i64::MAX as u64)),
+            other => panic!("{other:?}"),
+        }
         assert_bad(parse_mlsd_line(b"type=file name"));
         assert_bad(parse_mlsd_line(b" name"));
         assert_bad(parse_mlsd_line(b"type=file;garbage; x"));

@@ -240,13 +240,7 @@ pub async fn scan(
                         tree.holds_unsynced.insert(dir.clone());
                         continue;
                     }
-                    tree.add(
-                        rel,
-                        Entry::file(RemoteMeta {
-                            size: e.size,
-                            mtime: e.mtime,
-                        }),
-                    );
+                    tree.add(rel, Entry::file(RemoteMeta::new(e.size, e.mtime)));
                 }
                 EntryKind::Symlink | EntryKind::Other => {
                     tree.holds_unsynced.insert(dir.clone());

@@ -3,6 +3,7 @@
 //! skipped. Both the local and the remote scan produce a [`Tree`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 
 use crate::model::RelPath;
 use crate::model::RemoteTime;
@@ -25,9 +26,13 @@ impl Kind {
 }
 
 /// A local file's fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct LocalMeta {
-    pub size: u64,
+    /// The size plus one (see [`LocalMeta::size`]). A type that is never
+    /// zero leaves `Option<LocalMeta>`, in every entry of the local tree
+    /// and every record of the state, the size of a `LocalMeta`: 24 bytes
+    /// rather than 32.
+    size_plus_one: NonZeroU64,
     /// Modification time in nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     /// SHA-256 of the content, computed only in `compare: hash` mode and only when needed.
@@ -35,11 +40,76 @@ pub struct LocalMeta {
     pub sha256: Option<Box<[u8; 32]>>,
 }
 
+impl LocalMeta {
+    /// A file's size is at most `i64::MAX` (what `off_t` and the state's
+    /// SQLite integers hold): `u64::MAX` is refused with a panic.
+    pub fn new(size: u64, mtime_ns: i64, sha256: Option<Box<[u8; 32]>>) -> LocalMeta {
+        let size_plus_one = size
+            .checked_add(1)
+            .and_then(NonZeroU64::new)
+            .expect("a local size of u64::MAX bytes");
+        LocalMeta {
+            size_plus_one,
+            mtime_ns,
+            sha256,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size_plus_one.get() - 1
+    }
+}
+
+impl std::fmt::Debug for LocalMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalMeta")
+            .field("size", &self.size())
+            .field("mtime_ns", &self.mtime_ns)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
 /// A remote file's fingerprint, exactly as the listing reported it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RemoteMeta {
-    pub size: Option<u64>,
+    /// The size, or [`UNKNOWN_SIZE`] when the listing gave none: one word
+    /// where an `Option` takes two, in every entry of the remote tree and
+    /// every record of the state (see [`RemoteMeta::size`]).
+    size: u64,
     pub mtime: RemoteTime,
+}
+
+/// What [`RemoteMeta`] holds for a size the listing did not give. No size
+/// reaches it: the parsers refuse sizes above `i64::MAX` (what the state's
+/// SQLite integers can hold), and [`RemoteMeta::new`] panics on it.
+const UNKNOWN_SIZE: u64 = u64::MAX;
+
+impl RemoteMeta {
+    pub fn new(size: Option<u64>, mtime: RemoteTime) -> RemoteMeta {
+        let size = match size {
+            Some(s) => {
+                assert!(s != UNKNOWN_SIZE, "a remote size of u64::MAX bytes");
+                s
+            }
+            None => UNKNOWN_SIZE,
+        };
+        RemoteMeta { size, mtime }
+    }
+
+    /// The size the listing gave, if it gave one.
+    pub fn size(&self) -> Option<u64> {
+        (self.size != UNKNOWN_SIZE).then_some(self.size)
+    }
+}
+
+impl std::fmt::Debug for RemoteMeta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteMeta")
+            .field("size", &self.size())
+            .field("mtime", &self.mtime)
+            .finish()
+    }
 }
 
 /// One entry of a scanned tree: a file with its fingerprint, or a
@@ -215,6 +285,48 @@ pub fn pack<K: Ord, V>(map: &mut BTreeMap<K, V>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_size_leaves_room_for_the_option_and_reads_back_as_given() {
+        assert_eq!(std::mem::size_of::<LocalMeta>(), 24);
+        assert_eq!(std::mem::size_of::<Entry<LocalMeta>>(), 24);
+        for size in [0, 1, 4096, i64::MAX as u64, u64::MAX - 1] {
+            let m = LocalMeta::new(size, -5, None);
+            assert_eq!((m.size(), m.mtime_ns), (size, -5));
+            assert_eq!(m, LocalMeta::new(size, -5, None));
+            assert_ne!(m, LocalMeta::new(size, -5, Some(Box::new([0; 32]))));
+        }
+        assert_ne!(LocalMeta::new(0, 0, None), LocalMeta::new(1, 0, None));
+        assert_eq!(
+            format!("{:?}", LocalMeta::new(7, 9, None)),
+            "LocalMeta { size: 7, mtime_ns: 9, sha256: None }"
+        );
+    }
+
+    #[test]
+    fn a_remote_size_is_one_word_and_reads_back_as_given() {
+        assert_eq!(std::mem::size_of::<RemoteMeta>(), 24);
+        assert_eq!(std::mem::size_of::<Entry<RemoteMeta>>(), 24);
+        for size in [
+            None,
+            Some(0),
+            Some(1),
+            Some(i64::MAX as u64),
+            Some(u64::MAX - 1),
+        ] {
+            let m = RemoteMeta::new(size, RemoteTime::Unknown);
+            assert_eq!(m.size(), size);
+            assert_eq!(m, RemoteMeta::new(size, RemoteTime::Unknown));
+        }
+        assert_ne!(
+            RemoteMeta::new(None, RemoteTime::Unknown),
+            RemoteMeta::new(Some(0), RemoteTime::Unknown)
+        );
+        assert_eq!(
+            format!("{:?}", RemoteMeta::new(None, RemoteTime::Unknown)),
+            "RemoteMeta { size: None, mtime: Unknown }"
+        );
+    }
 
     #[test]
     fn add_inserts_and_packs_as_the_tree_grows() {

@@ -285,11 +285,11 @@ impl StateDb {
             let local = match (row.get::<_, Option<i64>>(2)?, row.get::<_, Option<i64>>(3)?) {
                 (Some(size), Some(mtime_ns)) => {
                     let sha: Option<Vec<u8>> = row.get(4)?;
-                    Some(LocalMeta {
-                        size: u64::try_from(size).map_err(|_| bad("bad size"))?,
+                    Some(LocalMeta::new(
+                        u64::try_from(size).map_err(|_| bad("bad size"))?,
                         mtime_ns,
-                        sha256: sha.and_then(|v| v.try_into().ok()).map(Box::new),
-                    })
+                        sha.and_then(|v| v.try_into().ok()).map(Box::new),
+                    ))
                 }
                 _ => None,
             };
@@ -297,13 +297,14 @@ impl StateDb {
             let remote_mtime: Option<String> = row.get(6)?;
             let remote = match (remote_size, remote_mtime) {
                 (None, None) => None,
-                (size, mtime) => Some(RemoteMeta {
-                    size: size.map(|s| s as u64),
-                    mtime: mtime
+                (size, mtime) => Some(RemoteMeta::new(
+                    size.map(|s| u64::try_from(s).map_err(|_| bad("bad remote size")))
+                        .transpose()?,
+                    mtime
                         .as_deref()
                         .and_then(RemoteTime::parse_stored)
                         .unwrap_or(RemoteTime::Unknown),
-                }),
+                )),
             };
             out.push((
                 rel,
@@ -381,10 +382,10 @@ impl StateDb {
                         put.execute(params![
                             p.as_str(),
                             r.kind.as_str(),
-                            l.map(|l| l.size as i64),
+                            l.map(|l| l.size() as i64),
                             l.map(|l| l.mtime_ns),
                             l.and_then(|l| l.sha256.as_ref().map(|h| h.to_vec())),
-                            rm.and_then(|m| m.size.map(|s| s as i64)),
+                            rm.and_then(|m| m.size().map(|s| s as i64)),
                             rm.map(|m| m.mtime.to_stored()),
                         ])?;
                     }
@@ -410,7 +411,7 @@ impl StateDb {
                     StateChange::RefreshRemote(p, m) => {
                         refresh.execute(params![
                             p.as_str(),
-                            m.size.map(|s| s as i64),
+                            m.size().map(|s| s as i64),
                             m.mtime.to_stored()
                         ])?;
                     }
