@@ -300,6 +300,18 @@ fn read_one(
                 tree.holds_unsynced.insert(dir.clone());
                 continue;
             }
+            if i64::try_from(md.len()).is_err() {
+                // A broken file system's st_size of -1, read as unsigned.
+                tree.holds_unsynced.insert(dir.clone());
+                tree.problems.push(Problem {
+                    path: rel.to_string(),
+                    message: format!(
+                        "the disk reports an impossible size ({} bytes): skipped",
+                        md.len()
+                    ),
+                });
+                continue;
+            }
             tree.add(
                 rel,
                 Entry::file(LocalMeta::new(md.len(), mtime_ns(&md), None)),

@@ -42,12 +42,10 @@ pub struct LocalMeta {
 
 impl LocalMeta {
     /// A file's size is at most `i64::MAX` (what `off_t` and the state's
-    /// SQLite integers hold): `u64::MAX` is refused with a panic.
+    /// SQLite integers hold; the local scan skips a file that claims more).
+    /// Anything at `u64::MAX` is kept as `u64::MAX - 1`, which no file has either.
     pub fn new(size: u64, mtime_ns: i64, sha256: Option<Box<[u8; 32]>>) -> LocalMeta {
-        let size_plus_one = size
-            .checked_add(1)
-            .and_then(NonZeroU64::new)
-            .expect("a local size of u64::MAX bytes");
+        let size_plus_one = NonZeroU64::MIN.saturating_add(size);
         LocalMeta {
             size_plus_one,
             mtime_ns,
@@ -297,6 +295,7 @@ mod tests {
             assert_ne!(m, LocalMeta::new(size, -5, Some(Box::new([0; 32]))));
         }
         assert_ne!(LocalMeta::new(0, 0, None), LocalMeta::new(1, 0, None));
+        assert_eq!(LocalMeta::new(u64::MAX, 0, None).size(), u64::MAX - 1);
         assert_eq!(
             format!("{:?}", LocalMeta::new(7, 9, None)),
             "LocalMeta { size: 7, mtime_ns: 9, sha256: None }"

@@ -297,9 +297,10 @@ impl StateDb {
             let remote_mtime: Option<String> = row.get(6)?;
             let remote = match (remote_size, remote_mtime) {
                 (None, None) => None,
+                // A negative size is one an older version kept of a listing
+                // that claimed more than i64::MAX bytes: read as unknown.
                 (size, mtime) => Some(RemoteMeta::new(
-                    size.map(|s| u64::try_from(s).map_err(|_| bad("bad remote size")))
-                        .transpose()?,
+                    size.and_then(|s| u64::try_from(s).ok()),
                     mtime
                         .as_deref()
                         .and_then(RemoteTime::parse_stored)
@@ -674,6 +675,27 @@ mod tests {
             (RelPath::parse("a").unwrap(), dir),
             (RelPath::parse("a/b c.txt").unwrap(), rec()),
         ])
+    }
+
+    /// A remote size an older version kept of a listing that claimed more
+    /// than i64::MAX bytes (stored negative) reads as unknown, not as a
+    /// damaged state nor as a size of nearly 2^64 bytes.
+    #[test]
+    fn a_negative_remote_size_reads_as_unknown() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        v1_database(&path);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE entries SET remote_size = -1 WHERE kind = 'file'")
+            .unwrap();
+        let state = StateDb::open(&path, false)
+            .unwrap()
+            .unwrap()
+            .load()
+            .unwrap();
+        let remote = state["a/b c.txt"].remote.as_ref().unwrap();
+        assert_eq!(remote.size(), None);
     }
 
     fn raw_version(path: &Path) -> i64 {
