@@ -204,7 +204,7 @@ async fn prepare_limited(
     );
     // Connections logged in ahead of time do not outlive a preparation
     // that fails.
-    let halt_on_error = HaltOnDrop(Some(Arc::clone(&pool)));
+    let halt_on_error = pool.halt_on_drop();
 
     // The state is opened and checked (SQLite's quick_check reads it all)
     // while the first connection logs in: a damaged or too-new database
@@ -218,7 +218,9 @@ async fn prepare_limited(
     let path = job.state_path.clone();
     let no_state_yet = for_run
         && !remote_mode
-        && std::fs::metadata(&path).map_or(true, |m| m.is_file() && m.len() == 0);
+        && tokio::fs::metadata(&path)
+            .await
+            .map_or(true, |m| m.is_file() && m.len() == 0);
     let mut warmed = false;
     let (db, (first_permit, first)) = {
         let state_open = async {
@@ -467,24 +469,6 @@ async fn prepare_limited(
         adoption,
         remote_state: if for_run { remote_state } else { None },
     })
-}
-
-/// Halts a pool when dropped, unless disarmed: what [`prepare_limited`]
-/// opened ahead of time stops when it returns an error.
-struct HaltOnDrop(Option<Arc<Pool>>);
-
-impl HaltOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for HaltOnDrop {
-    fn drop(&mut self) {
-        if let Some(pool) = &self.0 {
-            pool.halt();
-        }
-    }
 }
 
 /// What `compare: auto` means for this run: `hash` when the state is kept

@@ -187,6 +187,11 @@ impl Pool {
         self.halt.cancel();
     }
 
+    /// Halts the pool when dropped, unless disarmed first.
+    pub fn halt_on_drop(&self) -> tokio_util::sync::DropGuard {
+        self.halt.clone().drop_guard()
+    }
+
     /// Whether the pool gave up because the server was unreachable.
     pub fn gave_up(&self) -> bool {
         self.gave_up.load(Ordering::Relaxed)

@@ -45,9 +45,8 @@ impl LocalMeta {
     /// SQLite integers hold; the local scan skips a file that claims more).
     /// Anything at `u64::MAX` is kept as `u64::MAX - 1`, which no file has either.
     pub fn new(size: u64, mtime_ns: i64, sha256: Option<Box<[u8; 32]>>) -> LocalMeta {
-        let size_plus_one = NonZeroU64::MIN.saturating_add(size);
         LocalMeta {
-            size_plus_one,
+            size_plus_one: plus_one(size),
             mtime_ns,
             sha256,
         }
@@ -56,6 +55,14 @@ impl LocalMeta {
     pub fn size(&self) -> u64 {
         self.size_plus_one.get() - 1
     }
+}
+
+/// A size kept as size + 1, so that it is never zero and an `Option` around
+/// it (or around what holds it) costs no tag. `u64::MAX` saturates to
+/// `u64::MAX - 1`: no file has either, and no listing is believed past
+/// `i64::MAX` (what the state's SQLite integers hold).
+fn plus_one(size: u64) -> NonZeroU64 {
+    NonZeroU64::MIN.saturating_add(size)
 }
 
 impl std::fmt::Debug for LocalMeta {
@@ -71,33 +78,24 @@ impl std::fmt::Debug for LocalMeta {
 /// A remote file's fingerprint, exactly as the listing reported it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RemoteMeta {
-    /// The size, or [`UNKNOWN_SIZE`] when the listing gave none: one word
-    /// where an `Option` takes two, in every entry of the remote tree and
-    /// every record of the state (see [`RemoteMeta::size`]).
-    size: u64,
+    /// The size plus one (see [`plus_one`]), `None` when the listing gave
+    /// none: one word where an `Option<u64>` takes two, in every entry of
+    /// the remote tree and every record of the state.
+    size_plus_one: Option<NonZeroU64>,
     pub mtime: RemoteTime,
 }
 
-/// What [`RemoteMeta`] holds for a size the listing did not give. No size
-/// reaches it: the parsers refuse sizes above `i64::MAX` (what the state's
-/// SQLite integers can hold), and [`RemoteMeta::new`] panics on it.
-const UNKNOWN_SIZE: u64 = u64::MAX;
-
 impl RemoteMeta {
     pub fn new(size: Option<u64>, mtime: RemoteTime) -> RemoteMeta {
-        let size = match size {
-            Some(s) => {
-                assert!(s != UNKNOWN_SIZE, "a remote size of u64::MAX bytes");
-                s
-            }
-            None => UNKNOWN_SIZE,
-        };
-        RemoteMeta { size, mtime }
+        RemoteMeta {
+            size_plus_one: size.map(plus_one),
+            mtime,
+        }
     }
 
     /// The size the listing gave, if it gave one.
     pub fn size(&self) -> Option<u64> {
-        (self.size != UNKNOWN_SIZE).then_some(self.size)
+        self.size_plus_one.map(|s| s.get() - 1)
     }
 }
 
