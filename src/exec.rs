@@ -41,6 +41,7 @@ use crate::model::RemoteTime;
 use crate::model::Side;
 use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::plan::{Op, Plan, PlanItem};
+use crate::stage::{Finished, Stage, Stages};
 use crate::state::{Partial, Restart, StateChange, StateRecord, StateWriter};
 use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, SetMeta, Store, Stored};
 
@@ -142,6 +143,8 @@ struct Ctx {
     /// The directions in which the server refuses to resume: from the
     /// state, and learned during this run.
     restart_refused: Mutex<BTreeSet<Restart>>,
+    /// New remote directories built under a temporary name ([`crate::stage`]).
+    stages: Stages,
 }
 
 impl Ctx {
@@ -354,6 +357,7 @@ pub async fn execute(
 ) -> RunReport {
     let (remote, local) = stores(&input, &pool);
     let input_restart_refused = input.restart_refused.clone();
+    let input_atomic = input.job.atomic && input.job.stage_new_dirs;
     let ctx = Arc::new(Ctx {
         input,
         local,
@@ -363,6 +367,7 @@ pub async fn execute(
         signals,
         temps: Mutex::new(BTreeMap::new()),
         restart_refused: Mutex::new(input_restart_refused),
+        stages: Stages::choose(plan, input_atomic),
     });
     let mut report = RunReport::default();
 
@@ -407,8 +412,50 @@ pub async fn execute(
         });
     }
     let transfers = schedule(transfers);
-    let mut relister = Relister::new(&transfers);
+    let mut relister = Relister::new(&ctx, &transfers, failed_dirs);
     run_concurrent_with(&ctx, transfers, &mut report, Some(&mut relister)).await;
+
+    // The staged directories are finished before anything is deleted. A
+    // stopped run finishes them too, with what was stored, within the time
+    // it gives removing temporary files; an aborted one leaves them to the
+    // next run to remove.
+    if ctx.signals.abort.is_cancelled() {
+        relister.stages.abort_all();
+    } else {
+        for stage in ctx.stages.all() {
+            relister.start_stage(&ctx, stage);
+        }
+    }
+    let stop_limit = ctx.input.job.timeout.min(Duration::from_secs(5));
+    let mut limit = ctx
+        .stopping()
+        .then(|| tokio::time::Instant::now() + stop_limit);
+    loop {
+        let joined = tokio::select! {
+            j = relister.stages.join_next() => j,
+            _ = ctx.signals.abort.cancelled() => None,
+            _ = ctx.signals.stop.cancelled(), if limit.is_none() => {
+                limit = Some(tokio::time::Instant::now() + stop_limit);
+                continue;
+            }
+            _ = async { match limit {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            } } => None,
+        };
+        match joined {
+            Some(Ok(finished)) => stage_finished(&ctx, finished, &mut report),
+            Some(Err(_)) => {}
+            None => break,
+        }
+    }
+    if !relister.stages.is_empty() {
+        tracing::warn!(
+            "left new directories unfinished (under temporary names) for the next run to remove"
+        );
+        relister.stages.abort_all();
+        while relister.stages.join_next().await.is_some() {}
+    }
 
     // 3. Deletes last, and only if nothing failed (rclone's rule: an error
     // anywhere may mean the picture is incomplete) and the run was not stopped.
@@ -711,6 +758,13 @@ pub fn op_label(item: &PlanItem) -> &'static str {
 async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
     match item.op {
         Op::Mkdir => {
+            if item.side == Side::Remote
+                && let Some(stage) = ctx.stages.of(&item.path)
+            {
+                // Recorded when the stage is in place.
+                let temp = stage.temp_of(&item.path);
+                return ctx.remote.mkdir(&temp, dir_mode(ctx, item)).await;
+            }
             ctx.store(item.side)
                 .mkdir(&item.path, dir_mode(ctx, item))
                 .await?;
@@ -729,7 +783,10 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 attempt.partial = Some((temp.clone(), m.size(), m.mtime_ns));
             }
             let rec = ctx.remote.retrying(&mut attempt).await?;
-            ctx.send(StateChange::Put(item.path.clone(), rec));
+            match ctx.stages.of(&item.path) {
+                Some(stage) => stage.stored(item.path.clone(), rec),
+                None => ctx.send(StateChange::Put(item.path.clone(), rec)),
+            }
             Ok(())
         }
         Op::Download => {
@@ -873,7 +930,22 @@ impl Attempt for UploadAttempt<'_> {
         let ask_hash = algo.is_some();
         // The local file's SHA-256, when checking the upload computed it.
         let mut sha = None;
-        let stored = if job.atomic {
+        let stored = if let Some(stage) = ctx.stages.of(path) {
+            // Into the directory being built, under its own name: the
+            // listing that finishes the directory checks the size, and its
+            // rename puts the file in place.
+            let target = ctx.remote_path(&stage.temp_of(path));
+            let set = SetMeta {
+                mtime: utc,
+                mode,
+                hash: ask_hash,
+                size: false,
+            };
+            let stored = s.send(&local_path, before.len(), &target, 0, set).await?;
+            check_upload(ctx, &stored, &local_path, &before)?;
+            sha = check_digest(ctx, algo, stored.digest.as_deref(), &local_path).await?;
+            stored
+        } else if job.atomic {
             let mut offset = 0;
             let mut tmp = None;
             if let Some((old, size, stamp)) = self.partial.take() {
@@ -894,6 +966,7 @@ impl Attempt for UploadAttempt<'_> {
                 mtime: utc,
                 mode,
                 hash: ask_hash,
+                size: true,
             };
             // At most two passes: a refused resume goes once more from zero.
             let (tmp, stored) = loop {
@@ -973,6 +1046,7 @@ impl Attempt for UploadAttempt<'_> {
                 mtime: None,
                 mode,
                 hash: ask_hash,
+                size: true,
             };
             let mut stored = s
                 .send(&local_path, before.len(), &final_path, 0, set)
@@ -1397,31 +1471,82 @@ fn server_time(
 /// fingerprints as the server now reports them: one listing per directory
 /// instead of a query per file. At the end of a run these listings were a
 /// round trip or two per directory added to its tail.
+///
+/// A staged directory ([`crate::stage`]) is finished the same way, as soon
+/// as the last of its uploads has ended.
 struct Relister {
     /// Uploads not yet ended, by directory.
     left: HashMap<RelPath, usize>,
     /// Uploads that succeeded, by directory, until it is re-listed.
     done: HashMap<RelPath, Vec<RelPath>>,
     set: JoinSet<()>,
+    /// Uploads not yet ended, by staged directory.
+    staged_left: HashMap<RelPath, usize>,
+    /// The staged directories being finished, or finished.
+    stages: JoinSet<Finished>,
+    started: BTreeSet<RelPath>,
+    /// The directories of the run that could not be created.
+    failed_dirs: Arc<Vec<RelPath>>,
 }
 
 impl Relister {
-    fn new(items: &[PlanItem]) -> Self {
+    fn new(ctx: &Ctx, items: &[PlanItem], failed_dirs: Vec<RelPath>) -> Self {
         let mut left: HashMap<RelPath, usize> = HashMap::new();
+        let mut staged_left: HashMap<RelPath, usize> = HashMap::new();
         for i in items.iter().filter(|i| i.op == Op::Upload) {
-            *left.entry(i.path.parent().unwrap_or_default()).or_default() += 1;
+            match ctx.stages.of(&i.path) {
+                Some(stage) => *staged_left.entry(stage.root.clone()).or_default() += 1,
+                None => *left.entry(i.path.parent().unwrap_or_default()).or_default() += 1,
+            }
         }
         Relister {
             left,
             done: HashMap::new(),
             set: JoinSet::new(),
+            staged_left,
+            stages: JoinSet::new(),
+            started: BTreeSet::new(),
+            failed_dirs: Arc::new(failed_dirs),
         }
+    }
+
+    /// Starts finishing `stage`, unless it was started already or its
+    /// directory could not be created (then its items failed already).
+    fn start_stage(&mut self, ctx: &Arc<Ctx>, stage: &Arc<Stage>) {
+        if !self.started.insert(stage.root.clone())
+            || self.failed_dirs.iter().any(|f| stage.root.is_within(f))
+        {
+            return;
+        }
+        let (ctx, stage, failed) = (
+            Arc::clone(ctx),
+            Arc::clone(stage),
+            Arc::clone(&self.failed_dirs),
+        );
+        self.stages.spawn(
+            async move {
+                let modes = &ctx.input.job.modes;
+                let mode = modes.dir_mode(ctx.input.local.modes.get(&stage.root).copied(), 0);
+                crate::stage::finish(&ctx.remote, &stage, mode, &failed).await
+            }
+            .in_current_span(),
+        );
     }
 
     /// `item` ended (`ok`: it succeeded). Starts its directory's listing
     /// once none of the directory's uploads is left.
     fn ended(&mut self, ctx: &Arc<Ctx>, item: &PlanItem, ok: bool) {
         if item.op != Op::Upload {
+            return;
+        }
+        if let Some(stage) = ctx.stages.of(&item.path) {
+            let root = &stage.root;
+            if let Some(left) = self.staged_left.get_mut(root) {
+                *left -= 1;
+                if *left == 0 && !ctx.signals.abort.is_cancelled() {
+                    self.start_stage(ctx, stage);
+                }
+            }
             return;
         }
         let dir = item.path.parent().unwrap_or_default();
@@ -1448,6 +1573,24 @@ impl Relister {
         let ctx = Arc::clone(ctx);
         self.set
             .spawn(async move { relist(&ctx, &dir, &files).await }.in_current_span());
+    }
+}
+
+/// A staged directory was finished: its records go to the state, and the
+/// uploads that failed its checks fail in the report.
+fn stage_finished(ctx: &Ctx, finished: Finished, report: &mut RunReport) {
+    for (path, rec) in finished.placed {
+        ctx.send(StateChange::Put(path, rec));
+    }
+    for (path, error) in finished.failed {
+        tracing::warn!(target: ITEM_LOG, "upload {path}: {error}");
+        if let Some(o) = report
+            .outcomes
+            .iter_mut()
+            .find(|o| o.item.op == Op::Upload && o.item.path == path && o.error.is_none())
+        {
+            o.error = Some(error);
+        }
     }
 }
 

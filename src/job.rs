@@ -248,6 +248,8 @@ struct RawJob {
     state_save_interval: Option<String>,
     #[serde(default = "default_true")]
     atomic: bool,
+    #[serde(default = "default_true")]
+    stage_new_dirs: bool,
     #[serde(default)]
     safety: RawSafety,
     schedule: Option<String>,
@@ -617,6 +619,9 @@ pub struct Job {
     /// How often a run writes the state back to the server (`state: remote`).
     pub state_save_interval: Duration,
     pub atomic: bool,
+    /// With `atomic`: a new remote directory is built under a temporary
+    /// name and renamed into place whole ([`crate::stage`]).
+    pub stage_new_dirs: bool,
     pub max_delete: DeleteLimit,
     pub delete_after_errors: bool,
     /// When the daemon runs the job (`None`: only by hand), in its zone.
@@ -1030,6 +1035,7 @@ impl Job {
             state_location,
             state_save_interval,
             atomic: raw.atomic,
+            stage_new_dirs: raw.stage_new_dirs,
             max_delete,
             delete_after_errors: raw.safety.delete_after_errors,
             schedule,

@@ -18,6 +18,8 @@
 //!   planning: MDTM where a listing is coarse, the server's time offset learned.
 //! - [`plan`]: the pure three-way planner.
 //! - [`exec`]: runs a plan through the stores and records each result.
+//! - [`stage`]: new directories built under a temporary name and renamed
+//!   into place whole.
 //! - [`store`]: the two sides behind one seam: the local disk and the FTP
 //!   server (every FTP quirk the executor must not know about).
 //! - [`engine`]: one run from lock to report; the entry point of `run` and the daemon.
@@ -42,5 +44,6 @@ pub mod model;
 pub mod plan;
 pub mod report;
 pub mod serve;
+pub mod stage;
 pub mod state;
 pub mod store;

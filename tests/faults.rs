@@ -78,6 +78,12 @@ fn wait_for_command(proxy: &FaultProxy, prefix: &str) {
     }
 }
 
+/// Job settings for tests of uploads into new directories one file at a
+/// time (each to a temporary name, checked and renamed), as uploads into
+/// existing directories always go; by default a new directory is built
+/// under a temporary name and renamed whole (see `staged.rs`).
+pub(crate) const BY_FILE: &str = "stage_new_dirs: false\n";
+
 pub(crate) fn no_temp_files(root: &std::path::Path) {
     for k in snapshot(root).keys() {
         assert!(!k.contains(".ftpsync-"), "temporary file left behind: {k}");
@@ -119,7 +125,11 @@ fn permanent_failure_fails_the_item_and_skips_deletes() {
     write(&f.env.remote_disk, "stray.txt", "not ours");
     f.proxy
         .add_rule(Rule::new("RNTO", Action::Reply("553 Not allowed".into())).arg("f04.txt"));
-    let job = f.env.job("push", true, "safety:\n  max_delete: 100%\n");
+    let job = f.env.job(
+        "push",
+        true,
+        &format!("{BY_FILE}safety:\n  max_delete: 100%\n"),
+    );
     let out = f.env.run(&job, 1);
     assert!(
         out.stdout
@@ -160,7 +170,7 @@ fn refused_rename_is_reported_when_the_check_cannot_list() {
             .in_dir("/www/d1")
             .times(1),
     );
-    let job = f.env.job("push", false, "");
+    let job = f.env.job("push", false, BY_FILE);
     let out = f.env.run(&job, 1);
     assert!(
         out.stdout
@@ -1000,7 +1010,7 @@ fn pipelined_exchanges_survive_faults(f: &Faulty) {
     let job = f.env.job(
         "push",
         false,
-        "concurrency: 2\nretry:\n  max_attempts: 8\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
+        &format!("{BY_FILE}concurrency: 2\nretry:\n  max_attempts: 8\n  initial_backoff: 20ms\n  max_backoff: 100ms\n"),
     );
     let out = f.env.run(&job, 1);
     assert!(
@@ -1067,7 +1077,9 @@ fn refused_store_with_its_checks_in_flight(f: &Faulty, checks_in_flight: bool) {
     let job = f.env.job(
         "push",
         false,
-        "concurrency: 1\nretry:\n  initial_backoff: 20ms\n  max_backoff: 100ms\n",
+        &format!(
+            "{BY_FILE}concurrency: 1\nretry:\n  initial_backoff: 20ms\n  max_backoff: 100ms\n"
+        ),
     );
     let out = f.env.run(&job, 1);
     let failed = out.failed();
@@ -1365,7 +1377,9 @@ fn after_passive(cmds: &[String], verb: &str, but_after_listing: bool) -> (usize
 /// never during a transfer.
 fn passive_ports_opened_ahead(f: &Faulty, quiet_in_transfer: bool) {
     small_tree(&f.env, 6);
-    let push = f.env.job("push", false, "concurrency: 1\n");
+    let push = f
+        .env
+        .job("push", false, &format!("{BY_FILE}concurrency: 1\n"));
     f.env.run(&push, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     let cmds = f.proxy.commands();
@@ -1463,7 +1477,7 @@ fn inbound_data_closed_early(f: &Faulty, early: bool) {
 fn other_servers_get_one_command_at_a_time() {
     let f = faulty();
     small_tree(&f.env, 6);
-    let job = f.env.job("push", false, "");
+    let job = f.env.job("push", false, BY_FILE);
     f.env.run(&job, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     assert_eq!(f.proxy.pipelined(), Vec::<String>::new());
@@ -1801,7 +1815,7 @@ fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
         f.proxy
             .add_rule(Rule::new("STOR", Action::Delay(hold)).arg(dir).times(1));
     }
-    let job = f.env.job("push", false, "");
+    let job = f.env.job("push", false, BY_FILE);
     f.env.run(&job, 0);
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 

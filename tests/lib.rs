@@ -13,6 +13,7 @@ mod interop;
 mod mirror;
 mod output;
 mod resume;
+mod staged;
 mod stop;
 mod trust;
 mod verify;

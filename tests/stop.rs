@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::faults::{faulty, no_temp_files, small_tree};
+use crate::faults::{BY_FILE, faulty, no_temp_files, small_tree};
 use crate::support::fault_proxy::{Action, Rule};
 use crate::support::harness::{Env, PASSWORD, assert_same_tree, snapshot};
 
@@ -21,7 +21,7 @@ pub(crate) fn spawn(env: &Env, args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn signal(child: &Child, sig: &str) {
+pub(crate) fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
         .status()
@@ -96,7 +96,9 @@ fn sigint_stops_gracefully_with_exit_130() {
     // temporary name for a while, so the signal finds some in flight.
     f.proxy
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_millis(150))));
-    let job = f.env.job("push", true, "concurrency: 2\n");
+    let job = f
+        .env
+        .job("push", true, &format!("{BY_FILE}concurrency: 2\n"));
     let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
     wait_for_files(&f.env.remote_disk, 4, Duration::from_secs(20));
     signal(&child, "INT");
@@ -133,7 +135,9 @@ fn sigterm_with_no_grace_abandons_and_removes_temporaries() {
     // Renames hang: every upload in flight has its temporary file on the server.
     f.proxy
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_secs(8))));
-    let job = f.env.job("push", true, "concurrency: 3\n");
+    let job = f
+        .env
+        .job("push", true, &format!("{BY_FILE}concurrency: 3\n"));
     let child = spawn(&f.env, &["run", "--grace", "0s", job.to_str().unwrap()]);
     wait_for_temps(&f.env.remote_disk);
     signal(&child, "TERM");
@@ -157,7 +161,9 @@ fn second_signal_aborts_at_once() {
     small_tree(&f.env, 12);
     f.proxy
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_secs(8))));
-    let job = f.env.job("push", false, "concurrency: 2\n");
+    let job = f
+        .env
+        .job("push", false, &format!("{BY_FILE}concurrency: 2\n"));
     let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
     wait_for_temps(&f.env.remote_disk);
     signal(&child, "INT");
@@ -181,9 +187,11 @@ fn deadline_stops_the_run_and_the_next_one_continues() {
     small_tree(&f.env, 20);
     f.proxy
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_millis(300))));
-    let job = f
-        .env
-        .job("push", false, "concurrency: 2\ndeadline: 1500ms\n");
+    let job = f.env.job(
+        "push",
+        false,
+        &format!("{BY_FILE}concurrency: 2\ndeadline: 1500ms\n"),
+    );
     let start = Instant::now();
     let out = f.env.run(&job, 1);
     assert!(start.elapsed() < Duration::from_secs(6), "{}", out.all());
@@ -289,7 +297,7 @@ fn a_stop_during_the_relisting_does_not_wait_for_it() {
     // The listing of a, once its upload is done, waits 30 s in the proxy.
     f.proxy
         .add_rule(Rule::new("MLSD", Action::Delay(Duration::from_secs(30))).in_dir("/www/a"));
-    let job = f.env.job("push", true, "");
+    let job = f.env.job("push", true, BY_FILE);
     let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
     let start = Instant::now();
     while !f.proxy.commands().iter().any(|c| c == "CWD /www/a") {

@@ -666,6 +666,8 @@ pub struct AfterStore {
     pub mode: Option<u32>,
     /// Ask the server's hash of the file.
     pub hash: bool,
+    /// Ask the file's size (where the server has SIZE).
+    pub size: bool,
 }
 
 /// The commands that follow a STOR (see [`FtpConn::finish_store`]), and
@@ -1388,7 +1390,8 @@ impl FtpConn {
         if let Some((_, cmd)) = &set {
             cmds.push(cmd.clone());
         }
-        if self.features.size {
+        let size = self.features.size && after.size;
+        if size {
             cmds.push(format!("SIZE {remote}"));
         }
         if let Some(cmd) = hash {
@@ -1398,7 +1401,7 @@ impl FtpConn {
             cmds,
             chmod: chmod.is_some(),
             set: set.map(|(utc, _)| utc),
-            size: self.features.size,
+            size,
             hash,
         }
     }

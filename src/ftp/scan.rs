@@ -73,8 +73,9 @@ fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
     (names.len(), h.finish())
 }
 
-/// Scans the remote tree. Returns the tree and the temporary files of
-/// earlier interrupted runs that were found (relative paths). A path
+/// Scans the remote tree. Returns the tree and the temporary files and
+/// directories of earlier interrupted runs that were found (relative
+/// paths; a temporary directory is not listed). A path
 /// `paths` knows is taken from it rather than allocated again.
 ///
 /// A directory's listing counts only after its parent's listing named it
@@ -217,6 +218,11 @@ pub async fn scan(
             }
             match e.kind {
                 EntryKind::Dir => {
+                    // A new directory a run was building ([`crate::stage`]).
+                    if is_temp_name(rel.name()) {
+                        temps.push(rel);
+                        continue;
+                    }
                     if input.filters.excludes_dir(rel.as_str()) {
                         tree.holds_unsynced.insert(dir.clone());
                         continue;

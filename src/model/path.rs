@@ -200,6 +200,23 @@ impl RelPath {
         up.is_empty() || me == up || (me.starts_with(up) && me.as_bytes()[up.len()] == b'/')
     }
 
+    /// `self` with its ancestor `from` (or itself) replaced by `to`: the
+    /// same place in a tree that `to` stands for. `None` if `self` is not
+    /// within `from`.
+    pub fn rebase(&self, from: &RelPath, to: &RelPath) -> Option<RelPath> {
+        if !self.is_within(from) {
+            return None;
+        }
+        let rest = self.as_str()[from.as_str().len()..].trim_start_matches('/');
+        if rest.is_empty() {
+            return Some(to.clone());
+        }
+        if to.is_root() {
+            return Some(Self::from_valid(rest));
+        }
+        Some(Self::from_valid(&format!("{}/{rest}", to.as_str())))
+    }
+
     /// The path under a local root. Components are validated, so the result
     /// never leaves `root` lexically.
     pub fn to_local(&self, root: &Path) -> PathBuf {
@@ -267,6 +284,21 @@ pub fn check_command_arg(arg: &str) -> Result<(), NameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rebase_moves_a_path_to_what_stands_for_its_ancestor() {
+        let p = |s: &str| RelPath::parse(s).unwrap();
+        let to = p("www/.tmp");
+        assert_eq!(p("www/new").rebase(&p("www/new"), &to), Some(to.clone()));
+        assert_eq!(
+            p("www/new/a/b.txt").rebase(&p("www/new"), &to),
+            Some(p("www/.tmp/a/b.txt"))
+        );
+        assert_eq!(p("www/newer/a").rebase(&p("www/new"), &to), None);
+        assert_eq!(p("www").rebase(&p("www/new"), &to), None);
+        assert_eq!(p("a/b").rebase(&RelPath::root(), &p("t")), Some(p("t/a/b")));
+        assert_eq!(p("t/a/b").rebase(&p("t"), &RelPath::root()), Some(p("a/b")));
+    }
 
     #[test]
     fn a_path_is_one_word_and_behaves_as_its_text() {

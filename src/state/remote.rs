@@ -301,6 +301,7 @@ impl Attempt for Upload<'_> {
             mtime: None,
             mode: Some(0o600),
             hash: false,
+            size: true,
         };
         let stored = s
             .send(self.local, self.len, self.temp, 0, owner_only)

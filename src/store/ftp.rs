@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::{Attempt, Capabilities, RemoteSession, Resume, SetMeta, Store, Stored};
 use crate::ftp::FtpFailure;
 use crate::ftp::conn::{AfterStore, FtpConn, RenameError, SMALL_FILE};
-use crate::ftp::list::ListEntry;
+use crate::ftp::list::{EntryKind, ListEntry};
 use crate::ftp::pool::Pool;
 use crate::job::RetryPolicy;
 use crate::model::{RelPath, RemoteTime};
@@ -100,12 +100,41 @@ impl FtpStore {
         })
     }
 
+    /// Removes one of ftpsync's temporary files or directories (a staged
+    /// new directory, [`crate::stage`], with everything in it).
     async fn remove_temp_with(&self, temp: &str, retry: &RetryPolicy) -> Result<bool, FtpFailure> {
         with_retry!(&self.pool, retry, |c| match c.delete(temp).await {
             Ok(()) => Ok(true),
-            Err(FtpFailure::Reply { code: 550, .. }) => Ok(false),
+            Err(FtpFailure::Reply { code: 550, .. }) => remove_tree(c, temp).await,
             Err(e) => Err(e),
         })
+    }
+
+    /// Removes a file by its absolute path; one that is gone already
+    /// (checked, not assumed) is fine.
+    pub async fn remove_file(&self, path: &str) -> Result<(), FtpFailure> {
+        with_retry!(&self.pool, &self.retry, |c| delete_remote(c, path).await)
+    }
+
+    /// Renames `from` to `to` (absolute paths; a file or a directory). A
+    /// retry that finds `from` gone and `to` there counts as done: the
+    /// reply to the attempt that renamed it was lost.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), FtpFailure> {
+        with_retry!(
+            &self.pool,
+            &self.retry,
+            |c| match c.rename(from, to).await {
+                Ok(()) => Ok(()),
+                Err(RenameError::From(e @ FtpFailure::Reply { code: 550, .. })) => {
+                    if !exists_remote(c, from).await? && exists_remote(c, to).await? {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }
+                Err(e) => Err(e.failure()),
+            }
+        )
     }
 }
 
@@ -192,6 +221,7 @@ impl RemoteSession for FtpSession<'_> {
             mtime: set.mtime,
             mode: set.mode,
             hash: set.hash,
+            size: set.size,
         };
         if offset == 0 && len <= SMALL_FILE {
             // A read of at most 1 MiB, inline: handing it to a blocking
@@ -341,6 +371,53 @@ async fn delete_remote(c: &mut FtpConn, path: &str) -> Result<(), FtpFailure> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Most directories [`remove_tree`] goes through: a temporary directory is
+/// one of ftpsync's staged directories, never a deep tree.
+const MAX_TREE_DIRS: usize = 10_000;
+
+/// Removes the directory `top` with everything in it (one of ftpsync's
+/// temporary directories). `Ok(false)`: there is no such directory. Names
+/// from the listings are checked like any untrusted name before use.
+async fn remove_tree(c: &mut FtpConn, top: &str) -> Result<bool, FtpFailure> {
+    let mut dirs = vec![top.to_owned()];
+    let mut next = 0;
+    while next < dirs.len() {
+        let dir = dirs[next].clone();
+        next += 1;
+        let listing = c.list_dir(&dir, chrono::Utc::now().naive_utc()).await?;
+        if !listing.exists {
+            if next == 1 {
+                return Ok(false);
+            }
+            continue;
+        }
+        for e in listing.listing.entries {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let name = crate::model::validate_name(&e.name).map_err(|why| {
+                FtpFailure::Verify(format!(
+                    "{dir} holds an entry whose name is refused ({why})"
+                ))
+            })?;
+            let child = format!("{dir}/{name}");
+            match e.kind {
+                EntryKind::Dir if dirs.len() < MAX_TREE_DIRS => dirs.push(child),
+                EntryKind::Dir => {
+                    return Err(FtpFailure::Verify(format!(
+                        "{top} holds more than {MAX_TREE_DIRS} directories"
+                    )));
+                }
+                _ => delete_remote(c, &child).await?,
+            }
+        }
+    }
+    for d in dirs.iter().rev() {
+        rmdir_remote(c, d).await?;
+    }
+    Ok(true)
 }
 
 /// Whether a remote file exists, by listing its parent directory.

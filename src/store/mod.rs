@@ -40,6 +40,9 @@ pub struct SetMeta {
     pub mode: Option<u32>,
     /// Also ask the server's hash of the file ([`Capabilities::hash`]).
     pub hash: bool,
+    /// Also ask the file's size (SIZE). Not needed where a listing of the
+    /// directory checks the sizes afterwards.
+    pub size: bool,
 }
 
 /// What one side can do, where the executor's policy depends on it.
