@@ -241,7 +241,7 @@ pub async fn finish(
     let mut lists = JoinSet::new();
     for &dir in &dirs {
         let (store, dir, temp) = (store.clone(), dir.clone(), stage.temp_of(dir));
-        lists.spawn(async move { (dir, store.list_dir(&temp).await) });
+        lists.spawn(async move { (dir, store.list_dir_whole(&temp).await) });
     }
     let mut listed: HashMap<RelPath, Vec<ListEntry>> = HashMap::new();
     while let Some(joined) = lists.join_next().await {
@@ -279,7 +279,24 @@ pub async fn finish(
             if e.kind == EntryKind::Dir {
                 continue;
             }
-            let temp_path = || format!("{}/{}", store.path(&stage.temp_of(dir)), lossy(&e.name));
+            // A name from the server is untrusted: one that could reach
+            // outside the directory is never sent back in a command.
+            let name = match crate::model::validate_name(&e.name) {
+                Ok(n) => n.to_owned(),
+                Err(why) => {
+                    let e = FtpFailure::Verify(format!(
+                        "the new directory {dir} holds an entry whose name is refused ({why})"
+                    ));
+                    let stored: Vec<_> = by_dir
+                        .into_values()
+                        .flat_map(HashMap::into_values)
+                        .chain(files.into_values())
+                        .chain(good)
+                        .collect();
+                    return abandon(store, stage, stored, e, out).await;
+                }
+            };
+            let temp_path = || format!("{}/{name}", store.path(&stage.temp_of(dir)));
             match files.remove(&e.name) {
                 Some((path, mut rec)) => {
                     let sent = rec.remote.as_ref().and_then(RemoteMeta::size);
@@ -343,10 +360,6 @@ fn dir_record() -> StateRecord {
         local: None,
         remote: None,
     }
-}
-
-fn lossy(name: &[u8]) -> String {
-    String::from_utf8_lossy(name).into_owned()
 }
 
 /// The stage cannot be placed: its files fail with `e`, and the temporary

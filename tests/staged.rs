@@ -322,3 +322,35 @@ fn a_stopped_run_puts_what_it_stored_in_place() {
     );
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 }
+
+/// The listing that checks a new directory is untrusted like any other: a
+/// name that could reach outside it is never sent back, and the directory
+/// is not put in place on a listing that cannot be read in full.
+#[test]
+fn a_hostile_listing_of_the_new_directory_is_refused() {
+    for forged in [
+        &b"type=file;size=2;modify=20240101000000; a.txt\r\ntype=file;size=1;modify=20240101000000; ../../evil\r\n"[..],
+        &b"type=file;size=2;modify=20240101000000; a.txt\r\nnot a listing line\r\n"[..],
+    ] {
+        let f = faulty();
+        write(&f.env.local, "new/a.txt", "a\n");
+        // The scan's listing of the root passes; the check's is forged.
+        f.proxy.add_rule(
+            Rule::new("MLSD", Action::ReplaceData(forged.to_vec()))
+                .skip(1)
+                .times(1),
+        );
+        let job = f.env.job("push", false, "");
+        let out = f.env.run(&job, 1);
+        assert_eq!(out.failed().len(), 1, "{}", out.all());
+        assert!(out.failed()[0].contains("new/a.txt"), "{}", out.all());
+        let cmds = f.proxy.commands();
+        assert!(!cmds.iter().any(|c| c.contains("..")), "{cmds:#?}");
+        assert_eq!(count(&cmds, "RNFR "), 0, "{cmds:#?}");
+        assert!(!f.env.remote_disk.join("new").exists());
+        no_temp_files(&f.env.remote_disk);
+        f.proxy.clear_rules();
+        f.env.run(&job, 0);
+        assert_same_tree(&f.env.local, &f.env.remote_disk);
+    }
+}

@@ -267,8 +267,10 @@ fn unreachable_server_ends_the_run_with_exit_3() {
     small_tree(&f.env, 300);
     f.proxy
         .add_rule(Rule::new("RNFR", Action::Delay(Duration::from_millis(20))));
-    let extra = "concurrency: 4\nretry:\n  max_attempts: 50\n  initial_backoff: 100ms\n  max_backoff: 1s\n  give_up_after: 2s\n";
-    let job = f.env.job("push", false, extra);
+    let extra = format!(
+        "{BY_FILE}concurrency: 4\nretry:\n  max_attempts: 50\n  initial_backoff: 100ms\n  max_backoff: 1s\n  give_up_after: 2s\n"
+    );
+    let job = f.env.job("push", false, &extra);
     let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
     wait_for_files(&f.env.remote_disk, 5, Duration::from_secs(20));
     // The server goes away: connections are cut and new ones refused (the

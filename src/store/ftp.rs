@@ -82,6 +82,24 @@ impl FtpStore {
         Ok(listing.listing.entries)
     }
 
+    /// The entries of a directory that must exist and list in full: a
+    /// listing with a line that cannot be read is an error, since what
+    /// that line stands for is unknown.
+    pub async fn list_dir_whole(&self, dir: &RelPath) -> Result<Vec<ListEntry>, FtpFailure> {
+        let abs = self.path(dir);
+        let now = chrono::Utc::now().naive_utc();
+        let listing = with_retry!(&self.pool, &self.retry, |c| c.list_dir(&abs, now).await)?;
+        if !listing.exists {
+            return Err(FtpFailure::Verify(format!("{abs} is not there")));
+        }
+        if let Some((n, line, why)) = listing.listing.bad_lines.first() {
+            return Err(FtpFailure::Verify(format!(
+                "the listing of {abs} has a line that cannot be read (line {n}, {why}: {line:?})"
+            )));
+        }
+        Ok(listing.listing.entries)
+    }
+
     /// Creates a directory that must not exist yet (a lock): `Ok(false)`
     /// if it does. MKD is atomic on the server, so of two runs only one
     /// gets `Ok(true)`.
