@@ -35,7 +35,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -491,8 +491,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 let session_shared = Arc::clone(&shared);
                 shared.tasks.spawn(async move {
                     let counted = Arc::clone(&session_shared);
-                    run_session(session_shared, client, id).await;
-                    counted.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                    let ended = Arc::new(AtomicBool::new(false));
+                    run_session(session_shared, client, id, Arc::clone(&ended)).await;
+                    if !ended.swap(true, Ordering::SeqCst) {
+                        counted.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                    }
                 });
             }
             // E.g. out of file descriptors: don't spin.
@@ -501,7 +504,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn run_session(shared: Arc<Shared>, mut client: TcpStream, id: usize) {
+/// `ended`: the session no longer counts as open (set at its QUIT, or
+/// when it closes).
+async fn run_session(
+    shared: Arc<Shared>,
+    mut client: TcpStream,
+    id: usize,
+    ended: Arc<AtomicBool>,
+) {
     let _ = client.set_nodelay(true);
     let server = match TcpStream::connect(shared.upstream).await {
         Ok(server) => server,
@@ -535,6 +545,7 @@ async fn run_session(shared: Arc<Shared>, mut client: TcpStream, id: usize) {
         cwd: String::new(),
         kill_tx,
         kill_rx,
+        ended,
     };
     let _ = session.run().await;
 }
@@ -677,6 +688,10 @@ struct Session {
     cwd: String,
     kill_tx: mpsc::UnboundedSender<()>,
     kill_rx: mpsc::UnboundedReceiver<()>,
+    /// Set once the session stops counting as open: a client that sent
+    /// QUIT has let the connection go (a client that closes once the
+    /// reply comes may open its next one before this proxy sees the close).
+    ended: Arc<AtomicBool>,
 }
 
 impl Drop for Session {
@@ -771,6 +786,9 @@ impl Session {
         }
         if verb.eq_ignore_ascii_case("CWD") {
             self.cwd = arg.clone();
+        }
+        if verb == "QUIT" && !self.ended.swap(true, Ordering::SeqCst) {
+            self.shared.open_sessions.fetch_sub(1, Ordering::SeqCst);
         }
         let decision = self.shared.decide(&verb, &arg, &self.cwd);
         if !decision.delay.is_zero() {
