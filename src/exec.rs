@@ -41,7 +41,7 @@ use crate::model::RemoteTime;
 use crate::model::Side;
 use crate::model::{Kind, LocalMeta, LocalTree, RemoteMeta, RemoteTree};
 use crate::plan::{Op, Plan, PlanItem};
-use crate::stage::{Finished, Stage, Stages};
+use crate::stage::{Stage, Stages};
 use crate::state::{Partial, Restart, StateChange, StateRecord, StateWriter};
 use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, SetMeta, Store, Stored};
 
@@ -432,7 +432,8 @@ pub async fn execute(
         .then(|| tokio::time::Instant::now() + stop_limit);
     loop {
         let joined = tokio::select! {
-            j = relister.stages.join_next() => j,
+            biased;
+            j = relister.stages.join_next_with_id() => j,
             _ = ctx.signals.abort.cancelled() => None,
             _ = ctx.signals.stop.cancelled(), if limit.is_none() => {
                 limit = Some(tokio::time::Instant::now() + stop_limit);
@@ -444,8 +445,7 @@ pub async fn execute(
             } } => None,
         };
         match joined {
-            Some(Ok(finished)) => stage_finished(&ctx, finished, &mut report),
-            Some(Err(_)) => {}
+            Some(j) => stage_finished(&mut relister, j, &mut report),
             None => break,
         }
     }
@@ -454,7 +454,9 @@ pub async fn execute(
             "left new directories unfinished (under temporary names) for the next run to remove"
         );
         relister.stages.abort_all();
-        while relister.stages.join_next().await.is_some() {}
+        while let Some(j) = relister.stages.join_next_with_id().await {
+            stage_finished(&mut relister, j, &mut report);
+        }
     }
 
     // 3. Deletes last, and only if nothing failed (rclone's rule: an error
@@ -642,6 +644,13 @@ async fn run_concurrent_with(
                 }
                 Some(Err(e)) => {
                     let item = running.remove(&e.id());
+                    if let Some(item) = &item
+                        && e.is_cancelled()
+                        && let Some(stage) = ctx.stages.of(&item.path)
+                    {
+                        // The server may still be writing what it was sent.
+                        stage.abandon();
+                    }
                     if let (Some(r), Some(item)) = (relister.as_deref_mut(), &item) {
                         r.ended(ctx, item, false);
                     }
@@ -1482,8 +1491,11 @@ struct Relister {
     set: JoinSet<()>,
     /// Uploads not yet ended, by staged directory.
     staged_left: HashMap<RelPath, usize>,
-    /// The staged directories being finished, or finished.
-    stages: JoinSet<Finished>,
+    /// The staged directories being finished, or finished: each task
+    /// records what it placed and returns the uploads that failed its checks.
+    stages: JoinSet<Vec<(RelPath, FtpFailure)>>,
+    /// The staged directory of each of those tasks.
+    stage_tasks: HashMap<tokio::task::Id, RelPath>,
     started: BTreeSet<RelPath>,
     /// The directories of the run that could not be created.
     failed_dirs: Arc<Vec<RelPath>>,
@@ -1505,6 +1517,7 @@ impl Relister {
             set: JoinSet::new(),
             staged_left,
             stages: JoinSet::new(),
+            stage_tasks: HashMap::new(),
             started: BTreeSet::new(),
             failed_dirs: Arc::new(failed_dirs),
         }
@@ -1523,14 +1536,21 @@ impl Relister {
             Arc::clone(stage),
             Arc::clone(&self.failed_dirs),
         );
-        self.stages.spawn(
+        let root = stage.root.clone();
+        let handle = self.stages.spawn(
             async move {
                 let modes = &ctx.input.job.modes;
                 let mode = modes.dir_mode(ctx.input.local.modes.get(&stage.root).copied(), 0);
-                crate::stage::finish(&ctx.remote, &stage, mode, &failed).await
+                let finished = crate::stage::finish(&ctx.remote, &stage, mode, &failed).await;
+                // Recorded as soon as it is in place, not when the run joins this task.
+                for (path, rec) in finished.placed {
+                    ctx.send(StateChange::Put(path, rec));
+                }
+                finished.failed
             }
             .in_current_span(),
         );
+        self.stage_tasks.insert(handle.id(), root);
     }
 
     /// `item` ended (`ok`: it succeeded). Starts its directory's listing
@@ -1578,11 +1598,37 @@ impl Relister {
 
 /// A staged directory was finished: its records go to the state, and the
 /// uploads that failed its checks fail in the report.
-fn stage_finished(ctx: &Ctx, finished: Finished, report: &mut RunReport) {
-    for (path, rec) in finished.placed {
-        ctx.send(StateChange::Put(path, rec));
-    }
-    for (path, error) in finished.failed {
+fn stage_finished(
+    relister: &mut Relister,
+    joined: Result<(tokio::task::Id, Vec<(RelPath, FtpFailure)>), tokio::task::JoinError>,
+    report: &mut RunReport,
+) {
+    let failed = match joined {
+        Ok((id, failed)) => {
+            relister.stage_tasks.remove(&id);
+            failed
+        }
+        Err(e) => {
+            let Some(root) = relister.stage_tasks.remove(&e.id()) else {
+                return;
+            };
+            let error = if e.is_cancelled() {
+                FtpFailure::Verify("its new directory was left unfinished".into())
+            } else {
+                // A bug, not a server's doing: its uploads fail, and with
+                // them the run's right to delete.
+                tracing::error!("worker task failed: {e}");
+                FtpFailure::Local(format!("internal error: {e}"))
+            };
+            report
+                .outcomes
+                .iter()
+                .filter(|o| o.item.op == Op::Upload && o.item.path.is_within(&root))
+                .map(|o| (o.item.path.clone(), error.clone()))
+                .collect()
+        }
+    };
+    for (path, error) in failed {
         tracing::warn!(target: ITEM_LOG, "upload {path}: {error}");
         if let Some(o) = report
             .outcomes

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::task::JoinSet;
 
@@ -53,6 +54,9 @@ pub struct Stage {
     /// The files stored so far, with their records (the remote part is
     /// completed from the checking listing).
     stored: Mutex<Vec<(RelPath, StateRecord)>>,
+    /// An upload into it was dropped mid-way (a stop's grace ran out): the
+    /// server may still be writing it, so the directory is not placed.
+    abandoned: AtomicBool,
 }
 
 impl Stage {
@@ -68,6 +72,11 @@ impl Stage {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((path, record));
+    }
+
+    /// An upload into the directory was dropped mid-way.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
     }
 
     fn take_stored(&self) -> Vec<(RelPath, StateRecord)> {
@@ -150,6 +159,7 @@ impl Stages {
                         temp,
                         dirs: Vec::new(),
                         stored: Mutex::new(Vec::new()),
+                        abandoned: AtomicBool::new(false),
                     }),
                 );
             } else if let Some(c) = children.get(d) {
@@ -226,6 +236,13 @@ pub async fn finish(
         .iter()
         .filter(|d| !failed_dirs.iter().any(|f| d.is_within(f)))
         .collect();
+    if stage.abandoned.load(Ordering::SeqCst) {
+        let e = FtpFailure::Verify(
+            "an upload into its new directory was abandoned; the directory was not put in place"
+                .into(),
+        );
+        return abandon(store, stage, stored, e, out).await;
+    }
     if dirs.first() != Some(&&stage.root) {
         return abandon(
             store,
@@ -380,8 +397,11 @@ async fn abandon(
     out
 }
 
-/// The server refused to rename the directory: creates it and moves each
-/// entry into it (renaming files and whole subdirectories one by one).
+/// The server refused to rename the directory: creates it and each
+/// directory in it, then moves the files into them one by one (a server
+/// that will not rename a directory would not rename its subdirectories
+/// either). Files whose directory could not be made, or that could not be
+/// moved, fail; the temporary directory is then removed.
 async fn move_entries(
     store: &FtpStore,
     stage: &Stage,
@@ -394,35 +414,27 @@ async fn move_entries(
         return abandon(store, stage, good, e, out).await;
     }
     out.placed.push((stage.root.clone(), dir_record()));
-    // The children of the root: its files, and its subdirectories with all in them.
-    let mut moved_dirs: Vec<RelPath> = Vec::new();
-    for &sub in dirs
-        .iter()
-        .filter(|d| d.parent().as_ref() == Some(&stage.root))
-    {
-        let (from, to) = (store.path(&stage.temp_of(sub)), store.path(sub));
-        match store.rename(&from, &to).await {
-            Ok(()) => moved_dirs.push(sub.clone()),
-            Err(e) => tracing::warn!("could not move {from} to {to}: {e}"),
-        }
-    }
+    let mut made: Vec<&RelPath> = vec![&stage.root];
+    // Parents first, as `dirs` is ordered.
     for &d in dirs.iter().skip(1) {
-        if moved_dirs.iter().any(|m| d.is_within(m)) {
-            out.placed.push((d.clone(), dir_record()));
+        if !d.parent().is_some_and(|p| made.contains(&&p)) {
+            continue;
+        }
+        match store.mkdir(d, None).await {
+            Ok(()) => {
+                made.push(d);
+                out.placed.push((d.clone(), dir_record()));
+            }
+            Err(e) => tracing::warn!("could not create {d}: {e}"),
         }
     }
     for (path, rec) in good {
-        if moved_dirs.iter().any(|m| path.is_within(m)) {
-            out.placed.push((path, rec));
-            continue;
-        }
-        let in_root = path.parent().as_ref() == Some(&stage.root);
-        let result = if in_root {
+        let result = if path.parent().is_some_and(|p| made.contains(&&p)) {
             let (from, to) = (store.path(&stage.temp_of(&path)), store.path(&path));
             store.rename(&from, &to).await
         } else {
             Err(FtpFailure::Verify(
-                "its directory could not be moved into place".into(),
+                "its directory could not be created".into(),
             ))
         };
         match result {

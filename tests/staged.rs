@@ -161,33 +161,50 @@ fn a_file_that_fails_in_a_new_directory_fails_alone_and_leaves_nothing() {
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 }
 
-/// A copy that the listing shows short (the data connection was cut, yet
-/// the server said 226) never reaches its name, in a new directory as
-/// outside one.
+/// A copy that the checking listing shows short (here cut on the server's
+/// disk after its upload, while that listing is held) never reaches its
+/// name: it fails, is removed, and the rest of the directory is placed.
 #[test]
 fn a_copy_the_listing_shows_short_is_removed_not_placed() {
     let f = faulty();
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
     write(&f.env.local, "new/x.bin", &content);
     write(&f.env.local, "new/y.txt", "y\n");
+    // The scan's listing of the root passes; the check's waits a moment.
     f.proxy.add_rule(
-        Rule::new(
-            "STOR",
-            Action::CutData {
-                after_bytes: 100_000,
-                kill_control: false,
-            },
-        )
-        .arg("/x.bin"),
+        Rule::new("MLSD", Action::Delay(Duration::from_millis(1500)))
+            .skip(1)
+            .times(1),
     );
-    let job = f.env.job(
-        "push",
-        false,
-        "retry:\n  max_attempts: 2\n  initial_backoff: 20ms\n  max_backoff: 50ms\n",
+    let job = f.env.job("push", false, "");
+    let child = spawn(&f.env, &["run", job.to_str().unwrap()]);
+    let start = Instant::now();
+    while count(&f.proxy.commands(), "MLSD") < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no checking listing"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let temp = fs::read_dir(&f.env.remote_disk)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().is_some_and(|n| is_temp(&n.to_string_lossy())))
+        .expect("the temporary directory");
+    fs::OpenOptions::new()
+        .write(true)
+        .open(temp.join("x.bin"))
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let (code, out, _) = finish(child, Duration::from_secs(30));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "FAILED upload new/x.bin: the server lists 1000 bytes after an upload of 200000"
+        ),
+        "{out}"
     );
-    let out = f.env.run(&job, 1);
-    assert_eq!(out.failed().len(), 1, "{}", out.all());
-    assert!(out.failed()[0].contains("new/x.bin"), "{}", out.all());
     assert!(!f.env.remote_disk.join("new/x.bin").exists());
     assert_eq!(
         fs::read(f.env.remote_disk.join("new/y.txt")).unwrap(),
@@ -199,9 +216,9 @@ fn a_copy_the_listing_shows_short_is_removed_not_placed() {
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 }
 
-/// A server that will not rename a directory: the directory is created
-/// and each entry of the temporary one (files, whole subdirectories) is
-/// moved into it.
+/// A server that will not rename a directory: the directory and each one
+/// in it are created, and the files are moved into them one by one (a
+/// server that refuses to rename one directory would refuse the others).
 #[test]
 fn a_refused_directory_rename_moves_the_entries_instead() {
     let f = faulty();
@@ -221,14 +238,31 @@ fn a_refused_directory_rename_moves_the_entries_instead() {
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     no_temp_files(&f.env.remote_disk);
     let cmds = f.proxy.commands();
-    assert_eq!(count(&cmds, &format!("MKD {root}/site")), 1, "{cmds:#?}");
-    for moved in ["site/a.txt", "site/b.txt", "site/sub"] {
+    for made in ["site", "site/sub", "site/sub/deeper"] {
+        let mkd = format!("MKD {root}/{made}");
         assert_eq!(
-            count(&cmds, &format!("RNTO {root}/{moved}")),
+            cmds.iter().filter(|c| **c == mkd).count(),
             1,
-            "{moved}: {cmds:#?}"
+            "{made}: {cmds:#?}"
         );
     }
+    let mut rntos: Vec<&str> = cmds
+        .iter()
+        .filter_map(|c| c.strip_prefix("RNTO "))
+        .collect();
+    rntos.sort();
+    let expected: Vec<String> = [
+        "site",
+        "site/a.txt",
+        "site/b.txt",
+        "site/sub/c.txt",
+        "site/sub/deeper/d.txt",
+        "top.txt",
+    ]
+    .iter()
+    .map(|p| format!("{root}/{p}"))
+    .collect();
+    assert_eq!(rntos, expected, "{cmds:#?}");
     assert_eq!(f.env.plan_ops(&job), vec![]);
 }
 
@@ -313,6 +347,14 @@ fn a_stopped_run_puts_what_it_stored_in_place() {
         .filter(|v| v.is_some())
         .count();
     assert!((4..30).contains(&done), "{done} files in place:\n{out}");
+    // What is in place is recorded: only the rest is left to upload.
+    let ops = f.env.plan_ops(&job);
+    let uploads = ops.iter().filter(|(op, _)| op == "upload").count();
+    assert_eq!(uploads, 30 - done, "{ops:?}");
+    assert!(
+        ops.iter().all(|(op, _)| op == "upload" || op == "mkdir"),
+        "{ops:?}"
+    );
     f.proxy.clear_rules();
     let out = f.env.run(&job, 0);
     assert!(

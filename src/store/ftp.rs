@@ -138,12 +138,14 @@ impl FtpStore {
     /// retry that finds `from` gone and `to` there counts as done: the
     /// reply to the attempt that renamed it was lost.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), FtpFailure> {
-        with_retry!(
-            &self.pool,
-            &self.retry,
-            |c| match c.rename(from, to).await {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        // Only a retry can follow a rename whose reply was lost.
+        let tried = AtomicBool::new(false);
+        with_retry!(&self.pool, &self.retry, |c| {
+            let retry = tried.swap(true, Ordering::Relaxed);
+            match c.rename(from, to).await {
                 Ok(()) => Ok(()),
-                Err(RenameError::From(e @ FtpFailure::Reply { code: 550, .. })) => {
+                Err(RenameError::From(e @ FtpFailure::Reply { code: 550, .. })) if retry => {
                     if !exists_remote(c, from).await? && exists_remote(c, to).await? {
                         Ok(())
                     } else {
@@ -152,7 +154,7 @@ impl FtpStore {
                 }
                 Err(e) => Err(e.failure()),
             }
-        )
+        })
     }
 }
 
