@@ -149,7 +149,7 @@ fn a_file_that_fails_in_a_new_directory_fails_alone_and_leaves_nothing() {
     // The copy the 552 left was removed before the rename, under its
     // temporary directory.
     let dele: Vec<&String> = cmds.iter().filter(|c| c.starts_with("DELE ")).collect();
-    assert_eq!(dele.len(), 1, "{cmds:#?}");
+    assert_eq!(dele.len(), 1, "{cmds:#?}\n{}", out.all());
     assert!(
         dele[0].ends_with("/b.txt") && dele[0].split('/').any(is_temp),
         "{dele:?}"

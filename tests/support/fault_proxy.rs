@@ -1130,16 +1130,19 @@ async fn data_task(
         return;
     };
     drop(listener);
+    // No plan means the command was refused or the session ended: close the client's side.
+    // The server's side is connected only once a data command goes to the server: a server
+    // holds a data connection it accepted for its next data command, so one connected for a
+    // command the proxy refused would carry that next command's transfer (an empty upload).
+    let Ok(plan) = plan_rx.await else {
+        return;
+    };
     let server = match TcpStream::connect(upstream).await {
         Ok(server) => server,
         Err(_) => {
             let _ = client.set_zero_linger();
             return;
         }
-    };
-    // No plan means the command was refused or the session ended: close both.
-    let Ok(plan) = plan_rx.await else {
-        return;
     };
     relay_data(client, server, plan, kill_tx).await;
 }
