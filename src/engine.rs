@@ -252,6 +252,7 @@ async fn prepare_limited(
         }
     };
     let mut first = first?;
+    tracing::debug!("phase: logged in, state opened");
     let root = absolute_root(&mut first, &job.remote.root)
         .await
         .map_err(|failure| Error::Connect {
@@ -309,6 +310,7 @@ async fn prepare_limited(
         blocking(move || load_state(db, &bind, for_run)).await?;
     let db = if plan_copy.is_some() { None } else { db };
     drop(plan_copy);
+    tracing::debug!("phase: state loaded ({} records)", state.len());
     let job = &Job {
         compare: effective_compare(job, &state),
         ..job.clone()
@@ -359,9 +361,11 @@ async fn prepare_limited(
         side: crate::model::Side::Remote,
         entries: remote.entries.len() as u64,
     });
+    tracing::debug!("phase: remote scanned ({} entries)", remote.entries.len());
     let (mut local, local_temps) = local_scan
         .await
         .map_err(|e| Error::Io(format!("local scan failed: {e}")))?;
+    tracing::debug!("phase: local scanned ({} entries)", local.entries.len());
     // Both scans dropped their interner: the map is ours again (a copy
     // only if something unforeseen still held it).
     let state = Arc::unwrap_or_clone(state);
@@ -758,6 +762,7 @@ enum Mode {
 
 async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: Mode) -> Finished {
     let started_at = Utc::now();
+    tracing::debug!("phase: run starts");
     let lock = match crate::state::lock(&job.state_path) {
         Ok(l) => l,
         Err(e) => {
@@ -784,6 +789,7 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
     )
     .await;
     let mut record = run_record(opts, started_at, &report);
+    tracing::debug!("phase: run done");
     // A damaged or too-new database is left as it is.
     if !matches!(report, Err(Error::State(_))) {
         let path = job.state_path.clone();
@@ -829,6 +835,7 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
         r.state.unlock().await;
     }
     drop(lock);
+    tracing::debug!("phase: history recorded");
     Finished {
         record,
         report,
@@ -1148,6 +1155,7 @@ async fn execute_prepared(
             saving.clone(),
         ))
     });
+    tracing::debug!("phase: planned ({} items)", p.plan.items.len());
     let mut report = exec::execute(
         input,
         &p.plan,
@@ -1156,6 +1164,7 @@ async fn execute_prepared(
         signals,
     )
     .await;
+    tracing::debug!("phase: executed");
     saving.cancel();
     if let Some(saver) = saver {
         let _ = saver.await;
@@ -1167,5 +1176,6 @@ async fn execute_prepared(
     // The goodbyes wait a round trip; the state's last write need not wait for them.
     let (_, flushed) = tokio::join!(p.pool.close(), blocking(move || Ok(writer.flush()?)));
     flushed?;
+    tracing::debug!("phase: state written, connections closed");
     Ok(report)
 }

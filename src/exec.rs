@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,6 +44,7 @@ use crate::plan::{Op, Plan, PlanItem};
 use crate::stage::{Stage, Stages};
 use crate::state::{Partial, Restart, StateChange, StateRecord, StateWriter};
 use crate::store::{Attempt, FtpStore, LocalStore, RemoteSession, Resume, SetMeta, Store, Stored};
+use chrono::Timelike;
 
 /// Everything the executor reads.
 pub struct ExecInput {
@@ -145,6 +146,98 @@ struct Ctx {
     restart_refused: Mutex<BTreeSet<Restart>>,
     /// New remote directories built under a temporary name ([`crate::stage`]).
     stages: Stages,
+    /// What the uploads into existing directories recorded of the server's
+    /// side, until their directory is listed again ([`Relister`]).
+    sent: Mutex<HashMap<RelPath, RemoteMeta>>,
+    /// Whether the server lists uploaded files as this run set them.
+    listed_as_set: ListedAsSet,
+}
+
+/// How many uploaded files the server must have listed as predicted from
+/// the size sent and the time set, with none otherwise, before the run
+/// stops listing directories again after their uploads.
+const LISTED_AS_SET: usize = 16;
+
+/// Whether the server's listings show uploaded files as this run can
+/// predict them: the size sent, and the time set with `MFMT` in the
+/// listing's own form ([`as_listed`]). Re-listing a directory after its
+/// uploads records the server's own view of them; once enough files have
+/// come back as predicted, and none otherwise, the rest of the run records
+/// the prediction and lists no more directories for it.
+#[derive(Debug, Default)]
+struct ListedAsSet {
+    agreed: AtomicUsize,
+    differed: AtomicBool,
+    /// Which forms the listings had: [`EXACT_FORM`], [`LS_FORM`].
+    forms: AtomicU8,
+}
+
+/// Listings to the second in UTC (MLSD).
+const EXACT_FORM: u8 = 1;
+/// Listings in the form of `ls -l` (LIST), taken as UTC.
+const LS_FORM: u8 = 2;
+
+impl ListedAsSet {
+    /// `Some(exact)` once the listings can be predicted: `exact` if they are
+    /// MLSD's.
+    fn trusted(&self) -> Option<bool> {
+        if self.differed.load(Ordering::Relaxed)
+            || self.agreed.load(Ordering::Relaxed) < LISTED_AS_SET
+        {
+            return None;
+        }
+        match self.forms.load(Ordering::Relaxed) {
+            EXACT_FORM => Some(true),
+            LS_FORM => Some(false),
+            _ => None,
+        }
+    }
+
+    /// A listing showed an uploaded file as `listed`; the upload recorded `sent`.
+    fn saw(&self, sent: Option<&RemoteMeta>, listed: &RemoteMeta, now: chrono::NaiveDateTime) {
+        let exact = matches!(listed.mtime, RemoteTime::Exact(_));
+        self.forms
+            .fetch_or(if exact { EXACT_FORM } else { LS_FORM }, Ordering::Relaxed);
+        let same = sent.is_some_and(|s| {
+            s.size().is_some()
+                && s.size() == listed.size()
+                && predicted(s, exact, now).is_some_and(|p| p == *listed)
+        });
+        if same {
+            self.agreed.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.differed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a listing would show of a file uploaded with `sent` recorded, if
+/// the time was set (see [`as_listed`]).
+fn predicted(sent: &RemoteMeta, exact: bool, now: chrono::NaiveDateTime) -> Option<RemoteMeta> {
+    match sent.mtime {
+        RemoteTime::Exact(t) => Some(RemoteMeta::new(sent.size(), as_listed(t, exact, now))),
+        _ => None,
+    }
+}
+
+/// How a listing shows a file whose time was set to `t` (UTC): MLSD to the
+/// second; LIST as `ls -l` does, to the minute for a file of the last six
+/// months and to the day for an older one (or one in the future), in the
+/// server's zone, which is UTC where the prediction held.
+fn as_listed(t: chrono::NaiveDateTime, exact: bool, now: chrono::NaiveDateTime) -> RemoteTime {
+    if exact {
+        return RemoteTime::Exact(t);
+    }
+    let age = now.signed_duration_since(t);
+    if age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::days(182) {
+        RemoteTime::Minute(
+            t.with_second(0)
+                .and_then(|m| m.with_nanosecond(0))
+                .unwrap_or(t),
+        )
+    } else {
+        RemoteTime::Day(t.date())
+    }
 }
 
 impl Ctx {
@@ -368,6 +461,8 @@ pub async fn execute(
         temps: Mutex::new(BTreeMap::new()),
         restart_refused: Mutex::new(input_restart_refused),
         stages: Stages::choose(plan, input_atomic),
+        sent: Mutex::new(HashMap::new()),
+        listed_as_set: ListedAsSet::default(),
     });
     let mut report = RunReport::default();
 
@@ -794,7 +889,15 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
             let rec = ctx.remote.retrying(&mut attempt).await?;
             match ctx.stages.of(&item.path) {
                 Some(stage) => stage.stored(item.path.clone(), rec),
-                None => ctx.send(StateChange::Put(item.path.clone(), rec)),
+                None => {
+                    if let Some(sent) = &rec.remote {
+                        ctx.sent
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(item.path.clone(), sent.clone());
+                    }
+                    ctx.send(StateChange::Put(item.path.clone(), rec));
+                }
             }
             Ok(())
         }
@@ -1587,7 +1690,20 @@ impl Relister {
         let Some(files) = self.done.remove(&dir) else {
             return;
         };
-        if ctx.stopping() {
+        let trusted = ctx.listed_as_set.trusted();
+        if ctx.stopping() || trusted.is_some() {
+            let now = chrono::Utc::now().naive_utc();
+            let mut sent = ctx.sent.lock().unwrap_or_else(|e| e.into_inner());
+            for f in &files {
+                let Some(meta) = sent.remove(f) else { continue };
+                // As the listing would show them (else the next run's
+                // listing completes their records).
+                if let Some(exact) = trusted
+                    && let Some(listed) = predicted(&meta, exact, now)
+                {
+                    ctx.send(StateChange::RefreshRemote(f.clone(), listed));
+                }
+            }
             return;
         }
         let ctx = Arc::clone(ctx);
@@ -1646,22 +1762,32 @@ async fn relist(ctx: &Ctx, dir: &RelPath, files: &[RelPath]) {
     let Ok(entries) = ctx.remote.list_dir(dir).await else {
         return;
     };
-    let wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
+    let mut wanted: BTreeSet<&str> = files.iter().map(|f| f.name()).collect();
     for e in entries {
         let Ok(name) = std::str::from_utf8(&e.name) else {
             continue;
         };
-        if !wanted.contains(name) {
+        if !wanted.remove(name) {
             continue;
         }
         let Ok(path) = dir.join(name.as_bytes()) else {
             continue;
         };
+        let listed = RemoteMeta::new(e.size, e.mtime);
+        let sent = ctx
+            .sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&path);
+        ctx.listed_as_set
+            .saw(sent.as_ref(), &listed, chrono::Utc::now().naive_utc());
         // Completes the record this run's upload wrote.
-        ctx.send(StateChange::RefreshRemote(
-            path,
-            RemoteMeta::new(e.size, e.mtime),
-        ));
+        ctx.send(StateChange::RefreshRemote(path, listed));
+    }
+    if !wanted.is_empty() {
+        // A file just placed that the listing does not show: nothing is
+        // trusted without a listing, for the rest of the run.
+        ctx.listed_as_set.differed.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1705,5 +1831,91 @@ mod tests {
                 "huge", "b/big", "top", "a/1", "b/1", "c/1", "a/2", "c/2", "a/3"
             ]
         );
+    }
+
+    fn at(s: &str) -> chrono::NaiveDateTime {
+        chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap()
+    }
+
+    #[test]
+    fn a_listing_is_predicted_in_its_own_form() {
+        let now = at("2026-12-07 12:00:00");
+        let t = at("2026-12-07 11:58:31");
+        assert_eq!(as_listed(t, true, now), RemoteTime::Exact(t));
+        assert_eq!(
+            as_listed(t, false, now),
+            RemoteTime::Minute(at("2026-12-07 11:58:00"))
+        );
+        // `ls` shows the year, not the time, for a file of six months ago
+        // or more, and for one in the future.
+        let old = at("2026-06-01 10:00:00");
+        assert_eq!(as_listed(old, false, now), RemoteTime::Day(old.date()));
+        let ahead = at("2026-12-08 09:00:00");
+        assert_eq!(as_listed(ahead, false, now), RemoteTime::Day(ahead.date()));
+        let recent = at("2026-06-10 10:00:00");
+        assert!(matches!(
+            as_listed(recent, false, now),
+            RemoteTime::Minute(_)
+        ));
+    }
+
+    #[test]
+    fn listings_are_trusted_only_after_enough_agree_and_none_differs() {
+        let now = at("2026-12-07 12:00:00");
+        let t = at("2026-12-07 11:58:31");
+        let sent = RemoteMeta::new(Some(10), RemoteTime::Exact(t));
+        let as_ls = RemoteMeta::new(Some(10), RemoteTime::Minute(at("2026-12-07 11:58:00")));
+
+        let mlsd = ListedAsSet::default();
+        for _ in 0..LISTED_AS_SET - 1 {
+            mlsd.saw(Some(&sent), &sent, now);
+        }
+        assert_eq!(mlsd.trusted(), None);
+        mlsd.saw(Some(&sent), &sent, now);
+        assert_eq!(mlsd.trusted(), Some(true));
+
+        let list = ListedAsSet::default();
+        for _ in 0..LISTED_AS_SET {
+            list.saw(Some(&sent), &as_ls, now);
+        }
+        assert_eq!(list.trusted(), Some(false));
+
+        // One file otherwise, whatever came before or after: never.
+        let cases = [
+            // Another size.
+            RemoteMeta::new(Some(11), RemoteTime::Exact(t)),
+            // Another second, or another minute (a server in another zone).
+            RemoteMeta::new(Some(10), RemoteTime::Exact(at("2026-12-07 11:58:30"))),
+            RemoteMeta::new(Some(10), RemoteTime::Minute(at("2026-12-07 12:58:00"))),
+            // No time, or only a day where a minute was due.
+            RemoteMeta::new(Some(10), RemoteTime::Unknown),
+            RemoteMeta::new(Some(10), RemoteTime::Day(t.date())),
+        ];
+        for odd in cases {
+            let l = ListedAsSet::default();
+            l.saw(Some(&sent), &odd, now);
+            for _ in 0..2 * LISTED_AS_SET {
+                l.saw(Some(&sent), &sent, now);
+            }
+            assert_eq!(l.trusted(), None, "{odd:?}");
+        }
+        // An upload whose time was not set, or is not known.
+        let unset = ListedAsSet::default();
+        for _ in 0..2 * LISTED_AS_SET {
+            unset.saw(
+                Some(&RemoteMeta::new(Some(10), RemoteTime::Unknown)),
+                &sent,
+                now,
+            );
+        }
+        unset.saw(None, &sent, now);
+        assert_eq!(unset.trusted(), None);
+        // Listings of both forms in one run.
+        let mixed = ListedAsSet::default();
+        for _ in 0..LISTED_AS_SET {
+            mixed.saw(Some(&sent), &sent, now);
+            mixed.saw(Some(&sent), &as_ls, now);
+        }
+        assert_eq!(mixed.trusted(), None);
     }
 }

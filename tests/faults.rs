@@ -1928,3 +1928,133 @@ fn a_first_run_logs_in_while_its_state_is_created() {
         "{before_unlock:#?}"
     );
 }
+
+/// After a push into existing directories, each directory is listed again
+/// to record the server's own view of what was placed, until enough
+/// uploads (16) have listed exactly as predicted from the size sent and the
+/// time set; the rest of the run records the prediction instead of
+/// listing. Where a listing is not as predicted (`odd`: the first listing
+/// after the uploads shows another time), or nothing can be predicted (a
+/// server that cannot set times), every directory is listed again. Either
+/// way the records are as precise as a listing's: a same-size change made
+/// on the server afterwards, in another minute of the same day, is seen in
+/// every directory.
+fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
+    let odd = listed == Listed::Odd;
+    const DIRS: usize = 40;
+    for i in 0..DIRS {
+        write(&f.env.local, &format!("d{i:02}/f.txt"), "first\n");
+    }
+    let job = f.env.job("push", false, "concurrency: 2\n");
+    f.env.run(&job, 0);
+    // New content of a new size in every directory, an hour ago.
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..DIRS {
+        let rel = format!("d{i:02}/f.txt");
+        write(&f.env.local, &rel, format!("second {i}\n"));
+        fs::File::options()
+            .write(true)
+            .open(f.env.local.join(&rel))
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+    }
+    if odd {
+        // After the scan's 41 listings, one that shows f.txt written in 2001.
+        f.proxy.add_rule(
+            Rule::new(
+                "MLSD",
+                Action::ReplaceData(b"type=file;size=9;modify=20010101000000; f.txt\r\n".to_vec()),
+            )
+            .skip(DIRS + 1)
+            .times(1),
+        );
+    }
+    let before = f.proxy.commands().len();
+    let out = f.env.run(&job, 0);
+    assert!(out.stdout.contains("40 uploaded"), "{}", out.all());
+    assert_same_tree(&f.env.local, &f.env.remote_disk);
+    let cmds = f.proxy.commands()[before..].to_vec();
+    let listings = cmds
+        .iter()
+        .filter(|c| c.starts_with("MLSD") || c.starts_with("LIST"))
+        .count();
+    // The scan lists the root and the 40 directories; what follows are
+    // the listings after the uploads: at least 16, and not all 40 where
+    // the server lists as predicted; all 40 where it does not.
+    let relisted = listings - (DIRS + 1);
+    if listed == Listed::AsPredicted {
+        assert!(
+            (16..DIRS).contains(&relisted),
+            "{relisted} directories listed again: {cmds:#?}"
+        );
+    } else {
+        assert_eq!(relisted, DIRS, "{cmds:#?}");
+    }
+    // The odd listing's record is not the server's: that file is drifted.
+    let drifted = usize::from(odd);
+    assert_eq!(
+        f.env.plan_ops(&job).len(),
+        drifted,
+        "{:#?}",
+        f.env.plan_json(&job)
+    );
+
+    // Changed on the server, same size, two minutes later the same day.
+    for i in 0..DIRS {
+        let p = f.env.remote_disk.join(format!("d{i:02}/f.txt"));
+        let len = fs::metadata(&p).unwrap().len() as usize;
+        fs::write(&p, "x".repeat(len)).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(hour_ago + Duration::from_secs(120))
+            .unwrap();
+    }
+    let plan = f.env.plan_json(&job);
+    let drifted = plan["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["op"] == "upload" && i["reason"] == "target_changed")
+        .count();
+    assert_eq!(drifted, DIRS, "{plan:#}");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    AsPredicted,
+    /// One listing shows another time.
+    Odd,
+    /// The server cannot set times.
+    NoTimeSet,
+}
+
+// MLSD, to the second.
+on_server!(
+    pyftpdlib_relistings_stop_once_uploads_list_as_predicted,
+    crate::support::servers::start_pyftpdlib,
+    relistings_stop_once_uploads_list_as_predicted,
+    Listed::AsPredicted
+);
+// LIST in UTC, to the minute.
+on_server!(
+    vsftpd_relistings_stop_once_uploads_list_as_predicted,
+    crate::support::servers::start_vsftpd,
+    relistings_stop_once_uploads_list_as_predicted,
+    Listed::AsPredicted
+);
+// One listing not as predicted.
+on_server!(
+    pyftpdlib_relists_every_directory_after_an_odd_listing,
+    crate::support::servers::start_pyftpdlib,
+    relistings_stop_once_uploads_list_as_predicted,
+    Listed::Odd
+);
+
+/// The built-in server has no MFMT: no time is set, nothing is predicted.
+#[test]
+fn builtin_server_without_mfmt_is_relisted_after_every_upload() {
+    relistings_stop_once_uploads_list_as_predicted(&faulty(), Listed::NoTimeSet);
+}
