@@ -154,61 +154,116 @@ struct Ctx {
 }
 
 /// How many uploaded files the server must have listed as predicted from
-/// the size sent and the time set, with none otherwise, before the run
-/// stops listing directories again after their uploads.
+/// the size sent and the time set, in one form, with none otherwise,
+/// before the run stops listing directories again after their uploads
+/// where that form is predicted.
 const LISTED_AS_SET: usize = 16;
 
 /// Whether the server's listings show uploaded files as this run can
 /// predict them: the size sent, and the time set with `MFMT` in the
 /// listing's own form ([`as_listed`]). Re-listing a directory after its
 /// uploads records the server's own view of them; once enough files have
-/// come back as predicted, and none otherwise, the rest of the run records
-/// the prediction and lists no more directories for it.
+/// come back as predicted in a form, and none otherwise, the directories
+/// whose files are all predicted in such a form get the prediction as their
+/// record instead of a listing. Each form earns trust on its own: a file
+/// listed to the day says nothing of the zone a minute would show.
 #[derive(Debug, Default)]
 struct ListedAsSet {
-    agreed: AtomicUsize,
+    /// Files listed as predicted, by form ([`form`]).
+    agreed: [AtomicUsize; 3],
+    /// Up to [`MIN_DISTINCT`] distinct times among the exact agreements:
+    /// files of one second (a checkout, an archive) do not show a server
+    /// that rounds or clamps times.
+    exact_times: Mutex<BTreeSet<chrono::NaiveDateTime>>,
     differed: AtomicBool,
-    /// Which forms the listings had: [`EXACT_FORM`], [`LS_FORM`].
-    forms: AtomicU8,
+    /// Which kinds of listing were seen: [`EXACT_FORM`], [`LS_FORM`].
+    kinds: AtomicU8,
 }
 
 /// Listings to the second in UTC (MLSD).
 const EXACT_FORM: u8 = 1;
 /// Listings in the form of `ls -l` (LIST), taken as UTC.
 const LS_FORM: u8 = 2;
+/// Distinct seconds the exact agreements must span.
+const MIN_DISTINCT: usize = crate::model::time::MIN_AGREEING;
+
+/// The index of a time's form in [`ListedAsSet::agreed`].
+fn form(t: &RemoteTime) -> Option<usize> {
+    match t {
+        RemoteTime::Exact(_) => Some(0),
+        RemoteTime::Minute(_) => Some(1),
+        RemoteTime::Day(_) => Some(2),
+        RemoteTime::Unknown => None,
+    }
+}
 
 impl ListedAsSet {
-    /// `Some(exact)` once the listings can be predicted: `exact` if they are
-    /// MLSD's.
-    fn trusted(&self) -> Option<bool> {
-        if self.differed.load(Ordering::Relaxed)
-            || self.agreed.load(Ordering::Relaxed) < LISTED_AS_SET
-        {
+    /// Whether listings are MLSD's (`Some(true)`) or LIST's, if only one
+    /// kind was seen and nothing differed.
+    fn kind(&self) -> Option<bool> {
+        if self.differed.load(Ordering::Relaxed) {
             return None;
         }
-        match self.forms.load(Ordering::Relaxed) {
+        match self.kinds.load(Ordering::Relaxed) {
             EXACT_FORM => Some(true),
             LS_FORM => Some(false),
             _ => None,
         }
     }
 
+    /// Whether a prediction in the form of `t` can stand for a listing.
+    fn trusts(&self, t: &RemoteTime) -> bool {
+        let Some(i) = form(t) else { return false };
+        if self.kind().is_none() || self.agreed[i].load(Ordering::Relaxed) < LISTED_AS_SET {
+            return false;
+        }
+        i != 0 || lock(&self.exact_times).len() >= MIN_DISTINCT
+    }
+
+    /// The predictions for `files` (all uploaded this run, in one
+    /// directory), if every one of them can stand for a listing.
+    fn predict_all(
+        &self,
+        files: &[(RelPath, Option<RemoteMeta>)],
+        now: chrono::NaiveDateTime,
+    ) -> Option<Vec<(RelPath, RemoteMeta)>> {
+        let exact = self.kind()?;
+        files
+            .iter()
+            .map(|(path, sent)| {
+                let p = predicted(sent.as_ref()?, exact, now)?;
+                self.trusts(&p.mtime).then(|| (path.clone(), p))
+            })
+            .collect()
+    }
+
     /// A listing showed an uploaded file as `listed`; the upload recorded `sent`.
     fn saw(&self, sent: Option<&RemoteMeta>, listed: &RemoteMeta, now: chrono::NaiveDateTime) {
         let exact = matches!(listed.mtime, RemoteTime::Exact(_));
-        self.forms
+        self.kinds
             .fetch_or(if exact { EXACT_FORM } else { LS_FORM }, Ordering::Relaxed);
         let same = sent.is_some_and(|s| {
             s.size().is_some()
                 && s.size() == listed.size()
                 && predicted(s, exact, now).is_some_and(|p| p == *listed)
         });
-        if same {
-            self.agreed.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.differed.store(true, Ordering::Relaxed);
+        match (same, form(&listed.mtime)) {
+            (true, Some(i)) => {
+                if let RemoteTime::Exact(t) = listed.mtime {
+                    let mut times = lock(&self.exact_times);
+                    if times.len() < MIN_DISTINCT {
+                        times.insert(t);
+                    }
+                }
+                self.agreed[i].fetch_add(1, Ordering::Relaxed);
+            }
+            _ => self.differed.store(true, Ordering::Relaxed),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What a listing would show of a file uploaded with `sent` recorded, if
@@ -580,10 +635,24 @@ pub async fn execute(
     // 5. The re-listings of the directories that received uploads (started
     // as each directory's last upload ended) are awaited. A stopped run
     // leaves them to the next one (the planner refreshes such records).
+    // If one of them found the server listing otherwise than predicted,
+    // the directories recorded as predicted are listed after all.
     let mut stopped = ctx.stopping();
+    let mut second_pass = false;
     while !stopped {
         tokio::select! {
-            next = relister.set.join_next() => if next.is_none() { break },
+            next = relister.set.join_next() => if next.is_none() {
+                if second_pass || !ctx.listed_as_set.differed.load(Ordering::Relaxed) {
+                    break;
+                }
+                second_pass = true;
+                for (dir, files) in std::mem::take(&mut relister.predicted) {
+                    let ctx = Arc::clone(&ctx);
+                    relister
+                        .set
+                        .spawn(async move { relist(&ctx, &dir, &files).await }.in_current_span());
+                }
+            },
             _ = ctx.signals.stop.cancelled() => stopped = true,
             _ = ctx.signals.abort.cancelled() => stopped = true,
         }
@@ -891,10 +960,7 @@ async fn run_item(ctx: &Arc<Ctx>, item: &PlanItem) -> Result<(), FtpFailure> {
                 Some(stage) => stage.stored(item.path.clone(), rec),
                 None => {
                     if let Some(sent) = &rec.remote {
-                        ctx.sent
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(item.path.clone(), sent.clone());
+                        lock(&ctx.sent).insert(item.path.clone(), sent.clone());
                     }
                     ctx.send(StateChange::Put(item.path.clone(), rec));
                 }
@@ -1602,6 +1668,8 @@ struct Relister {
     started: BTreeSet<RelPath>,
     /// The directories of the run that could not be created.
     failed_dirs: Arc<Vec<RelPath>>,
+    /// The directories whose uploads were recorded as predicted, not listed.
+    predicted: Vec<(RelPath, Vec<RelPath>)>,
 }
 
 impl Relister {
@@ -1623,6 +1691,7 @@ impl Relister {
             stage_tasks: HashMap::new(),
             started: BTreeSet::new(),
             failed_dirs: Arc::new(failed_dirs),
+            predicted: Vec::new(),
         }
     }
 
@@ -1690,20 +1759,33 @@ impl Relister {
         let Some(files) = self.done.remove(&dir) else {
             return;
         };
-        let trusted = ctx.listed_as_set.trusted();
-        if ctx.stopping() || trusted.is_some() {
-            let now = chrono::Utc::now().naive_utc();
-            let mut sent = ctx.sent.lock().unwrap_or_else(|e| e.into_inner());
+        if ctx.stopping() {
+            // Their records stay as the uploads wrote them (the next run's
+            // listing completes them).
+            let mut sent = lock(&ctx.sent);
             for f in &files {
-                let Some(meta) = sent.remove(f) else { continue };
-                // As the listing would show them (else the next run's
-                // listing completes their records).
-                if let Some(exact) = trusted
-                    && let Some(listed) = predicted(&meta, exact, now)
-                {
-                    ctx.send(StateChange::RefreshRemote(f.clone(), listed));
-                }
+                sent.remove(f);
             }
+            return;
+        }
+        let predictions = {
+            let sent = lock(&ctx.sent);
+            let files: Vec<(RelPath, Option<RemoteMeta>)> = files
+                .iter()
+                .map(|f| (f.clone(), sent.get(f).cloned()))
+                .collect();
+            ctx.listed_as_set
+                .predict_all(&files, chrono::Utc::now().naive_utc())
+        };
+        if let Some(predictions) = predictions {
+            // As the listing would show them. Listed after all if a
+            // listing still running finds the server otherwise.
+            let mut sent = lock(&ctx.sent);
+            for (f, listed) in predictions {
+                sent.remove(&f);
+                ctx.send(StateChange::RefreshRemote(f, listed));
+            }
+            self.predicted.push((dir, files));
             return;
         }
         let ctx = Arc::clone(ctx);
@@ -1774,11 +1856,7 @@ async fn relist(ctx: &Ctx, dir: &RelPath, files: &[RelPath]) {
             continue;
         };
         let listed = RemoteMeta::new(e.size, e.mtime);
-        let sent = ctx
-            .sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&path);
+        let sent = lock(&ctx.sent).remove(&path);
         ctx.listed_as_set
             .saw(sent.as_ref(), &listed, chrono::Utc::now().naive_utc());
         // Completes the record this run's upload wrote.
@@ -1862,60 +1940,96 @@ mod tests {
     #[test]
     fn listings_are_trusted_only_after_enough_agree_and_none_differs() {
         let now = at("2026-12-07 12:00:00");
-        let t = at("2026-12-07 11:58:31");
-        let sent = RemoteMeta::new(Some(10), RemoteTime::Exact(t));
-        let as_ls = RemoteMeta::new(Some(10), RemoteTime::Minute(at("2026-12-07 11:58:00")));
+        let sec = |i: usize| at("2026-12-07 11:58:00") + chrono::TimeDelta::seconds(i as i64);
+        let exact = |i: usize| RemoteMeta::new(Some(10), RemoteTime::Exact(sec(i)));
+        let minute = RemoteTime::Minute(at("2026-12-07 11:58:00"));
+        let as_ls = RemoteMeta::new(Some(10), minute);
+        let path = |p: &str| RelPath::parse(p).unwrap();
 
+        // MLSD: sixteen agreeing files, over three or more seconds.
         let mlsd = ListedAsSet::default();
-        for _ in 0..LISTED_AS_SET - 1 {
-            mlsd.saw(Some(&sent), &sent, now);
+        for i in 0..LISTED_AS_SET - 1 {
+            mlsd.saw(Some(&exact(i)), &exact(i), now);
         }
-        assert_eq!(mlsd.trusted(), None);
-        mlsd.saw(Some(&sent), &sent, now);
-        assert_eq!(mlsd.trusted(), Some(true));
+        assert!(!mlsd.trusts(&RemoteTime::Exact(sec(0))));
+        mlsd.saw(Some(&exact(20)), &exact(20), now);
+        assert!(mlsd.trusts(&RemoteTime::Exact(sec(0))));
+        // All of one second (a checkout, an archive): not enough.
+        let one = ListedAsSet::default();
+        for _ in 0..2 * LISTED_AS_SET {
+            one.saw(Some(&exact(7)), &exact(7), now);
+        }
+        assert!(!one.trusts(&RemoteTime::Exact(sec(7))));
 
+        // LIST: minutes earn trust for minutes, days for days, not across.
         let list = ListedAsSet::default();
-        for _ in 0..LISTED_AS_SET {
-            list.saw(Some(&sent), &as_ls, now);
+        for i in 0..LISTED_AS_SET {
+            list.saw(Some(&exact(i)), &as_ls, now);
         }
-        assert_eq!(list.trusted(), Some(false));
+        assert!(list.trusts(&minute));
+        assert!(!list.trusts(&RemoteTime::Day(now.date())));
+        let old = at("2026-01-02 03:04:05");
+        let old_sent = RemoteMeta::new(Some(10), RemoteTime::Exact(old));
+        let days = ListedAsSet::default();
+        for _ in 0..LISTED_AS_SET {
+            days.saw(
+                Some(&old_sent),
+                &RemoteMeta::new(Some(10), RemoteTime::Day(old.date())),
+                now,
+            );
+        }
+        assert!(days.trusts(&RemoteTime::Day(old.date())));
+        assert!(!days.trusts(&minute));
+
+        // A directory is recorded as predicted only if all its files are.
+        let files = vec![(path("d/a"), Some(exact(1))), (path("d/b"), Some(exact(2)))];
+        assert_eq!(
+            list.predict_all(&files, now),
+            Some(vec![
+                (path("d/a"), as_ls.clone()),
+                (path("d/b"), as_ls.clone())
+            ])
+        );
+        let unset = RemoteMeta::new(Some(10), RemoteTime::Unknown);
+        for odd in [None, Some(unset.clone()), Some(old_sent.clone())] {
+            let mut f = files.clone();
+            f.push((path("d/c"), odd.clone()));
+            assert_eq!(list.predict_all(&f, now), None, "{odd:?}");
+        }
 
         // One file otherwise, whatever came before or after: never.
         let cases = [
             // Another size.
-            RemoteMeta::new(Some(11), RemoteTime::Exact(t)),
+            RemoteMeta::new(Some(11), RemoteTime::Exact(sec(3))),
             // Another second, or another minute (a server in another zone).
-            RemoteMeta::new(Some(10), RemoteTime::Exact(at("2026-12-07 11:58:30"))),
+            RemoteMeta::new(Some(10), RemoteTime::Exact(sec(4))),
             RemoteMeta::new(Some(10), RemoteTime::Minute(at("2026-12-07 12:58:00"))),
             // No time, or only a day where a minute was due.
             RemoteMeta::new(Some(10), RemoteTime::Unknown),
-            RemoteMeta::new(Some(10), RemoteTime::Day(t.date())),
+            RemoteMeta::new(Some(10), RemoteTime::Day(now.date())),
         ];
         for odd in cases {
             let l = ListedAsSet::default();
-            l.saw(Some(&sent), &odd, now);
-            for _ in 0..2 * LISTED_AS_SET {
-                l.saw(Some(&sent), &sent, now);
+            l.saw(Some(&exact(3)), &odd, now);
+            for i in 0..2 * LISTED_AS_SET {
+                l.saw(Some(&exact(i)), &exact(i), now);
             }
-            assert_eq!(l.trusted(), None, "{odd:?}");
+            assert!(!l.trusts(&RemoteTime::Exact(sec(0))), "{odd:?}");
+            assert_eq!(l.predict_all(&files, now), None, "{odd:?}");
         }
         // An upload whose time was not set, or is not known.
-        let unset = ListedAsSet::default();
-        for _ in 0..2 * LISTED_AS_SET {
-            unset.saw(
-                Some(&RemoteMeta::new(Some(10), RemoteTime::Unknown)),
-                &sent,
-                now,
-            );
+        let no_time = ListedAsSet::default();
+        for i in 0..2 * LISTED_AS_SET {
+            no_time.saw(Some(&unset), &exact(i), now);
         }
-        unset.saw(None, &sent, now);
-        assert_eq!(unset.trusted(), None);
-        // Listings of both forms in one run.
+        assert!(!no_time.trusts(&RemoteTime::Exact(sec(0))));
+        // Listings of both kinds in one run.
         let mixed = ListedAsSet::default();
-        for _ in 0..LISTED_AS_SET {
-            mixed.saw(Some(&sent), &sent, now);
-            mixed.saw(Some(&sent), &as_ls, now);
+        for i in 0..LISTED_AS_SET {
+            mixed.saw(Some(&exact(i)), &exact(i), now);
+            mixed.saw(Some(&exact(i)), &as_ls, now);
         }
-        assert_eq!(mixed.trusted(), None);
+        assert!(!mixed.trusts(&RemoteTime::Exact(sec(0))));
+        assert!(!mixed.trusts(&minute));
     }
 }

@@ -1940,15 +1940,19 @@ fn a_first_run_logs_in_while_its_state_is_created() {
 /// on the server afterwards, in another minute of the same day, is seen in
 /// every directory.
 fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
-    let odd = listed == Listed::Odd;
-    const DIRS: usize = 40;
+    let odd = matches!(listed, Listed::Odd | Listed::LateOdd);
+    // Enough directories that some still finish after the 16th agreeing
+    // listing, even when the uploads run well ahead of the listings.
+    const DIRS: usize = 60;
     for i in 0..DIRS {
         write(&f.env.local, &format!("d{i:02}/f.txt"), "first\n");
     }
     let job = f.env.job("push", false, "concurrency: 2\n");
     f.env.run(&job, 0);
-    // New content of a new size in every directory, an hour ago.
+    // New content of a new size in every directory, an hour ago (a
+    // second apart: files of one second do not earn an MLSD server trust).
     let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let time_of = |i: usize| hour_ago + Duration::from_secs(i as u64);
     for i in 0..DIRS {
         let rel = format!("d{i:02}/f.txt");
         write(&f.env.local, &rel, format!("second {i}\n"));
@@ -1956,11 +1960,21 @@ fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
             .write(true)
             .open(f.env.local.join(&rel))
             .unwrap()
-            .set_modified(hour_ago)
+            .set_modified(time_of(i))
             .unwrap();
     }
     if odd {
-        // After the scan's 41 listings, one that shows f.txt written in 2001.
+        // After the scan's listings, the first one shows f.txt written in
+        // 2001. Held 1.5 s (`LateOdd`), it comes once the other listings
+        // have made the prediction trusted and directories were recorded
+        // by it.
+        if listed == Listed::LateOdd {
+            f.proxy.add_rule(
+                Rule::new("MLSD", Action::Delay(Duration::from_millis(1500)))
+                    .skip(DIRS + 1)
+                    .times(1),
+            );
+        }
         f.proxy.add_rule(
             Rule::new(
                 "MLSD",
@@ -1972,16 +1986,20 @@ fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
     }
     let before = f.proxy.commands().len();
     let out = f.env.run(&job, 0);
-    assert!(out.stdout.contains("40 uploaded"), "{}", out.all());
+    assert!(
+        out.stdout.contains(&format!("{DIRS} uploaded")),
+        "{}",
+        out.all()
+    );
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     let cmds = f.proxy.commands()[before..].to_vec();
     let listings = cmds
         .iter()
         .filter(|c| c.starts_with("MLSD") || c.starts_with("LIST"))
         .count();
-    // The scan lists the root and the 40 directories; what follows are
-    // the listings after the uploads: at least 16, and not all 40 where
-    // the server lists as predicted; all 40 where it does not.
+    // The scan lists the root and the directories; what follows are the
+    // listings after the uploads: at least 16, and not all where the
+    // server lists as predicted; all where it does not.
     let relisted = listings - (DIRS + 1);
     if listed == Listed::AsPredicted {
         assert!(
@@ -2009,7 +2027,7 @@ fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
             .write(true)
             .open(&p)
             .unwrap()
-            .set_modified(hour_ago + Duration::from_secs(120))
+            .set_modified(time_of(i) + Duration::from_secs(120))
             .unwrap();
     }
     let plan = f.env.plan_json(&job);
@@ -2025,8 +2043,11 @@ fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Listed {
     AsPredicted,
-    /// One listing shows another time.
+    /// The first listing after the uploads shows another time.
     Odd,
+    /// The same listing, held until the prediction is trusted: the
+    /// directories recorded as predicted by then are listed after all.
+    LateOdd,
     /// The server cannot set times.
     NoTimeSet,
 }
@@ -2051,6 +2072,12 @@ on_server!(
     crate::support::servers::start_pyftpdlib,
     relistings_stop_once_uploads_list_as_predicted,
     Listed::Odd
+);
+on_server!(
+    pyftpdlib_relists_predicted_directories_after_a_late_odd_listing,
+    crate::support::servers::start_pyftpdlib,
+    relistings_stop_once_uploads_list_as_predicted,
+    Listed::LateOdd
 );
 
 /// The built-in server has no MFMT: no time is set, nothing is predicted.
