@@ -299,7 +299,7 @@ impl Ctx {
     /// Sends a change to the state writer, keeping track of live temporary files.
     fn send(&self, change: StateChange) {
         {
-            let mut temps = self.temps.lock().unwrap_or_else(|e| e.into_inner());
+            let mut temps = lock(&self.temps);
             match &change {
                 StateChange::PendingAdd(p) => {
                     temps.insert(p.temp.clone(), (p.side, p.size));
@@ -315,22 +315,14 @@ impl Ctx {
 
     /// Whether a transfer in this direction may be resumed (REST).
     fn may_restart(&self, r: Restart) -> bool {
-        !self
-            .restart_refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&r)
+        !lock(&self.restart_refused).contains(&r)
     }
 
     /// The server refused to resume a transfer of `path`: no transfer in
     /// this direction resumes again, in this run or later ones (the state
     /// remembers it for this server).
     fn restart_refused(&self, r: Restart, path: &RelPath, why: &str) {
-        let first = self
-            .restart_refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(r);
+        let first = lock(&self.restart_refused).insert(r);
         let what = match r {
             Restart::Store => "upload",
             Restart::Retrieve => "download",
@@ -864,9 +856,7 @@ async fn run_concurrent_with(
 /// could not be removed, for the next run).
 async fn remove_live_temps(ctx: &Arc<Ctx>, report: &mut RunReport) {
     let temps: Vec<(String, (Side, u64))> =
-        std::mem::take(&mut *ctx.temps.lock().unwrap_or_else(|e| e.into_inner()))
-            .into_iter()
-            .collect();
+        std::mem::take(&mut *lock(&ctx.temps)).into_iter().collect();
     let deadline = ctx.signals.deadline.load(Ordering::Relaxed);
     let aborted = ctx.signals.abort.is_cancelled();
     // Each removal gets a short time of its own, and they run at once: a
@@ -1768,19 +1758,15 @@ impl Relister {
             }
             return;
         }
-        let predictions = {
-            let sent = lock(&ctx.sent);
-            let files: Vec<(RelPath, Option<RemoteMeta>)> = files
-                .iter()
-                .map(|f| (f.clone(), sent.get(f).cloned()))
-                .collect();
-            ctx.listed_as_set
-                .predict_all(&files, chrono::Utc::now().naive_utc())
-        };
-        if let Some(predictions) = predictions {
+        let mut sent = lock(&ctx.sent);
+        let metas: Vec<(RelPath, Option<RemoteMeta>)> = files
+            .iter()
+            .map(|f| (f.clone(), sent.get(f).cloned()))
+            .collect();
+        let now = chrono::Utc::now().naive_utc();
+        if let Some(predictions) = ctx.listed_as_set.predict_all(&metas, now) {
             // As the listing would show them. Listed after all if a
             // listing still running finds the server otherwise.
-            let mut sent = lock(&ctx.sent);
             for (f, listed) in predictions {
                 sent.remove(&f);
                 ctx.send(StateChange::RefreshRemote(f, listed));
@@ -1788,6 +1774,7 @@ impl Relister {
             self.predicted.push((dir, files));
             return;
         }
+        drop(sent);
         let ctx = Arc::clone(ctx);
         self.set
             .spawn(async move { relist(&ctx, &dir, &files).await }.in_current_span());
