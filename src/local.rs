@@ -231,10 +231,12 @@ fn read_one(
             return subdirs;
         }
     };
+    // Each name is copied out once: sorting on `DirEntry::file_name`
+    // would copy it again for every comparison.
     let mut children = Vec::new();
     for item in rd {
         match item {
-            Ok(item) => children.push(item),
+            Ok(item) => children.push((item.file_name(), item)),
             Err(e) => {
                 tree.untrusted.insert(dir.clone());
                 tree.problems.push(Problem {
@@ -245,9 +247,8 @@ fn read_one(
             }
         }
     }
-    children.sort_by_key(|c| c.file_name());
-    for child in children {
-        let os_name = child.file_name();
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (os_name, child) in children {
         let Some(name) = os_name.to_str() else {
             tree.problems.push(Problem {
                 path: format!("{}/{}", dir, os_name.to_string_lossy()),

@@ -633,10 +633,9 @@ fn month_number(t: &[u8]) -> Option<u32> {
     if t.len() != 3 {
         return None;
     }
-    let lower = t.to_ascii_lowercase();
     MONTHS
         .iter()
-        .position(|m| m.as_slice() == lower.as_slice())
+        .position(|m| m.as_slice().eq_ignore_ascii_case(t))
         .and_then(|p| u32::try_from(p + 1).ok())
 }
 

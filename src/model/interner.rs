@@ -97,11 +97,10 @@ impl PathInterner {
         if self.is_empty() {
             return Ok(dir.join_valid(name));
         }
-        let text = dir.joined_text(name);
-        Ok(match self.get(&text) {
+        Ok(dir.with_joined_text(name, |text| match self.get(text) {
             Some(known) => known.clone(),
-            None => RelPath::from_valid(&text),
-        })
+            None => RelPath::from_valid(text),
+        }))
     }
 }
 

@@ -136,18 +136,26 @@ impl RelPath {
 
     /// The child `name`, already validated.
     pub(super) fn join_valid(&self, name: &str) -> Self {
-        Self::from_valid(&self.joined_text(name))
+        self.with_joined_text(name, Self::from_valid)
     }
 
-    /// The text of the child `name`: `self/name`, or `name` under the root.
-    pub(super) fn joined_text(&self, name: &str) -> String {
-        let mut text = String::with_capacity(self.0.len() + 1 + name.len());
-        if !self.0.is_empty() {
-            text.push_str(&self.0);
-            text.push('/');
+    /// Calls `f` with the text of the child `name`: `self/name`, or `name`
+    /// under the root. The text is built in a buffer kept by the thread, so
+    /// a scan does not allocate a string for each name only to look it up
+    /// or copy it. `f` must not call this again (the buffer is borrowed).
+    pub(super) fn with_joined_text<R>(&self, name: &str, f: impl FnOnce(&str) -> R) -> R {
+        thread_local! {
+            static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
         }
-        text.push_str(name);
-        text
+        TEXT.with_borrow_mut(|text| {
+            text.clear();
+            if !self.0.is_empty() {
+                text.push_str(&self.0);
+                text.push('/');
+            }
+            text.push_str(name);
+            f(text)
+        })
     }
 
     /// A path from text made of validated names joined by `/`.
