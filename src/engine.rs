@@ -751,6 +751,20 @@ pub async fn adopt(job: &Job, opts: &RunOptions, cancel: CancellationToken) -> F
     run_as(job, opts, cancel, Mode::Adopt).await
 }
 
+/// What [`run_locked`] leaves for [`run_as`] to finish with, however far
+/// it got.
+#[derive(Default)]
+struct Held {
+    /// The state on the server, once locked.
+    remote: Option<RemoteRun>,
+    /// The plan's items an adoption left undone.
+    left: Vec<crate::plan::PlanItem>,
+    /// The state was opened, and checked if it existed.
+    checked: bool,
+    /// The run's state writer, to record the run with.
+    writer: Option<Arc<StateWriter>>,
+}
+
 /// What a run does with its plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -775,23 +789,43 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
             };
         }
     };
-    let mut remote = None;
-    let mut left = Vec::new();
-    let mut checked = false;
-    let mut report = run_locked(
-        job,
-        opts,
-        cancel,
-        mode,
-        &mut remote,
-        &mut left,
-        &mut checked,
-    )
-    .await;
+    let mut held = Held::default();
+    let mut report = run_locked(job, opts, cancel, mode, &mut held).await;
+    let Held {
+        remote,
+        left,
+        checked,
+        writer,
+    } = held;
     let mut record = run_record(opts, started_at, &report);
     tracing::debug!("phase: run done");
+    // The run's own writer records it, in the connection that wrote its
+    // state: one opening and one checkpoint of the database, not two.
+    let recorded = match writer {
+        Some(w) => {
+            let rec = record.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                w.record_run(rec);
+                match Arc::try_unwrap(w) {
+                    Ok(w) => w.finish().map(drop),
+                    Err(w) => w.flush(),
+                }
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => true,
+                // Recorded the usual way below (a failed writer wrote no row).
+                Ok(Err(e)) => {
+                    tracing::debug!("the run's state writer could not record it: {e}");
+                    false
+                }
+                Err(_) => false,
+            }
+        }
+        None => false,
+    };
     // A damaged or too-new database is left as it is.
-    if !matches!(report, Err(Error::State(_))) {
+    if !recorded && !matches!(report, Err(Error::State(_))) {
         let path = job.state_path.clone();
         let rec = record.clone();
         let saved = tokio::task::spawn_blocking(move || -> Result<(), crate::state::StateError> {
@@ -1018,9 +1052,7 @@ async fn run_locked(
     opts: &RunOptions,
     cancel: CancellationToken,
     mode: Mode,
-    remote: &mut Option<RemoteRun>,
-    left: &mut Vec<crate::plan::PlanItem>,
-    state_checked: &mut bool,
+    held: &mut Held,
 ) -> Result<RunReport, Error> {
     let signals = StopSignals {
         stop: cancel.child_token(),
@@ -1050,13 +1082,13 @@ async fn run_locked(
         }
     };
     let mut prepared = tokio::select! {
-        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit, &opts.events, remote) => p?,
+        p = prepare_limited(job, true, opts.force_delete, opts.server_limit.clone(), opts.bwlimit, &opts.events, &mut held.remote) => p?,
         _ = signals.stop.cancelled() => {
             return Ok(RunReport { stopped: Some(reason(false)), ..RunReport::default() });
         }
     };
     // Prepared for a run: the state was opened, and checked if it existed.
-    *state_checked = true;
+    held.checked = true;
     if mode == Mode::Adopt {
         let (kept, rest) = std::mem::take(&mut prepared.plan.items)
             .into_iter()
@@ -1067,10 +1099,10 @@ async fn run_locked(
         // Nothing on either side is touched, not even leftover temporary files.
         prepared.remote_temps.clear();
         prepared.local_temps.clear();
-        *left = rest;
+        held.left = rest;
     }
     let pool = Arc::clone(&prepared.pool);
-    let mut report = execute_prepared(prepared, opts, signals.clone()).await?;
+    let mut report = execute_prepared(prepared, opts, signals.clone(), &mut held.writer).await?;
     // A stop that came when everything was already done changed nothing.
     let cut_short =
         report.not_started > 0 || !report.abandoned.is_empty() || report.failed().next().is_some();
@@ -1090,11 +1122,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Executes a prepared plan and records the results.
+/// Executes a prepared plan and records the results. The state's writer
+/// is left in `keep` for the caller to record the run with.
 async fn execute_prepared(
     mut p: Prepared,
     opts: &RunOptions,
     signals: StopSignals,
+    keep: &mut Option<Arc<StateWriter>>,
 ) -> Result<RunReport, Error> {
     if let Some(msg) = &p.delete_limit
         && !opts.force_delete
@@ -1124,6 +1158,7 @@ async fn execute_prepared(
     })
     .await?;
     let writer = Arc::new(StateWriter::start(db));
+    *keep = Some(Arc::clone(&writer));
     let mut input = ExecInput {
         job: p.job.clone(),
         root: p.root.clone(),

@@ -679,3 +679,67 @@ fn several_jobs_run_in_order_and_exit_with_the_worst_code() {
         o.stderr
     );
 }
+
+/// Every run leaves exactly one line in the history, written with the
+/// outcome it had, whether it got as far as writing state (through the
+/// run's own state connection) or stopped before (a failed login); and the
+/// state is closed after each: no write-ahead log or shared-memory file
+/// is left beside it.
+#[test]
+fn each_run_is_recorded_once_and_the_state_is_left_closed() {
+    let env = Env::builtin();
+    sample_tree(&env.local);
+    let job = env.job("push", true, "");
+    let job_arg = job.to_str().unwrap();
+    let state = env.state_path();
+    let leftovers = || {
+        ["-wal", "-shm", "-journal"]
+            .iter()
+            .map(|s| PathBuf::from(format!("{}{s}", state.display())))
+            .filter(|p| p.exists())
+            .collect::<Vec<_>>()
+    };
+    let run = |code: i32| {
+        let o = env.ftpsync(&["run", job_arg]);
+        assert_eq!(o.code, code, "{}", o.all());
+        assert_eq!(leftovers(), Vec::<PathBuf>::new());
+    };
+    run(0);
+    run(0);
+    write(&env.local, "css/site.css", "body{color:red}\n");
+    run(0);
+    // A run that cannot log in: recorded too, as failed.
+    let refused = Command::new(env!("CARGO_BIN_EXE_ftpsync"))
+        .args(["run", job_arg])
+        .env("FTPSYNC_TEST_PASSWORD", "not-the-password")
+        .env("HOME", env.dir.path())
+        .env_remove("FTPSYNC_LOG")
+        .output()
+        .unwrap();
+    let refused_code = refused.status.code().unwrap();
+    assert_ne!(refused_code, 0);
+    assert_eq!(leftovers(), Vec::<PathBuf>::new());
+
+    let out = env.ftpsync(&["history", "--json", "-n", "100", job_arg]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let got: Vec<(String, i64, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap().to_owned(),
+                r["exit_code"].as_i64().unwrap(),
+                r["uploaded"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("failed".to_owned(), i64::from(refused_code), 0),
+            ("success".to_owned(), 0, 1),
+            ("success".to_owned(), 0, 0),
+            ("success".to_owned(), 0, 8),
+        ]
+    );
+}
