@@ -117,6 +117,28 @@ async fn read_timed(
     }
 }
 
+/// Reads `stream` to its end into `data`, each read under the timeout `t`.
+/// The bytes land in `data`'s spare room directly: no zeroed buffer to
+/// allocate and copy from for each listing.
+async fn read_to_end_timed(
+    t: Duration,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    data: &mut Vec<u8>,
+) -> Result<(), FtpFailure> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if data.capacity() - data.len() < 16 * 1024 {
+            data.reserve(64 * 1024);
+        }
+        match timeout(t, stream.read_buf(data)).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(FtpFailure::Network(format!("transfer data: {e}"))),
+            Err(_) => return Err(FtpFailure::Timeout(t)),
+        }
+    }
+}
+
 /// Where a download's bytes go: a file on disk, or memory for a small
 /// file that is then written to disk in one go (one trip to a blocking
 /// thread instead of one for each of create, write and close).
@@ -1958,13 +1980,8 @@ impl FtpConn {
             };
             self.expect_preliminary(cmd).await?;
             let mut data = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match read_timed(t, &mut sock, &mut buf).await {
-                    Ok(0) => break,
-                    Ok(n) => data.extend_from_slice(&buf[..n]),
-                    Err(e) => return Err(self.refusal_or(e).await),
-                }
+            if let Err(e) = read_to_end_timed(t, &mut sock, &mut data).await {
+                return Err(self.refusal_or(e).await);
             }
             drop(sock);
             self.transfer_outcome().await?;
