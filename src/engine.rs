@@ -763,6 +763,8 @@ struct Held {
     checked: bool,
     /// The run's state writer, to record the run with.
     writer: Option<Arc<StateWriter>>,
+    /// The run's connections, to close once it is over.
+    pool: Option<Arc<Pool>>,
 }
 
 /// What a run does with its plan.
@@ -796,22 +798,31 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
         left,
         checked,
         writer,
+        pool,
     } = held;
     let mut record = run_record(opts, started_at, &report);
     tracing::debug!("phase: run done");
     // The run's own writer records it, in the connection that wrote its
-    // state: one opening and one checkpoint of the database, not two.
+    // state: one opening and one checkpoint of the database, not two. The
+    // goodbyes to the server (a round trip) go meanwhile.
+    let goodbyes = async {
+        if let Some(pool) = pool {
+            pool.close().await;
+        }
+    };
     let recorded = match writer {
         Some(w) => {
             let rec = record.clone();
-            let written = tokio::task::spawn_blocking(move || {
-                w.record_run(rec);
-                match Arc::try_unwrap(w) {
-                    Ok(w) => w.finish().map(drop),
-                    Err(w) => w.flush(),
-                }
-            })
-            .await;
+            let (_, written) = tokio::join!(
+                goodbyes,
+                tokio::task::spawn_blocking(move || {
+                    w.record_run(rec);
+                    match Arc::try_unwrap(w) {
+                        Ok(w) => w.finish().map(drop),
+                        Err(w) => w.flush(),
+                    }
+                })
+            );
             match written {
                 Ok(Ok(())) => true,
                 // Recorded the usual way below (a failed writer wrote no row).
@@ -822,7 +833,10 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
                 Err(_) => false,
             }
         }
-        None => false,
+        None => {
+            goodbyes.await;
+            false
+        }
     };
     // A damaged or too-new database is left as it is.
     if !recorded && !matches!(report, Err(Error::State(_))) {
@@ -1102,6 +1116,7 @@ async fn run_locked(
         held.left = rest;
     }
     let pool = Arc::clone(&prepared.pool);
+    held.pool = Some(Arc::clone(&pool));
     let mut report = execute_prepared(prepared, opts, signals.clone(), &mut held.writer).await?;
     // A stop that came when everything was already done changed nothing.
     let cut_short =
@@ -1208,9 +1223,10 @@ async fn execute_prepared(
     report.problems = problems;
     report.skipped_untrusted = skipped_untrusted.into_iter().collect();
     report.kept = kept;
-    // The goodbyes wait a round trip; the state's last write need not wait for them.
-    let (_, flushed) = tokio::join!(p.pool.close(), blocking(move || Ok(writer.flush()?)));
-    flushed?;
-    tracing::debug!("phase: state written, connections closed");
+    // Everything the run did is committed before its outcome is known (a
+    // failure to write it is the run's). The caller closes the connections
+    // while it records the run.
+    blocking(move || Ok(writer.flush()?)).await?;
+    tracing::debug!("phase: state written");
     Ok(report)
 }
