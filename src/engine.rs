@@ -222,12 +222,19 @@ async fn prepare_limited(
             .await
             .map_or(true, |m| m.is_file() && m.len() == 0);
     let mut warmed = false;
-    let (db, (first_permit, first)) = {
+    let ((db, preloaded), (first_permit, first)) = {
+        // The records are read here too, beside the login: the root they
+        // are bound to is checked once it is known ([`load_state`]).
         let state_open = async {
             if remote_mode {
-                Ok(None)
+                Ok((None, None))
             } else {
-                blocking(move || Ok(StateDb::open(&path, for_run)?)).await
+                blocking(move || {
+                    let db = StateDb::open(&path, for_run)?;
+                    let records = db.as_ref().map(StateDb::load).transpose()?;
+                    Ok((db, records))
+                })
+                .await
             }
         };
         // First connection: login problems end the run here with a clear message.
@@ -307,7 +314,7 @@ async fn prepare_limited(
 
     let bind = binding(job, &root);
     let (db, state, pending, state_reset) =
-        blocking(move || load_state(db, &bind, for_run)).await?;
+        blocking(move || load_state(db, preloaded, &bind, for_run)).await?;
     let db = if plan_copy.is_some() { None } else { db };
     drop(plan_copy);
     tracing::debug!("phase: state loaded ({} records)", state.len());
@@ -582,9 +589,12 @@ async fn blocking<T: Send + 'static>(
 /// What the state says before a run: its records and journaled partials,
 /// bound to this job's server, root and direction. For a run, a state bound
 /// elsewhere is reset; for a plan, it is only read and treated as empty.
+/// `preloaded`: the records, read from `db` before the binding was known;
+/// used if the binding holds.
 #[allow(clippy::type_complexity)]
 fn load_state(
     mut db: Option<StateDb>,
+    preloaded: Option<BTreeMap<RelPath, StateRecord>>,
     bind: &str,
     for_run: bool,
 ) -> Result<
@@ -600,14 +610,21 @@ fn load_state(
     let state = match db.as_mut() {
         Some(db) if for_run => {
             state_reset = db.bind(bind)?;
-            db.load()?
+            match preloaded {
+                // Read before the binding was checked: good if it held.
+                Some(records) if !state_reset => records,
+                _ => db.load()?,
+            }
         }
         Some(db) => {
             if db.binding()?.is_some_and(|b| b != bind) {
                 state_reset = true;
                 BTreeMap::new()
             } else {
-                db.load()?
+                match preloaded {
+                    Some(records) => records,
+                    None => db.load()?,
+                }
             }
         }
         None => BTreeMap::new(),

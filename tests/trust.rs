@@ -2,7 +2,8 @@
 //! proxy): a directory listing that fails with a 4xx and then comes back
 //! empty never deletes anything, on the first run, after a state reset and
 //! with state, push and pull; a directory that really is empty, confirmed
-//! by a second listing, is mirrored.
+//! by a second listing, is mirrored. A state bound to another tree is not
+//! used.
 
 use std::fs;
 use std::path::Path;
@@ -311,4 +312,60 @@ fn broken_listing_never_deletes_on_a_push_after_a_state_reset() {
 #[test]
 fn broken_listing_never_deletes_on_a_push_with_state() {
     broken_listing_never_deletes_on_push(Before::WithState);
+}
+
+/// A state bound to another tree (here: the job's local path changed) is
+/// reset, and none of its records is used: `keep.txt`, identical on both
+/// sides and recorded as synced by the old binding, is adopted as on a
+/// first run instead of being taken as known. For a plan the state is only
+/// read, and treated as empty; the run then resets it, and after that it
+/// is the state of the new binding.
+#[test]
+fn a_state_bound_to_another_tree_is_not_used() {
+    let env = Env::builtin();
+    server_tree(&env);
+    let job = env.job("pull", true, "safety:\n  max_delete: 100%\n");
+    env.run(&job, 0);
+    // The same files under another local path, and one the server lacks.
+    let other = env.dir.path().join("other-local");
+    for rel in ["keep.txt", "d/a.txt", "d/b.txt"] {
+        let to = other.join(rel);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(env.local.join(rel), &to).unwrap();
+        let mtime = fs::metadata(env.local.join(rel))
+            .unwrap()
+            .modified()
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&to)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+    }
+    write(&other, "extra.txt", "x\n");
+    let moved = env.dir.path().join("moved.yaml");
+    let text = fs::read_to_string(&job).unwrap();
+    let local_line = format!("  path: {}\n", env.local.display());
+    assert!(text.contains(&local_line), "{text}");
+    fs::write(
+        &moved,
+        text.replace(&local_line, &format!("  path: {}\n", other.display())),
+    )
+    .unwrap();
+    let first_run_items = items(&[
+        ("delete", "extra.txt", "not_in_source"),
+        ("adopt", "d", "identical"),
+        ("adopt", "d/a.txt", "identical"),
+        ("adopt", "d/b.txt", "identical"),
+        ("adopt", "keep.txt", "identical"),
+    ]);
+    let plan = env.plan_json(&moved);
+    assert_eq!(plan["state_reset"], serde_json::json!(true), "{plan}");
+    assert_eq!(plan_items(&env, &moved), first_run_items);
+    env.run(&moved, 0);
+    assert!(!other.join("extra.txt").exists());
+    assert_eq!(plan_items(&env, &moved), Vec::new());
+    // Back to the first path: bound elsewhere again, so a reset once more.
+    assert_eq!(env.plan_json(&job)["state_reset"], serde_json::json!(true));
 }
