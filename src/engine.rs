@@ -222,16 +222,26 @@ async fn prepare_limited(
             .await
             .map_or(true, |m| m.is_file() && m.len() == 0);
     let mut warmed = false;
+    // With an absolute root the state's binding is known before the login,
+    // and the records are read beside it where the state is bound to it (a
+    // state bound elsewhere is not read at all: a plan ignores it and a
+    // run resets it). Otherwise they are read once PWD gives the root.
+    let expected = given_absolute_root(&job.remote.root).map(|root| binding(job, &root));
     let ((db, preloaded), (first_permit, first)) = {
-        // The records are read here too, beside the login: the root they
-        // are bound to is checked once it is known ([`load_state`]).
         let state_open = async {
             if remote_mode {
                 Ok((None, None))
             } else {
                 blocking(move || {
                     let db = StateDb::open(&path, for_run)?;
-                    let records = db.as_ref().map(StateDb::load).transpose()?;
+                    let records = match (&db, &expected) {
+                        (Some(db), Some(bind))
+                            if db.binding()?.as_deref() == Some(bind.as_str()) =>
+                        {
+                            Some(db.load()?)
+                        }
+                        _ => None,
+                    };
                     Ok((db, records))
                 })
                 .await
@@ -669,14 +679,10 @@ async fn connect_first(opts: &ConnectOptions, job: &Job, server: &str) -> Result
 /// Makes a relative `remote.root` absolute against the login directory, so
 /// the CWDs of the scan cannot change what later paths mean.
 async fn absolute_root(c: &mut FtpConn, root: &str) -> Result<String, crate::ftp::FtpFailure> {
-    let root = if root.len() > 1 {
-        root.trim_end_matches('/')
-    } else {
-        root
-    };
-    if root.starts_with('/') {
-        return Ok(root.to_owned());
+    if let Some(root) = given_absolute_root(root) {
+        return Ok(root);
     }
+    let root = root.trim_end_matches('/');
     let home = c.pwd().await?;
     let home = home.trim_end_matches('/');
     Ok(if root.is_empty() || root == "." {
@@ -688,6 +694,17 @@ async fn absolute_root(c: &mut FtpConn, root: &str) -> Result<String, crate::ftp
     } else {
         format!("{home}/{root}")
     })
+}
+
+/// The job's remote root as [`absolute_root`] gives it, if it is absolute
+/// already (known before logging in).
+fn given_absolute_root(root: &str) -> Option<String> {
+    let root = if root.len() > 1 {
+        root.trim_end_matches('/')
+    } else {
+        root
+    };
+    root.starts_with('/').then(|| root.to_owned())
 }
 
 /// In hash mode, hashes the local files whose time changed but size did not.

@@ -315,7 +315,7 @@ fn broken_listing_never_deletes_on_a_push_with_state() {
 }
 
 /// A state bound to another tree (here: the job's local path changed) is
-/// reset, and none of its records is used: `keep.txt`, identical on both
+/// reset, and none of its records is used, nor even read: `keep.txt`, identical on both
 /// sides and recorded as synced by the old binding, is adopted as on a
 /// first run instead of being taken as known. For a plan the state is only
 /// read, and treated as empty; the run then resets it, and after that it
@@ -344,6 +344,13 @@ fn a_state_bound_to_another_tree_is_not_used() {
             .unwrap();
     }
     write(&other, "extra.txt", "x\n");
+    // A record the old binding left that this build cannot read: it is
+    // never read under the new binding (a plan ignores the old records, a
+    // run drops them), so it stops neither.
+    rusqlite::Connection::open(env.state_path())
+        .unwrap()
+        .execute_batch("INSERT INTO entries (path, kind) VALUES ('../outside', 'file')")
+        .unwrap();
     let moved = env.dir.path().join("moved.yaml");
     let text = fs::read_to_string(&job).unwrap();
     let local_line = format!("  path: {}\n", env.local.display());

@@ -624,10 +624,23 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StateError> {
 }
 
 /// A text column of `row`, borrowed from SQLite's copy of the row. A
-/// value of another type fails as `row.get::<_, String>` would.
+/// value of another type fails as `row.get::<_, String>` would (naming the
+/// column and the type found), and so does text that is not UTF-8.
 fn text_column<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
-    row.get_ref(i)?.as_str().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    let value = row.get_ref(i)?;
+    value.as_str().map_err(|e| match e {
+        rusqlite::types::FromSqlError::InvalidType => rusqlite::Error::InvalidColumnType(
+            i,
+            row.as_ref()
+                .column_name(i)
+                .map_or_else(|_| i.to_string(), str::to_owned),
+            value.data_type(),
+        ),
+        other => rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            Box::new(other),
+        ),
     })
 }
 
@@ -910,6 +923,34 @@ mod tests {
             fs::read(&path).unwrap(),
             b"this is not a database, just some text that is long enough"
         );
+    }
+
+    /// A record whose path is not text (a blob: the column's text affinity
+    /// turns numbers into text), or is text that is not UTF-8, is refused,
+    /// the blob with the column's name and the type found.
+    #[test]
+    fn records_with_bad_column_types_are_refused_by_name() {
+        for (value, want) in [
+            (
+                "x'00ff'",
+                "Invalid column type Blob at index: 0, name: path",
+            ),
+            (
+                "CAST(x'ff' AS TEXT)",
+                "Conversion error from type Text at index: 0",
+            ),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let path = d.path().join("state.db");
+            let db = StateDb::open(&path, true).unwrap().unwrap();
+            db.conn
+                .execute_batch(&format!(
+                    "INSERT INTO entries (path, kind) VALUES ({value}, 'file')"
+                ))
+                .unwrap();
+            let err = db.load().err().unwrap().to_string();
+            assert!(err.contains(want), "{value}: {err}");
+        }
     }
 
     fn insert_run_sql(exit_code: i32) -> String {
