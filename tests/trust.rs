@@ -22,9 +22,13 @@ fn server_tree(env: &Env) {
 /// Copies the server's tree to the local side as another tool would (same
 /// contents and times), without ftpsync and its state.
 fn copy_to_local(env: &Env) {
+    copy_tree(&env.remote_disk, &env.local);
+}
+
+/// Copies the server tree's files from `from` to `to`, keeping their times.
+fn copy_tree(from: &Path, to: &Path) {
     for rel in ["keep.txt", "d/a.txt", "d/b.txt"] {
-        let from = env.remote_disk.join(rel);
-        let to = env.local.join(rel);
+        let (from, to) = (from.join(rel), to.join(rel));
         fs::create_dir_all(to.parent().unwrap()).unwrap();
         fs::copy(&from, &to).unwrap();
         let mtime = fs::metadata(&from).unwrap().modified().unwrap();
@@ -328,21 +332,7 @@ fn a_state_bound_to_another_tree_is_not_used() {
     env.run(&job, 0);
     // The same files under another local path, and one the server lacks.
     let other = env.dir.path().join("other-local");
-    for rel in ["keep.txt", "d/a.txt", "d/b.txt"] {
-        let to = other.join(rel);
-        fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::copy(env.local.join(rel), &to).unwrap();
-        let mtime = fs::metadata(env.local.join(rel))
-            .unwrap()
-            .modified()
-            .unwrap();
-        fs::File::options()
-            .write(true)
-            .open(&to)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-    }
+    copy_tree(&env.local, &other);
     write(&other, "extra.txt", "x\n");
     // A record the old binding left that this build cannot read: it is
     // never read under the new binding (a plan ignores the old records, a
