@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::faults::{faulty, no_temp_files};
 use crate::stop::{finish, signal, spawn};
 use crate::support::fault_proxy::{Action, Rule};
-use crate::support::harness::{assert_same_tree, snapshot, write};
+use crate::support::harness::{assert_same_tree, snapshot, snapshot_live, write};
 
 fn count(cmds: &[String], prefix: &str) -> usize {
     cmds.iter().filter(|c| c.starts_with(prefix)).count()
@@ -295,7 +295,7 @@ fn a_killed_run_leaves_a_temporary_directory_that_the_next_run_removes() {
     }
     signal(&child, "KILL");
     let _ = finish(child, Duration::from_secs(10));
-    let left: Vec<String> = snapshot(&f.env.remote_disk).into_keys().collect();
+    let left: Vec<String> = snapshot_live(&f.env.remote_disk).into_keys().collect();
     assert!(!left.iter().any(|k| k.starts_with("site")), "{left:?}");
     assert!(
         left.iter()
