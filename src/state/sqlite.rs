@@ -216,8 +216,13 @@ impl StateDb {
 
     /// Records the binding; if it differs from the stored one, the old records
     /// describe another tree and are dropped. Returns whether that happened.
+    /// An unchanged binding is not written again: most runs open a state
+    /// bound to their own tree, and need no write transaction for it.
     pub fn bind(&mut self, binding: &str) -> Result<bool, StateError> {
         let old = self.binding()?;
+        if old.as_deref() == Some(binding) {
+            return Ok(false);
+        }
         let reset = old.as_deref().is_some_and(|o| o != binding);
         let tx = self.conn.transaction()?;
         if reset {
@@ -773,6 +778,11 @@ mod tests {
         let all = db.load().unwrap();
         assert_eq!(all.get(&p), Some(&rec()));
         assert_eq!(db.pending().unwrap().len(), 1);
+        // The same binding again keeps the records and writes nothing.
+        let changes = db.conn.total_changes();
+        assert!(!db.bind("push|h").unwrap());
+        assert_eq!(db.conn.total_changes(), changes);
+        assert_eq!(db.load().unwrap().len(), 1);
         // Another binding drops the records.
         assert!(db.bind("push|other").unwrap());
         assert!(db.load().unwrap().is_empty());
