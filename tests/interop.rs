@@ -314,7 +314,17 @@ fn proftpd_implicit_ftps_push() {
     env.run(&job, 0);
     assert_same_tree(&env.local, &env.remote_disk);
     assert_eq!(env.plan_ops(&job), vec![]);
-    let log = env.server_log();
+    // ProFTPD's session processes may still be writing their last lines:
+    // the log is read once it has stopped growing.
+    let mut log = env.server_log();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = env.server_log();
+        if now == log {
+            break;
+        }
+        log = now;
+    }
     assert!(!log.contains("AUTH TLS"), "{log}");
     assert!(log.contains("PROT P -> 200"), "{log}");
     // Explicit FTPS to the implicit port: no greeting comes, the run stops
