@@ -177,6 +177,7 @@ async fn prepare_limited(
         passive: job.remote.passive,
         timeout: job.timeout,
         pipelining: Default::default(),
+        stat_listing: Default::default(),
         chmod: Default::default(),
         tls_versions: Default::default(),
         list_modes: job.direction == Direction::Pull
@@ -369,6 +370,7 @@ async fn prepare_limited(
             .filter(|(_, r)| r.kind == Kind::Dir)
             .map(|(p, _)| p.clone())
             .collect(),
+        small_dirs: scan::small_dirs(&state, |r| r.kind == Kind::Dir),
         keep_modes: job.direction == Direction::Pull
             && job.modes.permissions == crate::job::Permissions::Preserve,
     });

@@ -367,7 +367,8 @@ fn listing_doubt<M>(source: &Tree<M>, path: &RelPath) -> Option<Doubt> {
         });
     }
     let facts = source.listings.get(&dir)?;
-    if !(facts.retried || facts.empty) || facts.second == SecondListing::Agreed {
+    if !(facts.retried || facts.empty || facts.by_control) || facts.second == SecondListing::Agreed
+    {
         return None;
     }
     Some(Doubt {
@@ -1176,6 +1177,10 @@ mod tests {
             retried: true,
             ..empty
         };
+        let by_control = ListingFacts {
+            by_control: true,
+            ..clean
+        };
         let agreed = |f: ListingFacts| ListingFacts {
             second: SecondListing::Agreed,
             ..f
@@ -1272,6 +1277,27 @@ mod tests {
                         Some(agreed(retried_empty)),
                         false,
                         deleted.clone(),
+                        vec![],
+                    ),
+                    (
+                        "over the control connection",
+                        Some(by_control),
+                        false,
+                        unconfirmed.clone(),
+                        ask.clone(),
+                    ),
+                    (
+                        "over the control connection, confirmed",
+                        Some(agreed(by_control)),
+                        false,
+                        deleted.clone(),
+                        vec![],
+                    ),
+                    (
+                        "over the control connection, contradicted",
+                        Some(disagreed(by_control)),
+                        false,
+                        unconfirmed.clone(),
                         vec![],
                     ),
                     (

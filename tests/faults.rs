@@ -1993,14 +1993,15 @@ fn relistings_stop_once_uploads_list_as_predicted(f: &Faulty, listed: Listed) {
     );
     assert_same_tree(&f.env.local, &f.env.remote_disk);
     let cmds = f.proxy.commands()[before..].to_vec();
-    let listings = cmds
+    // The scan (the root and the directories, with MLSD, or on vsftpd with
+    // STAT and once LIST to compare) ends before the first upload; what
+    // follows are the listings after the uploads: at least 16, and not all
+    // where the server lists as predicted; all where it does not.
+    let first_store = cmds.iter().position(|c| c.starts_with("STOR")).unwrap();
+    let relisted = cmds[first_store..]
         .iter()
-        .filter(|c| c.starts_with("MLSD") || c.starts_with("LIST"))
+        .filter(|c| c.starts_with("MLSD") || c.starts_with("LIST") || c.starts_with("STAT"))
         .count();
-    // The scan lists the root and the directories; what follows are the
-    // listings after the uploads: at least 16, and not all where the
-    // server lists as predicted; all where it does not.
-    let relisted = listings - (DIRS + 1);
     if listed == Listed::AsPredicted {
         assert!(
             (16..DIRS).contains(&relisted),
@@ -2084,4 +2085,82 @@ on_server!(
 #[test]
 fn builtin_server_without_mfmt_is_relisted_after_every_upload() {
     relistings_stop_once_uploads_list_as_predicted(&faulty(), Listed::NoTimeSet);
+}
+
+/// On vsftpd (LIST only), a re-run's scan lists the directories the state
+/// knows as small over the control connection (`STAT .`), once one
+/// directory has listed the same both ways; the first run, which knows
+/// nothing of the tree, lists with `LIST`. A delete that rests on a STAT
+/// listing waits for a `LIST` of the directory to agree: a STAT reply that
+/// leaves a name out (as one cut short by a name holding a line break
+/// would) deletes nothing, while a file really gone from the server is
+/// deleted.
+#[test]
+fn vsftpd_lists_known_directories_over_the_control_connection() {
+    let Some(server) = crate::support::servers::start_vsftpd() else {
+        return;
+    };
+    let f = faulty_external(server);
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_712_232_000); // 2024-04-04
+    fs::remove_dir_all(&f.env.remote_disk).unwrap();
+    fs::create_dir_all(&f.env.remote_disk).unwrap();
+    for i in 0..9 {
+        let rel = format!("d{}/f{i}.txt", i % 3);
+        write(&f.env.remote_disk, &rel, format!("file {i}\n"));
+        fs::File::options()
+            .write(true)
+            .open(f.env.remote_disk.join(&rel))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    fs::remove_dir_all(&f.env.local).unwrap();
+    // One connection: the comparison is made on the first directory listed.
+    let job = f.env.job("pull", true, "concurrency: 1\n");
+    f.env.run(&job, 0);
+    assert_same_tree(&f.env.remote_disk, &f.env.local);
+    let first = f.proxy.commands();
+    assert!(!first.iter().any(|c| c.starts_with("STAT")), "{first:#?}");
+
+    let listings = |from: usize| {
+        let cmds = f.proxy.commands()[from..].to_vec();
+        let stat = cmds.iter().filter(|c| *c == "STAT .").count();
+        let list = cmds.iter().filter(|c| c.starts_with("LIST")).count();
+        (stat, list, cmds)
+    };
+    let before = f.proxy.commands().len();
+    let out = f.env.run(&job, 0);
+    assert!(out.stdout.contains("0 downloaded"), "{}", out.all());
+    let (stat, list, cmds) = listings(before);
+    assert_eq!((stat, list), (4, 1), "{cmds:#?}");
+
+    // d1/f4.txt is gone from the server; d2's STAT leaves out f5.txt.
+    fs::remove_file(f.env.remote_disk.join("d1/f4.txt")).unwrap();
+    let line =
+        |name: &str| format!("-rw-r--r--    1 0        0               7 Apr 04  2024 {name}");
+    let short = format!(
+        "213-Status follows:\ndrwxr-xr-x    2 0        0              80 Apr 04  2024 .\ndrwxr-xr-x    5 0        0             100 Apr 04  2024 ..\n{}\n{}\n213 End of status",
+        line("f2.txt"),
+        line("f8.txt")
+    );
+    let d2 = format!("{}/d2", f.env.remote_root.trim_end_matches('/'));
+    f.proxy
+        .add_rule(Rule::new("STAT", Action::ReplaceFinal(short)).in_dir(d2.as_str()));
+    let before = f.proxy.commands().len();
+    let out = f.env.run(&job, 1);
+    assert!(out.stdout.contains("1 deleted"), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("came over the control connection (STAT) and a second listing (LIST"),
+        "{}",
+        out.all()
+    );
+    assert!(!f.env.local.join("d1/f4.txt").exists());
+    assert_eq!(
+        fs::read(f.env.local.join("d2/f5.txt")).unwrap(),
+        b"file 5\n"
+    );
+    // d1 and d2 were each listed again with LIST to confirm their deletes.
+    let (_, list, cmds) = listings(before);
+    assert_eq!(list, 3, "{cmds:#?}");
 }

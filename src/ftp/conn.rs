@@ -327,6 +327,9 @@ pub struct ConnectOptions {
     pub pipelining: Arc<PipelineVerdict>,
     /// Whether the server refused SITE CHMOD, shared by a pool's connections.
     pub chmod: Arc<ChmodVerdict>,
+    /// Whether the server lists a directory over the control connection
+    /// (`STAT .`) exactly as `LIST -a` does, shared by a pool's connections.
+    pub stat_listing: Arc<StatListing>,
     /// Which TLS versions to offer, shared by a pool's connections.
     pub tls_versions: Arc<TlsVersions>,
     /// Ask MLSD for the `UNIX.mode` fact where the server offers it (a pull
@@ -390,6 +393,44 @@ impl TlsVersions {
             .is_ok()
     }
 }
+
+/// Whether a server's `STAT .` gives the current directory's listing over
+/// the control connection, as `LIST -a` gives it over a data connection.
+/// Where it does (vsftpd), a scan lists without a data connection per
+/// directory: no passive port, connect, accept and close on either side,
+/// which on a server sharing the client's cores was half the CPU of a
+/// listing. RFC 959 allows it but does not fix its form, so it is used only
+/// once one connection has compared the two on a directory with entries,
+/// and found them equal, `.` included (no hidden names left out).
+#[derive(Debug, Default)]
+pub struct StatListing(AtomicU8);
+
+impl StatListing {
+    // 0: not known yet.
+    const TESTING: u8 = 1;
+    const WORKS: u8 = 2;
+    const REFUSED: u8 = 3;
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
+    /// Claims the comparison: true for one connection at a time.
+    fn claim_test(&self) -> bool {
+        self.0
+            .compare_exchange(0, Self::TESTING, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    }
+    fn set(&self, v: u8) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+}
+
+/// The most entries a directory may have had at the last sync to be listed
+/// with `STAT`: a reply on the control connection may not exceed 256 KiB
+/// (suppaftp), and 500 lines of the longest names stay under 160 KiB. A
+/// directory that grew past it since breaks its connection once, and is
+/// listed again with `LIST`.
+pub const STAT_LISTING_MAX_ENTRIES: usize = 500;
 
 /// What is known about a server and pipelined commands.
 #[derive(Debug, Default)]
@@ -629,6 +670,7 @@ pub struct FtpConn {
     abandoned: bool,
     verdict: Arc<PipelineVerdict>,
     chmod: Arc<ChmodVerdict>,
+    stat_listing: Arc<StatListing>,
     rate: RateLimit,
     data_mode: DataMode,
     /// The control connection's peer: where data connections go.
@@ -723,6 +765,58 @@ pub struct DirListing {
     /// False when CWD said the directory does not exist.
     pub exists: bool,
     pub listing: Listing,
+    /// It came over the control connection (`STAT .`, see [`StatListing`]):
+    /// where a reply can be ended early by a name that holds a line break,
+    /// so deletes rest on it only once a `LIST` agrees.
+    pub by_control: bool,
+}
+
+/// The listing in the body of a reply to `STAT .`: the lines between the
+/// first and the last, in `LIST` format. `None` when the reply is not a
+/// listing (one line, or a first line that is itself an entry); with it,
+/// whether a `.` entry was shown (the server lists every name).
+pub fn stat_listing(body: &[u8], now: chrono::NaiveDateTime) -> Option<(Listing, bool)> {
+    let body = body.strip_suffix(b"\n").unwrap_or(body);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    let first_end = body.iter().position(|&b| b == b'\n')?;
+    let last_start = body.iter().rposition(|&b| b == b'\n')? + 1;
+    let first = &body[..first_end];
+    let first = first.strip_suffix(b"\r").unwrap_or(first);
+    if first.len() < 4 || first[3] != b'-' {
+        return None;
+    }
+    let opener = first.get(4..).unwrap_or_default();
+    if matches!(
+        super::list::parse_list_line(opener, now),
+        super::list::ParsedLine::Entry(_) | super::list::ParsedLine::Ignored
+    ) && !opener.is_empty()
+    {
+        return None;
+    }
+    let lines = if last_start > first_end + 1 {
+        &body[first_end + 1..last_start]
+    } else {
+        &[][..]
+    };
+    let shows_dot = lines.split(|&b| b == b'\n').any(|l| {
+        let l = l.strip_suffix(b"\r").unwrap_or(l);
+        l.first() == Some(&b'd') && l.ends_with(b" .")
+    });
+    Some((parse_listing(ListFormat::List, lines, now), shows_dot))
+}
+
+/// Whether two listings hold the same entries, in any order.
+fn same_entries(a: &Listing, b: &Listing) -> bool {
+    fn key(l: &Listing) -> Vec<(&[u8], &super::list::EntryKind, Option<u64>, RemoteTime)> {
+        let mut v: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| (e.name.as_slice(), &e.kind, e.size, e.mtime))
+            .collect();
+        v.sort_unstable_by(|x, y| x.0.cmp(y.0));
+        v
+    }
+    a.entries.len() == b.entries.len() && key(a) == key(b)
 }
 
 async fn timed<T>(
@@ -1116,6 +1210,7 @@ impl FtpConn {
             abandoned: false,
             verdict: Arc::clone(&o.pipelining),
             chmod: Arc::clone(&o.chmod),
+            stat_listing: Arc::clone(&o.stat_listing),
             rate: o.rate.clone(),
             data_mode,
             peer: addr.ip(),
@@ -1812,6 +1907,100 @@ impl FtpConn {
         self.list_dir_by(dir, now, method).await
     }
 
+    /// [`FtpConn::list_dir`] for a scan: with `control_ok` (a directory
+    /// small enough at the last sync, at a first attempt), over the control
+    /// connection where the server has shown that it lists the same way
+    /// there ([`StatListing`]). While that is not known, one connection at
+    /// a time lists with both and compares them.
+    pub async fn list_dir_scan(
+        &mut self,
+        dir: &str,
+        now: chrono::NaiveDateTime,
+        control_ok: bool,
+    ) -> Result<DirListing, FtpFailure> {
+        let method = self.list_methods().0;
+        if !control_ok || method != ListMethod::List || !self.pipelining() {
+            return self.list_dir_by(dir, now, method).await;
+        }
+        match self.stat_listing.get() {
+            StatListing::WORKS => {
+                let (exists, stat) = self.stat_dir(dir, now).await?;
+                let Some((listing, _)) = stat else {
+                    // Refused this time: stop asking.
+                    self.stat_listing.set(StatListing::REFUSED);
+                    return self.list_dir_by(dir, now, method).await;
+                };
+                Ok(DirListing {
+                    exists,
+                    listing,
+                    by_control: true,
+                })
+            }
+            0 if self.stat_listing.claim_test() => {
+                let tried = self.stat_dir(dir, now).await;
+                let listed = self.list_dir_by(dir, now, method).await;
+                let verdict = match (&tried, &listed) {
+                    (Ok((true, Some((stat, dot)))), Ok(l)) if l.exists => {
+                        if l.listing.entries.is_empty() {
+                            0
+                        } else if *dot
+                            && stat.bad_lines.is_empty()
+                            && l.listing.bad_lines.is_empty()
+                            && same_entries(stat, &l.listing)
+                        {
+                            StatListing::WORKS
+                        } else {
+                            StatListing::REFUSED
+                        }
+                    }
+                    (Ok((_, None)), _) => StatListing::REFUSED,
+                    _ => 0,
+                };
+                if verdict == StatListing::WORKS {
+                    tracing::debug!("the server lists over the control connection (STAT)");
+                }
+                self.stat_listing.set(verdict);
+                if let Err(e) = tried
+                    && e.breaks_connection()
+                {
+                    return Err(e);
+                }
+                listed
+            }
+            _ => self.list_dir_by(dir, now, method).await,
+        }
+    }
+
+    /// `CWD dir` and `STAT .` in one write: whether the directory exists,
+    /// and the listing in the reply, `None` when the reply is no listing.
+    async fn stat_dir(
+        &mut self,
+        dir: &str,
+        now: chrono::NaiveDateTime,
+    ) -> Result<(bool, Option<(Listing, bool)>), FtpFailure> {
+        let dir = checked(dir)?;
+        tracing::trace!("-> CWD {dir}; STAT .");
+        self.write_raw(format!("CWD {dir}\r\nSTAT .\r\n").as_bytes())
+            .await?;
+        let cwd = self.read_reply().await?;
+        let (stat, body) = read_reply_from(&mut self.stream, self.timeout).await?;
+        let exists = match cwd.code {
+            200..=299 => true,
+            550 => false,
+            _ => return Err(cwd.failure()),
+        };
+        if stat.code == 421 {
+            return Err(stat.failure());
+        }
+        if !exists {
+            return Ok((false, Some((Listing::default(), false))));
+        }
+        if !(211..=213).contains(&stat.code) {
+            return Ok((true, None));
+        }
+        Ok((true, stat_listing(&body, now)))
+    }
+
     /// The listing command used for a scan, and a second, independent one
     /// if the server offers it (LIST beside MLSD), for confirming a listing.
     pub fn list_methods(&self) -> (ListMethod, Option<ListMethod>) {
@@ -1833,6 +2022,7 @@ impl FtpConn {
         let missing = DirListing {
             exists: false,
             listing: Listing::default(),
+            by_control: false,
         };
         let format = if method == ListMethod::Mlsd {
             ListFormat::Mlsd
@@ -1855,6 +2045,7 @@ impl FtpConn {
             return Ok(DirListing {
                 exists: true,
                 listing: parse_listing(format, &data, now),
+                by_control: false,
             });
         }
         loop {
@@ -1871,6 +2062,7 @@ impl FtpConn {
             return Ok(DirListing {
                 exists: true,
                 listing: parse_listing(format, &data, now),
+                by_control: false,
             });
         }
     }
@@ -2570,6 +2762,47 @@ fn passive_port(r: &Reply) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stat_reply_is_read_as_a_listing() {
+        let now = chrono::NaiveDate::from_ymd_opt(2026, 12, 7)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap();
+        let names = |l: &Listing| -> Vec<String> {
+            l.entries
+                .iter()
+                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+                .collect()
+        };
+        // vsftpd's form: the lines of `LIST -a` between an opener and an end.
+        let body = b"213-Status follows:\r\n\
+drwxr-xr-x    2 102      105            80 Dec 07 19:18 .\r\n\
+drwxr-xr-x    5 102      105           100 Dec 07 19:18 ..\r\n\
+-rw-r--r--    1 102      105             2 Dec 07 19:18 .hidden\r\n\
+-rw-r--r--    1 102      105          1990 Apr 04  2024 a file.txt\r\n\
+213 End of status\r\n";
+        let (l, dot) = stat_listing(body, now).unwrap();
+        assert_eq!(names(&l), [".hidden", "a file.txt"]);
+        assert_eq!(l.entries[1].size, Some(1990));
+        assert!(l.bad_lines.is_empty());
+        assert!(dot);
+        // An empty directory, shown without `.`: a listing, but no sign
+        // that hidden names are shown.
+        let (l, dot) = stat_listing(b"213-Status follows:\r\n213 End of status\r\n", now).unwrap();
+        assert!(l.entries.is_empty() && !dot);
+        // Not listings: one line, a first line that is itself an entry.
+        assert!(stat_listing(b"213 Nothing to say\r\n", now).is_none());
+        let opener_entry = b"213--rw-r--r--    1 102      105             2 Dec 07 19:18 a\r\n\
+-rw-r--r--    1 102      105             2 Dec 07 19:18 b\r\n213 End\r\n";
+        assert!(stat_listing(opener_entry, now).is_none());
+        // Lines that are not LIST lines (a general status) are bad lines.
+        let status =
+            b"211-FTP server status:\r\n     Connected to 127.0.0.1\r\n211 End of status\r\n";
+        let (l, dot) = stat_listing(status, now).unwrap();
+        assert!(l.entries.is_empty() && !dot);
+        assert_eq!(l.bad_lines.len(), 1);
+    }
 
     #[test]
     fn features_in_a_feat_reply() {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::conn::ListMethod;
+use super::conn::{ListMethod, STAT_LISTING_MAX_ENTRIES};
 use super::list::EntryKind;
 use super::pool::Pool;
 use super::reply::FtpFailure;
@@ -40,6 +40,11 @@ pub struct ScanInput {
     /// busiest connection has directories, not as the tree is deep. A
     /// listing is used only once the parent's listing shows the directory.
     pub expected: Vec<RelPath>,
+    /// Directories (the root included) that held at most
+    /// [`STAT_LISTING_MAX_ENTRIES`] entries at the last sync: a first
+    /// attempt at listing one may go over the control connection (see
+    /// [`super::conn::StatListing`]).
+    pub small_dirs: HashSet<RelPath>,
     /// Whether the modes a listing shows are kept in [`RemoteTree::modes`]:
     /// only a pull that preserves permissions gives them to anything, and
     /// on a push they were a map of every remote file, unused.
@@ -100,9 +105,10 @@ pub async fn scan(
             async move {
                 let abs = dir.to_remote(&input.root);
                 let mut tries = 0u32;
+                let small = input.small_dirs.contains(&dir);
                 let result = crate::with_retry!(&pool, &input.retry, |c| {
                     tries += 1;
-                    c.list_dir(&abs, now).await
+                    c.list_dir_scan(&abs, now, small && tries == 1).await
                 });
                 Listed { dir, result, tries }
             }
@@ -187,6 +193,7 @@ pub async fn scan(
             ListingFacts {
                 retried: tries > 1,
                 empty: names == 0,
+                by_control: listing.by_control,
                 names,
                 digest,
                 second: SecondListing::NotAsked,
@@ -319,8 +326,10 @@ pub async fn confirm(
         };
         let why = if facts.retried {
             "needed a retry"
-        } else {
+        } else if facts.empty {
             "came back empty"
+        } else {
+            "came over the control connection (STAT)"
         };
         let disagreement = match result {
             Err(e) => Some(format!("failed: {e}")),
@@ -347,4 +356,31 @@ pub async fn confirm(
             }
         };
     }
+}
+
+/// The directories of `state` (and its root) that held at most
+/// [`STAT_LISTING_MAX_ENTRIES`] entries: [`ScanInput::small_dirs`]. None
+/// for an empty state (a first run knows nothing of the tree's size).
+pub fn small_dirs<V>(
+    state: &std::collections::BTreeMap<RelPath, V>,
+    is_dir: impl Fn(&V) -> bool,
+) -> HashSet<RelPath> {
+    if state.is_empty() {
+        return HashSet::new();
+    }
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for p in state.keys() {
+        let parent = p.as_str().rsplit_once('/').map_or("", |(d, _)| d);
+        *counts.entry(parent).or_default() += 1;
+    }
+    let small = |d: &str| counts.get(d).copied().unwrap_or(0) <= STAT_LISTING_MAX_ENTRIES;
+    let mut out: HashSet<RelPath> = state
+        .iter()
+        .filter(|(p, v)| is_dir(v) && small(p.as_str()))
+        .map(|(p, _)| p.clone())
+        .collect();
+    if small("") {
+        out.insert(RelPath::root());
+    }
+    out
 }

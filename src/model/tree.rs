@@ -141,15 +141,19 @@ pub struct Problem {
 }
 
 /// How one directory's listing was obtained. A listing that needed a retry,
-/// or that came back empty, may be wrong in the way that matters most (a
-/// name missing from it reads as "deleted on the source"), so deletes rest
-/// on it only once a second, independent listing agreed.
+/// came back empty, or came over the control connection, may be wrong in
+/// the way that matters most (a name missing from it reads as "deleted on
+/// the source"), so deletes rest on it only once a second, independent
+/// listing agreed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListingFacts {
     /// An attempt failed before one came back.
     pub retried: bool,
     /// It held no entry at all.
     pub empty: bool,
+    /// It came over the control connection (`STAT`), whose reply a name
+    /// holding a line break could end early.
+    pub by_control: bool,
     /// How many names it held (of every kind, refused names included).
     pub names: usize,
     /// A digest of those names, to compare a second listing with.

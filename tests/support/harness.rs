@@ -231,6 +231,7 @@ impl Env {
             passive: true,
             timeout: std::time::Duration::from_secs(10),
             pipelining: Default::default(),
+            stat_listing: Default::default(),
             chmod: Default::default(),
             tls_versions: Default::default(),
             list_modes: false,
