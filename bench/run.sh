@@ -397,6 +397,34 @@ print(sum(verbs.values()), turns, data, ",".join(f"{v}:{n}" for v, n in top))
 EOF
 }
 
+# limit_d: the server's (and the link's) own limit for case (d): the same
+# files sent at once by one curl each, a plain STOR per file (no temporary
+# name, rename, time or check), through the same relay. Sets LIMIT_D.
+LIMIT_D=""
+limit_d() {
+    local dest=$DISK/curl-big f t0 t1 pids=()
+    rm -rf "${dest:?}"
+    mkdir -p "$dest"
+    if [ "$IS_ROOT" = 1 ]; then chown "$FTP_OWNER:" "$dest"; fi
+    sync
+    t0=$(date +%s%N)
+    for f in "$BIG"/*; do
+        curl -s --ftp-pasv -u "$FTP_USER_NAME:$FTP_PASSWORD" -T "$f" \
+            "ftp://$HOST:$PORT$REMOTE_BASE/curl-big/" &
+        pids+=($!)
+    done
+    local ok=1
+    for p in "${pids[@]}"; do wait "$p" || ok=0; done
+    t1=$(date +%s%N)
+    if [ "$ok" = 1 ] && verify "$BIG" curl-big; then
+        LIMIT_D=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b - a) / 1e9}')
+        log "case d, $BIG_FILES parallel curl -T: ${LIMIT_D}s"
+    else
+        log "case d: the parallel curl uploads failed"
+    fi
+    rm -rf "${dest:?}"
+}
+
 for c in $CASES; do
     case "$c" in
     a) run_case a "$SMALL" -small ;;
@@ -410,6 +438,7 @@ for c in $CASES; do
     d)
         run_case d "$BIG" -big
         for tool in $TOOLS; do rm -rf "${DISK:?}/$tool-big"; done
+        if command -v curl >/dev/null; then limit_d; fi
         ;;
     e) run_case e "$SMALL" -small ;;
     *) die "unknown case $c" ;;
@@ -457,12 +486,16 @@ isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
         echo "| $(case_name "$c") | $f | $l | $r | $ratio | $peak |"
     done
     echo
+    if [ -n "$LIMIT_D" ] && isnum "$(cell d ftpsync)"; then
+        echo "(d) the server's and link's own limit, $BIG_FILES parallel \`curl -T\` (one plain STOR each): $LIMIT_D s; ftpsync/limit $(awk -v a="$(cell d ftpsync)" -v b="$LIMIT_D" 'BEGIN{printf "%.2f", a/b}')"
+        echo
+    fi
     if [ -n "${PEAK[a,lftp]:-}${PEAK[a,rclone]:-}" ]; then
         printf 'peak RSS MiB (lftp / rclone):'
         for c in $CASES; do
             printf ' %s: %s / %s;' "$c" \
-                "$(awk -v k="${PEAK[$c,lftp]:-0}" 'BEGIN{printf "%.0f", k/1024}')" \
-                "$(awk -v k="${PEAK[$c,rclone]:-0}" 'BEGIN{printf "%.0f", k/1024}')"
+                "$(awk -v k="${PEAK[$c,lftp]:-0}" 'BEGIN{printf "%.1f", k/1024}')" \
+                "$(awk -v k="${PEAK[$c,rclone]:-0}" 'BEGIN{printf "%.1f", k/1024}')"
         done
         echo
     fi
