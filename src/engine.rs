@@ -458,7 +458,7 @@ async fn prepare_limited(
     };
     let mut plan = plan::plan_verified(&local, &remote, &state, &options, &verdicts);
     if !plan.unconfirmed.is_empty() {
-        // Deletes wait on listings that needed a retry or came back empty:
+        // Deletes wait on listings that needed a retry, came back empty or came over STAT:
         // list those directories again, and plan with what that says.
         let dirs: Vec<RelPath> = plan.unconfirmed.iter().cloned().collect();
         scan::confirm(Arc::clone(&pool), scan_input, &mut remote, &dirs).await;

@@ -24,8 +24,8 @@
 //! delete (or rmdir) on the target rests on the source's listing of the
 //! directory that shows the path absent (the nearest directory above it that
 //! the source has). It is planned only if that listing parsed completely,
-//! and, if it needed a retry or came back empty, a second, independent
-//! listing agreed on its names. Otherwise the item is kept with
+//! and, if it needed a retry, came back empty or came over the control
+//! connection (STAT), a second, independent listing agreed on its names. Otherwise the item is kept with
 //! [`Reason::SuspectListing`] (incomplete) or [`Reason::ListingUnconfirmed`],
 //! and [`Plan::unconfirmed`] names the directories to list again.
 
@@ -147,7 +147,7 @@ impl Reason {
             }
             (Reason::SuspectListing, _) => "not deleted: its directory's listing was incomplete",
             (Reason::ListingUnconfirmed, _) => {
-                "not deleted: its directory's listing needed a retry or came back empty, and a second listing did not confirm it"
+                "not deleted: its directory's listing needed a retry, came back empty or came over the control connection, and a second listing did not confirm it"
             }
         }
     }

@@ -2163,4 +2163,34 @@ fn vsftpd_lists_known_directories_over_the_control_connection() {
     // d1 and d2 were each listed again with LIST to confirm their deletes.
     let (_, list, cmds) = listings(before);
     assert_eq!(list, 3, "{cmds:#?}");
+
+    // d0's STAT reply is ended early by a line that looks like its end (as
+    // a name holding a line break and a reply code would end it): the
+    // NOOP behind it gets the rest of the listing for its reply, so the
+    // connection is given up and d0 is listed with LIST. Nothing is lost.
+    f.proxy.clear_rules();
+    let cut = format!(
+        "213-Status follows:\ndrwxr-xr-x    2 0        0              80 Apr 04  2024 .\n{}\n213 End\n{}\n{}\n213 End of status",
+        line("f0.txt"),
+        line("f3.txt"),
+        line("f6.txt")
+    );
+    let d0 = format!("{}/d0", f.env.remote_root.trim_end_matches('/'));
+    f.proxy
+        .add_rule(Rule::new("STAT", Action::ReplaceFinal(cut)).in_dir(d0.as_str()));
+    let before = f.proxy.commands().len();
+    let out = f.env.run(&job, 0);
+    assert!(
+        out.stdout.contains("0 downloaded, 0 deleted"),
+        "{}",
+        out.all()
+    );
+    assert_same_tree(&f.env.remote_disk, &f.env.local);
+    let cmds = f.proxy.commands()[before..].to_vec();
+    let stat_at = cmds.iter().position(|c| c == "STAT .").unwrap();
+    assert!(
+        cmds[stat_at..].iter().any(|c| c.starts_with("LIST")),
+        "{cmds:#?}"
+    );
+    assert_eq!(f.env.plan_ops(&job), vec![]);
 }

@@ -149,7 +149,7 @@ fn broken_listing_never_deletes_on_pull(before: Before) {
     for path in ["d/a.txt", "d/b.txt"] {
         assert!(
             out.stdout.contains(&format!(
-                "refused   {path} — not deleted: its directory's listing needed a retry or came back empty, and a second listing did not confirm it"
+                "refused   {path} — not deleted: its directory's listing needed a retry, came back empty or came over the control connection, and a second listing did not confirm it"
             )),
             "{before:?}: {}",
             out.all()

@@ -428,8 +428,9 @@ impl StatListing {
 /// The most entries a directory may have had at the last sync to be listed
 /// with `STAT`: a reply on the control connection may not exceed 256 KiB
 /// (suppaftp), and 500 lines of the longest names stay under 160 KiB. A
-/// directory that grew past it since breaks its connection once, and is
-/// listed again with `LIST`.
+/// directory that holds far more than the state knows (names the filters
+/// exclude, others' files) breaks its connection: it is listed again with
+/// `LIST` whatever the retry policy, and `STAT` is not used again in the run.
 pub const STAT_LISTING_MAX_ENTRIES: usize = 500;
 
 /// What is known about a server and pipelined commands.
@@ -1924,7 +1925,17 @@ impl FtpConn {
         }
         match self.stat_listing.get() {
             StatListing::WORKS => {
-                let (exists, stat) = self.stat_dir(dir, now).await?;
+                let (exists, stat) = match self.stat_dir(dir, now).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        if e.breaks_connection() {
+                            // A reply too large, or out of step: not again
+                            // this run (the caller lists with LIST).
+                            self.stat_listing.set(StatListing::REFUSED);
+                        }
+                        return Err(e);
+                    }
+                };
                 let Some((listing, _)) = stat else {
                     // Refused this time: stop asking.
                     self.stat_listing.set(StatListing::REFUSED);
@@ -1937,7 +1948,13 @@ impl FtpConn {
                 })
             }
             0 if self.stat_listing.claim_test() => {
-                let tried = self.stat_dir(dir, now).await;
+                let tried = match self.stat_dir(dir, now).await {
+                    Err(e) if e.breaks_connection() => {
+                        self.stat_listing.set(StatListing::REFUSED);
+                        return Err(e);
+                    }
+                    other => other,
+                };
                 let listed = self.list_dir_by(dir, now, method).await;
                 let verdict = match (&tried, &listed) {
                     (Ok((true, Some((stat, dot)))), Ok(l)) if l.exists => {
@@ -1960,38 +1977,50 @@ impl FtpConn {
                     tracing::debug!("the server lists over the control connection (STAT)");
                 }
                 self.stat_listing.set(verdict);
-                if let Err(e) = tried
-                    && e.breaks_connection()
-                {
-                    return Err(e);
-                }
                 listed
             }
             _ => self.list_dir_by(dir, now, method).await,
         }
     }
 
-    /// `CWD dir` and `STAT .` in one write: whether the directory exists,
-    /// and the listing in the reply, `None` when the reply is no listing.
+    /// `CWD dir`, `STAT .` and `NOOP` in one write: whether the directory
+    /// exists, and the listing in the reply, `None` when the reply is no
+    /// listing. The NOOP's reply must come right after: a name holding a
+    /// line break and a reply code can end the listing early, and its rest
+    /// would otherwise be read as the replies to later commands (the
+    /// connection is then given up, and the caller lists with LIST).
     async fn stat_dir(
         &mut self,
         dir: &str,
         now: chrono::NaiveDateTime,
     ) -> Result<(bool, Option<(Listing, bool)>), FtpFailure> {
         let dir = checked(dir)?;
-        tracing::trace!("-> CWD {dir}; STAT .");
-        self.write_raw(format!("CWD {dir}\r\nSTAT .\r\n").as_bytes())
+        tracing::trace!("-> CWD {dir}; STAT .; NOOP");
+        self.write_raw(format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n").as_bytes())
             .await?;
         let cwd = self.read_reply().await?;
+        if cwd.code == 421 {
+            return Err(cwd.failure());
+        }
         let (stat, body) = read_reply_from(&mut self.stream, self.timeout).await?;
+        if stat.code == 421 {
+            return Err(stat.failure());
+        }
+        let out_of_step = || {
+            FtpFailure::Protocol(
+                "a listing over the control connection left the replies out of step".into(),
+            )
+        };
+        match self.read_reply().await {
+            Ok(noop) if (200..300).contains(&noop.code) => {}
+            Ok(noop) if noop.code == 421 => return Err(noop.failure()),
+            _ => return Err(out_of_step()),
+        }
         let exists = match cwd.code {
             200..=299 => true,
             550 => false,
             _ => return Err(cwd.failure()),
         };
-        if stat.code == 421 {
-            return Err(stat.failure());
-        }
         if !exists {
             return Ok((false, Some((Listing::default(), false))));
         }

@@ -106,10 +106,19 @@ pub async fn scan(
                 let abs = dir.to_remote(&input.root);
                 let mut tries = 0u32;
                 let small = input.small_dirs.contains(&dir);
-                let result = crate::with_retry!(&pool, &input.retry, |c| {
+                let mut result = crate::with_retry!(&pool, &input.retry, |c| {
                     tries += 1;
                     c.list_dir_scan(&abs, now, small && tries == 1).await
                 });
+                if small && tries == 1 && result.as_ref().is_err_and(|e| e.breaks_connection()) {
+                    // A listing over the control connection that lost its
+                    // connection (a reply too large, or one out of step)
+                    // is made again with LIST, whatever the retry policy.
+                    result = crate::with_retry!(&pool, &input.retry, |c| {
+                        tries += 1;
+                        c.list_dir(&abs, now).await
+                    });
+                }
                 Listed { dir, result, tries }
             }
             .in_current_span(),
