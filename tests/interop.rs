@@ -388,3 +388,38 @@ fn proftpd_ca_true_certificate_trusted_or_pinned() {
     assert_same_tree(&env.local, &env.remote_disk);
     assert!(env.server_log().matches("USER ").count() > logins);
 }
+
+/// vsftpd lists a directory it cannot read as empty, with "226 Transfer
+/// done (but failed to open directory)": a pull with delete must not read
+/// that as "everything in it was deleted on the server".
+#[test]
+fn vsftpd_unreadable_directory_deletes_nothing() {
+    use crate::support::harness::{snapshot, write};
+    use std::os::unix::fs::PermissionsExt;
+    let Some(server) = start_vsftpd() else { return };
+    let env = Env::external(server);
+    std::fs::remove_dir_all(&env.local).unwrap();
+    for i in 0..4 {
+        write(
+            &env.remote_disk,
+            &format!("d{}/f{i}.txt", i % 2),
+            format!("file {i}\n"),
+        );
+    }
+    let job = env.job("pull", true, "");
+    env.run(&job, 0);
+    let before = snapshot(&env.local);
+    assert_eq!(before.len(), 6, "{before:?}");
+    let d1 = env.remote_disk.join("d1");
+    std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o311)).unwrap();
+    let out = env.ftpsync(&["run", job.to_str().unwrap()]);
+    std::fs::set_permissions(&d1, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(snapshot(&env.local), before, "{}", out.all());
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("the server could not read the directory"),
+        "{}",
+        out.all()
+    );
+}

@@ -1869,6 +1869,29 @@ impl FtpConn {
     /// Reads a transfer's replies: any preliminary ones (150, 125), then the
     /// final one, which must be positive; returns its code.
     async fn transfer_outcome(&mut self) -> Result<u32, FtpFailure> {
+        self.transfer_final().await.map(|r| r.code)
+    }
+
+    /// [`Self::transfer_outcome`] for a listing: a positive reply that says
+    /// the directory could not be read is a failure. vsftpd lists a
+    /// directory it cannot open as empty, with "226 Transfer done (but
+    /// failed to open directory)": read as it is, everything in it would be
+    /// taken for deleted on the server.
+    async fn listing_outcome(&mut self) -> Result<(), FtpFailure> {
+        let r = self.transfer_final().await?;
+        if r.text.to_ascii_lowercase().contains("failed to open") {
+            return Err(FtpFailure::Reply {
+                code: 550,
+                text: format!(
+                    "the server could not read the directory: {} {}",
+                    r.code, r.text
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn transfer_final(&mut self) -> Result<Reply, FtpFailure> {
         let mut r = self.read_reply().await?;
         let mut preliminary = 0;
         while (100..200).contains(&r.code) {
@@ -1882,7 +1905,7 @@ impl FtpConn {
             r = self.read_reply().await?;
         }
         match r.code {
-            200..=299 => Ok(r.code),
+            200..=299 => Ok(r),
             400..=599 => Err(r.failure()),
             _ => Err(FtpFailure::Protocol(format!(
                 "unexpected final reply to a transfer: {} {}",
@@ -2205,7 +2228,7 @@ impl FtpConn {
                 return Err(self.refusal_or(e).await);
             }
             drop(sock);
-            self.transfer_outcome().await?;
+            self.listing_outcome().await?;
             Ok(data)
         }
         .await;
