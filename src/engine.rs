@@ -279,6 +279,9 @@ async fn prepare_limited(
         })?;
     let hash_command = first.features.hash;
     let has_mdtm = first.features.mdtm;
+    // Only then is it worth a pass over the state for the scan's small
+    // directories (see `ScanInput::small_dirs`).
+    let may_stat = first.may_list_over_control();
     pool.put_idle(first, first_permit);
     if job.verify == VerifyMode::Hash && hash_command.is_none() {
         return Err(Error::Usage(format!(
@@ -370,7 +373,11 @@ async fn prepare_limited(
             .filter(|(_, r)| r.kind == Kind::Dir)
             .map(|(p, _)| p.clone())
             .collect(),
-        small_dirs: scan::small_dirs(&state, |r| r.kind == Kind::Dir),
+        small_dirs: if may_stat {
+            scan::small_dirs(&state, |r| r.kind == Kind::Dir)
+        } else {
+            Default::default()
+        },
         keep_modes: job.direction == Direction::Pull
             && job.modes.permissions == crate::job::Permissions::Preserve,
     });

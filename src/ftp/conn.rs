@@ -1931,6 +1931,12 @@ impl FtpConn {
         self.list_dir_by(dir, now, method).await
     }
 
+    /// Whether [`Self::list_dir_scan`] may list over the control connection
+    /// at all: a server without MLSD, on a pipelined (plaintext) connection.
+    pub fn may_list_over_control(&self) -> bool {
+        self.list_methods().0 == ListMethod::List && self.pipelining()
+    }
+
     /// [`FtpConn::list_dir`] for a scan: with `control_ok` (a directory
     /// small enough at the last sync, at a first attempt), over the control
     /// connection where the server has shown that it lists the same way
@@ -1943,7 +1949,7 @@ impl FtpConn {
         control_ok: bool,
     ) -> Result<DirListing, FtpFailure> {
         let method = self.list_methods().0;
-        if !control_ok || method != ListMethod::List || !self.pipelining() {
+        if !control_ok || !self.may_list_over_control() {
             return self.list_dir_by(dir, now, method).await;
         }
         match self.stat_listing.get() {

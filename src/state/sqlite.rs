@@ -223,7 +223,7 @@ impl StateDb {
         if old.as_deref() == Some(binding) {
             return Ok(false);
         }
-        let reset = old.as_deref().is_some_and(|o| o != binding);
+        let reset = old.is_some();
         let tx = self.conn.transaction()?;
         if reset {
             tx.execute("DELETE FROM entries", [])?;
