@@ -2849,6 +2849,15 @@ drwxr-xr-x    5 102      105           100 Dec 07 19:18 ..\r\n\
         // that hidden names are shown.
         let (l, dot) = stat_listing(b"213-Status follows:\r\n213 End of status\r\n", now).unwrap();
         assert!(l.entries.is_empty() && !dot);
+        // A listing of names only (a directory among them, no `.`): no
+        // sign that hidden names are shown.
+        let names_only = b"213-Status follows:\r\n\
+drwxr-xr-x    2 102      105            80 Dec 07 19:18 sub\r\n\
+-rw-r--r--    1 102      105             2 Dec 07 19:18 x .\r\n\
+213 End of status\r\n";
+        let (l, dot) = stat_listing(names_only, now).unwrap();
+        assert_eq!(names(&l), ["sub", "x ."]);
+        assert!(!dot);
         // Not listings: one line, a first line that is itself an entry.
         assert!(stat_listing(b"213 Nothing to say\r\n", now).is_none());
         let opener_entry = b"213--rw-r--r--    1 102      105             2 Dec 07 19:18 a\r\n\
