@@ -311,7 +311,8 @@ impl FaultProxy {
         self.shared.rejected.load(Ordering::SeqCst)
     }
 
-    /// The most client sessions that were open at once (rejected ones not counted).
+    /// The most client sessions that were open at once (rejected ones not counted), as
+    /// seen by each session at its first command.
     pub fn peak_sessions(&self) -> usize {
         self.shared.peak_sessions.load(Ordering::SeqCst)
     }
@@ -487,7 +488,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     });
                     continue;
                 }
-                shared.peak_sessions.fetch_max(open, Ordering::SeqCst);
                 let session_shared = Arc::clone(&shared);
                 shared.tasks.spawn(async move {
                     let counted = Arc::clone(&session_shared);
@@ -546,6 +546,7 @@ async fn run_session(
         kill_tx,
         kill_rx,
         ended,
+        counted_peak: false,
     };
     let _ = session.run().await;
 }
@@ -692,6 +693,8 @@ struct Session {
     /// QUIT has let the connection go (a client that closes once the
     /// reply comes may open its next one before this proxy sees the close).
     ended: Arc<AtomicBool>,
+    /// Whether this session's first command was counted in the peak.
+    counted_peak: bool,
 }
 
 impl Drop for Session {
@@ -769,6 +772,15 @@ impl Session {
     async fn on_command(&mut self, line: Vec<u8>) -> io::Result<Flow> {
         if self.closing {
             return Ok(Flow::Continue);
+        }
+        if !self.counted_peak {
+            // Counted at its first command, not at accept: a client that
+            // closed a connection without QUIT may open its next one before
+            // this proxy has seen the close, but not before the new one's
+            // greeting has come through.
+            self.counted_peak = true;
+            let open = self.shared.open_sessions.load(Ordering::SeqCst);
+            self.shared.peak_sessions.fetch_max(open, Ordering::SeqCst);
         }
         let (verb, arg) = split_command(&line);
         let text = String::from_utf8_lossy(&line);
