@@ -117,7 +117,7 @@ pub async fn by_time(
         if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size() != Some(lm.size()) {
             continue;
         }
-        if let RemoteTime::Exact(t) = rm.mtime {
+        if let RemoteTime::Exact(t) = rm.mtime() {
             pairs.push((p.clone(), lm.mtime_ns, t));
             continue;
         }

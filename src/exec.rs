@@ -232,14 +232,14 @@ impl ListedAsSet {
             .iter()
             .map(|(path, sent)| {
                 let p = predicted(sent.as_ref()?, exact, now)?;
-                self.trusts(&p.mtime).then(|| (path.clone(), p))
+                self.trusts(&p.mtime()).then(|| (path.clone(), p))
             })
             .collect()
     }
 
     /// A listing showed an uploaded file as `listed`; the upload recorded `sent`.
     fn saw(&self, sent: Option<&RemoteMeta>, listed: &RemoteMeta, now: chrono::NaiveDateTime) {
-        let exact = matches!(listed.mtime, RemoteTime::Exact(_));
+        let exact = matches!(listed.mtime(), RemoteTime::Exact(_));
         self.kinds
             .fetch_or(if exact { EXACT_FORM } else { LS_FORM }, Ordering::Relaxed);
         let same = sent.is_some_and(|s| {
@@ -247,9 +247,9 @@ impl ListedAsSet {
                 && s.size() == listed.size()
                 && predicted(s, exact, now).is_some_and(|p| p == *listed)
         });
-        match (same, form(&listed.mtime)) {
+        match (same, form(&listed.mtime())) {
             (true, Some(i)) => {
-                if let RemoteTime::Exact(t) = listed.mtime {
+                if let RemoteTime::Exact(t) = listed.mtime() {
                     let mut times = lock(&self.exact_times);
                     if times.len() < MIN_DISTINCT {
                         times.insert(t);
@@ -269,7 +269,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What a listing would show of a file uploaded with `sent` recorded, if
 /// the time was set (see [`as_listed`]).
 fn predicted(sent: &RemoteMeta, exact: bool, now: chrono::NaiveDateTime) -> Option<RemoteMeta> {
-    match sent.mtime {
+    match sent.mtime() {
         RemoteTime::Exact(t) => Some(RemoteMeta::new(sent.size(), as_listed(t, exact, now))),
         _ => None,
     }
@@ -482,7 +482,7 @@ fn resumable_partial(input: &ExecInput, local: &LocalStore, plan: &Plan, p: &Par
                     .entries
                     .get(&p.path)
                     .and_then(|e| e.meta.as_ref())
-                    .is_some_and(|m| m.size() == Some(p.size) && m.mtime.to_stored() == p.stamp)
+                    .is_some_and(|m| m.size() == Some(p.size) && m.mtime().to_stored() == p.stamp)
         }
     }
 }
@@ -1408,7 +1408,7 @@ impl Attempt for DownloadAttempt<'_> {
                 size: expected.unwrap_or(0),
                 stamp: remote_meta
                     .as_ref()
-                    .map(|m| m.mtime.to_stored())
+                    .map(|m| m.mtime().to_stored())
                     .unwrap_or_default(),
             }));
             t
@@ -1418,7 +1418,7 @@ impl Attempt for DownloadAttempt<'_> {
         // MDTM, asked with the RETR.
         let listed = remote_meta
             .as_ref()
-            .map_or(RemoteTime::Unknown, |m| m.mtime);
+            .map_or(RemoteTime::Unknown, |m| m.mtime());
         let ask_time = !matches!(listed, RemoteTime::Exact(_));
         let mut told = None;
         // At most two passes: a refused resume goes once more from zero.
@@ -1540,7 +1540,7 @@ impl DownloadAttempt<'_> {
         let remote = ctx.remote_path(path);
         let listed = remote_meta
             .as_ref()
-            .map_or(RemoteTime::Unknown, |m| m.mtime);
+            .map_or(RemoteTime::Unknown, |m| m.mtime());
         let ask_time = !matches!(listed, RemoteTime::Exact(_));
         let (data, told) = s.fetch_bytes(&remote, len, ask_time).await?;
         let bytes = data.len() as u64;
@@ -1585,7 +1585,7 @@ impl DownloadAttempt<'_> {
             size: len,
             stamp: remote_meta
                 .as_ref()
-                .map(|m| m.mtime.to_stored())
+                .map(|m| m.mtime().to_stored())
                 .unwrap_or_default(),
         }));
         let want_sha = job.compare == CompareMode::Hash && sha.is_none();

@@ -237,10 +237,10 @@ pub fn remote_changed(cur: &RemoteMeta, rec: &RemoteMeta, mode: CompareMode) -> 
     {
         return true;
     }
-    if mode == CompareMode::Size || rec.mtime == RemoteTime::Unknown {
+    if mode == CompareMode::Size || rec.mtime() == RemoteTime::Unknown {
         return false;
     }
-    !cur.mtime.same_as(&rec.mtime)
+    !cur.mtime().same_as(&rec.mtime())
 }
 
 /// Whether a local and a remote file seen for the first time (no state) can
@@ -252,7 +252,7 @@ pub fn same_content(local: &LocalMeta, remote: &RemoteMeta, mode: CompareMode) -
     if remote.size() != Some(local.size()) {
         return false;
     }
-    mode == CompareMode::Size || remote.mtime.agrees_with_local(local.mtime_ns, 0)
+    mode == CompareMode::Size || remote.mtime().agrees_with_local(local.mtime_ns, 0)
 }
 
 /// What is known about one path on the two sides, direction-neutral.
@@ -296,7 +296,7 @@ fn facts(
         _ => (false, Reason::Identical),
     };
     let remote_refresh = match (rf, rec.and_then(|r| r.remote.as_ref())) {
-        (Some(c), Some(r)) => r.mtime == RemoteTime::Unknown && c.mtime != RemoteTime::Unknown,
+        (Some(c), Some(r)) => r.mtime() == RemoteTime::Unknown && c.mtime() != RemoteTime::Unknown,
         _ => false,
     };
     // Touched but the same content (compare: hash): record the new time,

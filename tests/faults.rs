@@ -1880,7 +1880,7 @@ fn a_directory_is_relisted_as_soon_as_its_uploads_end() {
     let state = db.load().unwrap();
     for p in ["a/x.txt", "b/y.txt", "c/p.txt", "c/q.txt"] {
         let remote = state[p].remote.as_ref().unwrap();
-        assert_ne!(remote.mtime, ftpsync::model::RemoteTime::Unknown, "{p}");
+        assert_ne!(remote.mtime(), ftpsync::model::RemoteTime::Unknown, "{p}");
     }
 }
 

@@ -7,6 +7,7 @@ use std::num::NonZeroU64;
 
 use crate::model::RelPath;
 use crate::model::RemoteTime;
+use crate::model::time::PackedTime;
 
 /// File or directory. Other kinds (symlinks, devices) are reported and skipped by the scans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -82,14 +83,16 @@ pub struct RemoteMeta {
     /// none: one word where an `Option<u64>` takes two, in every entry of
     /// the remote tree and every record of the state.
     size_plus_one: Option<NonZeroU64>,
-    pub mtime: RemoteTime,
+    /// The time, packed (see [`PackedTime`]): with the size, 16 bytes, and
+    /// an `Option<RemoteMeta>` no more.
+    time: PackedTime,
 }
 
 impl RemoteMeta {
     pub fn new(size: Option<u64>, mtime: RemoteTime) -> RemoteMeta {
         RemoteMeta {
             size_plus_one: size.map(plus_one),
-            mtime,
+            time: PackedTime::pack(mtime),
         }
     }
 
@@ -97,13 +100,22 @@ impl RemoteMeta {
     pub fn size(&self) -> Option<u64> {
         self.size_plus_one.map(|s| s.get() - 1)
     }
+
+    /// The time the listing gave (fractions of a second dropped).
+    pub fn mtime(&self) -> RemoteTime {
+        self.time.unpack()
+    }
+
+    pub fn set_mtime(&mut self, mtime: RemoteTime) {
+        self.time = PackedTime::pack(mtime);
+    }
 }
 
 impl std::fmt::Debug for RemoteMeta {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteMeta")
             .field("size", &self.size())
-            .field("mtime", &self.mtime)
+            .field("mtime", &self.mtime())
             .finish()
     }
 }
@@ -306,8 +318,10 @@ mod tests {
 
     #[test]
     fn a_remote_size_is_one_word_and_reads_back_as_given() {
-        assert_eq!(std::mem::size_of::<RemoteMeta>(), 24);
-        assert_eq!(std::mem::size_of::<Entry<RemoteMeta>>(), 24);
+        // Two words (the time packed), with or without a time or a size.
+        assert_eq!(std::mem::size_of::<RemoteMeta>(), 16);
+        assert_eq!(std::mem::size_of::<Option<RemoteMeta>>(), 16);
+        assert_eq!(std::mem::size_of::<Entry<RemoteMeta>>(), 16);
         for size in [
             None,
             Some(0),

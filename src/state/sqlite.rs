@@ -396,7 +396,7 @@ impl StateDb {
                             l.map(|l| l.mtime_ns),
                             l.and_then(|l| l.sha256.as_ref().map(|h| h.to_vec())),
                             rm.and_then(|m| m.size().map(|s| s as i64)),
-                            rm.map(|m| m.mtime.to_stored()),
+                            rm.map(|m| m.mtime().to_stored()),
                         ])?;
                     }
                     StateChange::Remove(p) => {
@@ -422,7 +422,7 @@ impl StateDb {
                         refresh.execute(params![
                             p.as_str(),
                             m.size().map(|s| s as i64),
-                            m.mtime.to_stored()
+                            m.mtime().to_stored()
                         ])?;
                     }
                     StateChange::RestartRefused(server, restart) => {
