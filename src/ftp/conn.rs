@@ -403,7 +403,22 @@ impl TlsVersions {
 /// once one connection has compared the two on a directory with entries,
 /// and found them equal, `.` included (no hidden names left out).
 #[derive(Debug, Default)]
-pub struct StatListing(AtomicU8);
+pub struct StatListing {
+    state: AtomicU8,
+    /// Woken at each change, for batches waiting on the comparison.
+    changed: tokio::sync::Notify,
+}
+
+/// Where the comparison of `STAT` and `LIST` stands (see [`StatListing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatVerdict {
+    /// Not compared yet, and no connection is comparing.
+    Unknown,
+    /// A connection is comparing.
+    Testing,
+    Works,
+    Refused,
+}
 
 impl StatListing {
     // 0: not known yet.
@@ -412,16 +427,39 @@ impl StatListing {
     const REFUSED: u8 = 3;
 
     fn get(&self) -> u8 {
-        self.0.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed)
     }
     /// Claims the comparison: true for one connection at a time.
     fn claim_test(&self) -> bool {
-        self.0
+        self.state
             .compare_exchange(0, Self::TESTING, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
     }
     fn set(&self, v: u8) {
-        self.0.store(v, Ordering::Relaxed);
+        self.state.store(v, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    pub fn verdict(&self) -> StatVerdict {
+        match self.get() {
+            Self::TESTING => StatVerdict::Testing,
+            Self::WORKS => StatVerdict::Works,
+            Self::REFUSED => StatVerdict::Refused,
+            _ => StatVerdict::Unknown,
+        }
+    }
+
+    /// Waits while a connection is comparing.
+    pub async fn settled(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.get() != Self::TESTING {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -2027,6 +2065,63 @@ impl FtpConn {
         tracing::trace!("-> CWD {dir}; STAT .; NOOP");
         self.write_raw(format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n").as_bytes())
             .await?;
+        self.read_stat_dir(now).await
+    }
+
+    /// [`Self::stat_dir`] for several directories in one write, once the
+    /// server has been found to list the same way over the control
+    /// connection ([`StatVerdict::Works`]): over a link with latency, a
+    /// connection waits one round trip for all of them instead of one
+    /// each. `None` for a directory this gave no listing of (the server
+    /// refused `STAT`, which also stops its use for the run, or `CWD`
+    /// failed in another way than "no such directory"): the caller lists
+    /// it on its own. An error that leaves the replies out of step stops
+    /// `STAT` for the run too, and gives up the connection.
+    pub async fn stat_dirs(
+        &mut self,
+        dirs: &[String],
+        now: chrono::NaiveDateTime,
+    ) -> Result<Vec<Option<DirListing>>, FtpFailure> {
+        if self.stat_listing.get() != StatListing::WORKS || !self.may_list_over_control() {
+            return Ok(vec![None; dirs.len()]);
+        }
+        let mut commands = String::new();
+        for dir in dirs {
+            let dir = checked(dir)?;
+            commands.push_str(&format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n"));
+        }
+        tracing::trace!("-> CWD; STAT .; NOOP for {} directories", dirs.len());
+        self.write_raw(commands.as_bytes()).await?;
+        let mut out = Vec::with_capacity(dirs.len());
+        for _ in dirs {
+            match self.read_stat_dir(now).await {
+                Ok((exists, Some((listing, _)))) => out.push(Some(DirListing {
+                    exists,
+                    listing,
+                    by_control: true,
+                })),
+                Ok((_, None)) => {
+                    self.stat_listing.set(StatListing::REFUSED);
+                    out.push(None);
+                }
+                // Its three replies were read: the rest are in step.
+                Err(e) if !e.breaks_connection() => out.push(None),
+                Err(e) => {
+                    self.stat_listing.set(StatListing::REFUSED);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the replies to one `CWD dir`, `STAT .` and `NOOP` (see
+    /// [`Self::stat_dir`]). An error that does not break the connection
+    /// comes only once all three were read.
+    async fn read_stat_dir(
+        &mut self,
+        now: chrono::NaiveDateTime,
+    ) -> Result<(bool, Option<(Listing, bool)>), FtpFailure> {
         let cwd = self.read_reply().await?;
         if cwd.code == 421 {
             return Err(cwd.failure());

@@ -93,6 +93,11 @@ impl Pool {
         }
     }
 
+    /// What is known of the server's listings over the control connection.
+    pub fn stat_listing(&self) -> &super::conn::StatListing {
+        &self.opts.stat_listing
+    }
+
     /// How long connection attempts may fail in a row before the pool gives up.
     pub fn with_give_up_after(mut self, d: Duration) -> Pool {
         self.give_up_after = d;

@@ -68,6 +68,111 @@ impl Listed {
     }
 }
 
+/// What a listing task did: its listings, and the directories it leaves
+/// to be listed one by one.
+struct Batch {
+    listed: Vec<Listed>,
+    again: Vec<RelPath>,
+}
+
+/// The most directories listed over the control connection in one write
+/// (each reply may hold [`STAT_LISTING_MAX_ENTRIES`] lines).
+const STAT_BATCH_MAX: usize = 32;
+
+/// Lists one directory: over the control connection at a first attempt if
+/// it is small (see [`super::conn::FtpConn::list_dir_scan`]), with retries.
+async fn list_one(
+    pool: &Pool,
+    input: &ScanInput,
+    dir: RelPath,
+    now: chrono::NaiveDateTime,
+) -> Listed {
+    let abs = dir.to_remote(&input.root);
+    let mut tries = 0u32;
+    let small = input.small_dirs.contains(&dir);
+    let mut result = crate::with_retry!(pool, &input.retry, |c| {
+        tries += 1;
+        c.list_dir_scan(&abs, now, small && tries == 1).await
+    });
+    if small && tries == 1 && result.as_ref().is_err_and(|e| e.breaks_connection()) {
+        // A listing over the control connection that lost its
+        // connection (a reply too large, or one out of step)
+        // is made again with LIST, whatever the retry policy.
+        result = crate::with_retry!(pool, &input.retry, |c| {
+            tries += 1;
+            c.list_dir(&abs, now).await
+        });
+    }
+    Listed { dir, result, tries }
+}
+
+/// Lists small directories the state knows over one connection with
+/// `STAT`, all in one write ([`super::conn::FtpConn::stat_dirs`]), once one
+/// connection has found that the server lists the same way there: a
+/// connection then waits one round trip for its share of the tree, where
+/// one directory at a time it waited one round trip each. Until that is
+/// known it waits, or lists its first directory on its own (which may make
+/// the comparison). A directory the batch gives no listing of, or all of
+/// them if its connection fails, are listed one by one: with `LIST`, as
+/// any retry is, if the failure stopped `STAT` for the run.
+async fn list_batch(
+    pool: Arc<Pool>,
+    input: Arc<ScanInput>,
+    dirs: Vec<RelPath>,
+    now: chrono::NaiveDateTime,
+) -> Batch {
+    use super::conn::StatVerdict;
+    let mut listed = Vec::new();
+    let mut dirs = std::collections::VecDeque::from(dirs);
+    loop {
+        match pool.stat_listing().verdict() {
+            StatVerdict::Works => break,
+            StatVerdict::Refused => break,
+            StatVerdict::Testing => pool.stat_listing().settled().await,
+            StatVerdict::Unknown => match dirs.pop_front() {
+                Some(dir) => listed.push(list_one(&pool, &input, dir, now).await),
+                None => break,
+            },
+        }
+    }
+    let dirs = Vec::from(dirs);
+    if dirs.is_empty() || pool.stat_listing().verdict() != StatVerdict::Works {
+        return Batch {
+            listed,
+            again: dirs,
+        };
+    }
+    let abs: Vec<String> = dirs.iter().map(|d| d.to_remote(&input.root)).collect();
+    let result = match pool.get().await {
+        Ok(mut pc) => {
+            let r = pc.conn().stat_dirs(&abs, now).await;
+            match &r {
+                Err(e) if e.breaks_connection() => pc.discard(),
+                _ => pc.release(),
+            }
+            r
+        }
+        Err(e) => Err(e),
+    };
+    let mut again = Vec::new();
+    match result {
+        Ok(listings) => {
+            for (dir, listing) in dirs.into_iter().zip(listings) {
+                match listing {
+                    Some(l) => listed.push(Listed {
+                        dir,
+                        result: Ok(l),
+                        tries: 1,
+                    }),
+                    None => again.push(dir),
+                }
+            }
+        }
+        Err(_) => again = dirs,
+    }
+    Batch { listed, again }
+}
+
 /// The number of names in a listing and a digest of them, in any order:
 /// what a second listing must match.
 fn names_digest(listing: &super::list::Listing) -> (usize, u64) {
@@ -97,32 +202,24 @@ pub async fn scan(
     let mut tree = RemoteTree::default();
     let mut temps = Vec::new();
     let now = chrono::Utc::now().naive_utc();
-    let mut tasks: JoinSet<Listed> = JoinSet::new();
-    let spawn = |tasks: &mut JoinSet<Listed>, dir: RelPath| {
+    let mut tasks: JoinSet<Batch> = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<Batch>, dir: RelPath| {
         let pool = Arc::clone(&pool);
         let input = Arc::clone(&input);
         tasks.spawn(
             async move {
-                let abs = dir.to_remote(&input.root);
-                let mut tries = 0u32;
-                let small = input.small_dirs.contains(&dir);
-                let mut result = crate::with_retry!(&pool, &input.retry, |c| {
-                    tries += 1;
-                    c.list_dir_scan(&abs, now, small && tries == 1).await
-                });
-                if small && tries == 1 && result.as_ref().is_err_and(|e| e.breaks_connection()) {
-                    // A listing over the control connection that lost its
-                    // connection (a reply too large, or one out of step)
-                    // is made again with LIST, whatever the retry policy.
-                    result = crate::with_retry!(&pool, &input.retry, |c| {
-                        tries += 1;
-                        c.list_dir(&abs, now).await
-                    });
+                Batch {
+                    listed: vec![list_one(&pool, &input, dir, now).await],
+                    again: Vec::new(),
                 }
-                Listed { dir, result, tries }
             }
             .in_current_span(),
         );
+    };
+    let spawn_batch = |tasks: &mut JoinSet<Batch>, dirs: Vec<RelPath>| {
+        let pool = Arc::clone(&pool);
+        let input = Arc::clone(&input);
+        tasks.spawn(list_batch(pool, input, dirs, now).in_current_span());
     };
     spawn(&mut tasks, RelPath::root());
     let mut listed_ahead: HashSet<RelPath> = HashSet::new();
@@ -133,9 +230,28 @@ pub async fn scan(
         .collect();
     // Shallow ones first: parents tend to be listed before their children.
     expected.sort_by(|a, b| a.depth().cmp(&b.depth()).then_with(|| a.cmp(b)));
+    // The small ones go in batches, one a connection (see `list_batch`).
+    let mut small: Vec<RelPath> = Vec::new();
     for dir in expected {
         if listed_ahead.insert(dir.clone()) {
-            spawn(&mut tasks, dir.clone());
+            if input.small_dirs.contains(dir) {
+                small.push(dir.clone());
+            } else {
+                spawn(&mut tasks, dir.clone());
+            }
+        }
+    }
+    let per_batch = small
+        .len()
+        .div_ceil(pool.size().max(1))
+        .clamp(1, STAT_BATCH_MAX);
+    let mut small = small.into_iter().peekable();
+    while small.peek().is_some() {
+        let batch: Vec<RelPath> = small.by_ref().take(per_batch).collect();
+        if batch.len() == 1 {
+            spawn(&mut tasks, batch.into_iter().next().unwrap_or_default());
+        } else {
+            spawn_batch(&mut tasks, batch);
         }
     }
     let mut shown: HashSet<RelPath> = HashSet::from([RelPath::root()]);
@@ -145,7 +261,13 @@ pub async fn scan(
         let listed = match ready.pop() {
             Some(l) => l,
             None => match tasks.join_next().await {
-                Some(Ok(l)) => l,
+                Some(Ok(batch)) => {
+                    for dir in batch.again {
+                        spawn(&mut tasks, dir);
+                    }
+                    ready.extend(batch.listed);
+                    continue;
+                }
                 Some(Err(_)) => continue,
                 None => break,
             },
