@@ -5,8 +5,7 @@
 //!
 //! Round trips per small upload are kept down, since each one costs client and
 //! server a wake-up per file. On a plaintext connection in passive mode,
-//! uploads use a data connection of ftpsync's own (files over 1 MiB go with
-//! sendfile). With servers known to answer commands strictly in order (vsftpd,
+//! uploads use a data connection of ftpsync's own. With servers known to answer commands strictly in order (vsftpd,
 //! ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on each other's
 //! replies are pipelined (the login, `CWD`+`EPSV`, `EPSV`+`STOR`,
 //! `MDTM`+`SIZE`, `RNFR`+`RNTO`, `MDTM`+`EPSV`+`RETR` in one write, as lftp
@@ -238,44 +237,15 @@ enum Payload<'a> {
     },
 }
 
-/// Sends part of a file on a plaintext data connection with sendfile(2):
-/// the bytes go from the page cache to the socket without a copy through
-/// user space. Returns the bytes sent (fewer than `len` if the file shrank).
-#[cfg(target_os = "linux")]
-async fn send_file_range(
-    t: Duration,
-    sock: &mut tokio::net::TcpStream,
-    file: &std::fs::File,
-    (offset, len): (u64, u64),
-    rate: &RateLimit,
-) -> Result<u64, FtpFailure> {
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        match timeout(t, sock.writable()).await {
-            Err(_) => return Err(FtpFailure::Timeout(t)),
-            Ok(Err(e)) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
-            Ok(Ok(())) => {}
-        }
-        let count = rate.chunk((end - pos).min(1 << 30) as usize);
-        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
-            rustix::fs::sendfile(&*sock, file, Some(&mut pos), count).map_err(std::io::Error::from)
-        });
-        match r {
-            Ok(0) => break,
-            Ok(n) => {
-                rate.take(n).await;
-                crate::events::transferred(n as u64);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(FtpFailure::Network(format!("upload data: {e}"))),
-        }
-    }
-    Ok(pos - offset)
-}
-
-/// Sends part of a file on a data connection, read in large chunks.
-#[cfg(not(target_os = "linux"))]
+/// Sends part of a file on a data connection, read in chunks of 256 KiB
+/// (fewer bytes than `len` if the file shrank).
+///
+/// Not sendfile(2): to a server on the same machine, eight 64 MiB uploads
+/// took 379 ms with it and 324 ms this way (medians of five), the machine's
+/// CPU time 750 ms against 620. The page references sendfile queues cost
+/// the receiving side more than the copy saves here, and over a real link
+/// the copy is not what limits a transfer. Chunks of 64 KiB took 348 ms,
+/// of 1 MiB 310 ms, at four times the memory per transfer.
 async fn send_file_range(
     t: Duration,
     sock: &mut tokio::net::TcpStream,

@@ -2,7 +2,7 @@
 //! policy, and every FTP quirk the executor must not know about: which
 //! reply codes mean "already there" or "gone already", servers that refuse
 //! to rename over an existing file, REST, and the small-file fast path
-//! (one read, pipelined commands) against sendfile for big files.
+//! (one read, pipelined commands) against big files read in chunks.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -225,7 +225,7 @@ impl RemoteSession for FtpSession<'_> {
     }
 
     /// Small files go in one read and pipelined commands
-    /// ([`FtpConn::store_small`]); bigger ones with sendfile where it can.
+    /// ([`FtpConn::store_small`]); bigger ones in chunks.
     /// The mode is set before the time: neither changes the other, and
     /// both stay across the rename that follows (rename(2) keeps the inode).
     async fn send(
