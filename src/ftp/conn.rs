@@ -784,6 +784,12 @@ pub struct DirListing {
 /// first and the last, in `LIST` format. `None` when the reply is not a
 /// listing (one line, or a first line that is itself an entry); with it,
 /// whether a `.` entry was shown (the server lists every name).
+/// `CWD dir`, `STAT .` and `NOOP`, as one piece of a write.
+fn stat_commands(dir: &str) -> Result<String, FtpFailure> {
+    let dir = checked(dir)?;
+    Ok(format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n"))
+}
+
 pub fn stat_listing(body: &[u8], now: chrono::NaiveDateTime) -> Option<(Listing, bool)> {
     let body = body.strip_suffix(b"\n").unwrap_or(body);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
@@ -1962,17 +1968,7 @@ impl FtpConn {
         }
         match self.stat_listing.get() {
             StatListing::WORKS => {
-                let (exists, stat) = match self.stat_dir(dir, now).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        if e.breaks_connection() {
-                            // A reply too large, or out of step: not again
-                            // this run (the caller lists with LIST).
-                            self.stat_listing.set(StatListing::REFUSED);
-                        }
-                        return Err(e);
-                    }
-                };
+                let (exists, stat) = self.stat_dir(dir, now).await?;
                 let Some((listing, _)) = stat else {
                     // Refused this time: stop asking.
                     self.stat_listing.set(StatListing::REFUSED);
@@ -1986,10 +1982,7 @@ impl FtpConn {
             }
             0 if self.stat_listing.claim_test() => {
                 let tried = match self.stat_dir(dir, now).await {
-                    Err(e) if e.breaks_connection() => {
-                        self.stat_listing.set(StatListing::REFUSED);
-                        return Err(e);
-                    }
+                    Err(e) if e.breaks_connection() => return Err(e),
                     other => other,
                 };
                 let listed = self.list_dir_by(dir, now, method).await;
@@ -2025,17 +2018,30 @@ impl FtpConn {
     /// listing. The NOOP's reply must come right after: a name holding a
     /// line break and a reply code can end the listing early, and its rest
     /// would otherwise be read as the replies to later commands (the
-    /// connection is then given up, and the caller lists with LIST).
+    /// connection is then given up, and the caller lists with LIST). An
+    /// error that breaks the connection (a reply too large, out of step)
+    /// also stops `STAT` for the run.
     async fn stat_dir(
         &mut self,
         dir: &str,
         now: chrono::NaiveDateTime,
     ) -> Result<(bool, Option<(Listing, bool)>), FtpFailure> {
-        let dir = checked(dir)?;
+        let commands = stat_commands(dir)?;
         tracing::trace!("-> CWD {dir}; STAT .; NOOP");
-        self.write_raw(format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n").as_bytes())
-            .await?;
-        self.read_stat_dir(now).await
+        let r = match self.write_raw(commands.as_bytes()).await {
+            Ok(()) => self.read_stat_dir(now).await,
+            Err(e) => Err(e),
+        };
+        self.refuse_stat_if_broken(&r);
+        r
+    }
+
+    /// After a `STAT` exchange: one that broke its connection stops `STAT`
+    /// for the run.
+    fn refuse_stat_if_broken<T>(&self, r: &Result<T, FtpFailure>) {
+        if r.as_ref().is_err_and(FtpFailure::breaks_connection) {
+            self.stat_listing.set(StatListing::REFUSED);
+        }
     }
 
     /// [`Self::stat_dir`] for several directories in one write, once the
@@ -2057,13 +2063,23 @@ impl FtpConn {
         }
         let mut commands = String::new();
         for dir in dirs {
-            let dir = checked(dir)?;
-            commands.push_str(&format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n"));
+            commands.push_str(&stat_commands(dir)?);
         }
         tracing::trace!("-> CWD; STAT .; NOOP for {} directories", dirs.len());
+        let r = self.exchange_stat_dirs(&commands, dirs.len(), now).await;
+        self.refuse_stat_if_broken(&r);
+        r
+    }
+
+    async fn exchange_stat_dirs(
+        &mut self,
+        commands: &str,
+        count: usize,
+        now: chrono::NaiveDateTime,
+    ) -> Result<Vec<Option<DirListing>>, FtpFailure> {
         self.write_raw(commands.as_bytes()).await?;
-        let mut out = Vec::with_capacity(dirs.len());
-        for _ in dirs {
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
             match self.read_stat_dir(now).await {
                 Ok((exists, Some((listing, _)))) => out.push(Some(DirListing {
                     exists,
@@ -2076,10 +2092,7 @@ impl FtpConn {
                 }
                 // Its three replies were read: the rest are in step.
                 Err(e) if !e.breaks_connection() => out.push(None),
-                Err(e) => {
-                    self.stat_listing.set(StatListing::REFUSED);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
