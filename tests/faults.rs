@@ -300,11 +300,11 @@ fn first_run_logs_in_while_the_root_is_listed() {
     assert_same_tree(&f.env.local, &f.env.remote_disk);
 }
 
-/// The pool says goodbye on all its connections at once: a run whose
-/// QUIT replies each take 1.5 s ends about 1.5 s after its work, not
-/// 1.5 s per connection.
+/// The pool says goodbye on all its connections at once, and the run does
+/// not wait for the answers: a run whose QUIT replies each take 1.5 s ends
+/// well before the first of them, and every connection was sent its QUIT.
 #[test]
-fn goodbyes_are_said_at_once() {
+fn goodbyes_are_said_at_once_and_not_waited_for() {
     let f = faulty();
     small_tree(&f.env, 6);
     let job = f.env.job("push", false, "concurrency: 4\n");
@@ -315,11 +315,18 @@ fn goodbyes_are_said_at_once() {
     let started = std::time::Instant::now();
     f.env.run(&job, 0);
     let took = started.elapsed();
-    let quits = count(&f.proxy.commands(), "QUIT") - before;
+    // Waiting for the replies, even all at once, would take 1.5 s.
+    assert!(took < hold, "the run waited for its goodbyes: {took:?}");
     // The first connection and one for each of the three directories.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let quits = loop {
+        let quits = count(&f.proxy.commands(), "QUIT") - before;
+        if quits >= 4 || std::time::Instant::now() > deadline {
+            break quits;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(quits, 4, "{:#?}", f.proxy.commands());
-    // One after another they would take at least 4 x 1.5 s.
-    assert!(took < hold * 2, "{quits} goodbyes took {took:?}");
 }
 
 #[test]

@@ -2795,6 +2795,20 @@ impl FtpConn {
     pub async fn quit(mut self) {
         let _ = timeout(Duration::from_secs(2), self.stream.quit()).await;
     }
+
+    /// Says goodbye without waiting for the answer, at the end of a run:
+    /// on a plaintext connection QUIT is written and the connection
+    /// closed. The server ends its session on QUIT and closes its end after
+    /// its reply, which tells the client nothing it needs; waiting for it
+    /// only kept the run from ending. Over TLS (whose close is an exchange
+    /// of its own), or after an abandoned transfer, this is [`Self::quit`].
+    pub async fn quit_unanswered(self) {
+        if !self.plain || self.abandoned {
+            return self.quit().await;
+        }
+        let sock = self.stream.get_ref().await;
+        let _ = write_all_raw(&sock, b"QUIT\r\n", Duration::from_secs(2)).await;
+    }
 }
 
 /// The `OPTS MLST` argument that turns on the facts ftpsync reads, with

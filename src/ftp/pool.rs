@@ -40,6 +40,16 @@ impl Slot {
         conn.quit().await;
         drop(permit);
     }
+
+    /// [`Slot::quit`] without waiting for the server's answer.
+    async fn quit_unanswered(self) {
+        let Slot {
+            conn,
+            _server_permit: permit,
+        } = self;
+        conn.quit_unanswered().await;
+        drop(permit);
+    }
 }
 
 /// The shared pool.
@@ -368,13 +378,17 @@ impl Pool {
         e
     }
 
-    /// Closes the idle connections politely, all at once: over a link with
-    /// latency each goodbye waits a round trip for its reply.
+    /// Closes the idle connections politely, all at once, and without
+    /// waiting for the server's answers where the connection allows it
+    /// ([`FtpConn::quit_unanswered`]): over a link with latency each
+    /// goodbye would wait a round trip for its reply, and even on loopback
+    /// a server that ends a process for each session answers the last of
+    /// eight QUITs milliseconds later.
     pub async fn close(&self) {
         let slots: Vec<Slot> = std::mem::take(&mut *self.idle_list());
         let mut quits = tokio::task::JoinSet::new();
         for s in slots {
-            quits.spawn(s.quit());
+            quits.spawn(s.quit_unanswered());
         }
         while quits.join_next().await.is_some() {}
     }
