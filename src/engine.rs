@@ -234,16 +234,16 @@ async fn prepare_limited(
                 Ok((None, None))
             } else {
                 blocking(move || {
-                    let db = StateDb::open(&path, for_run)?;
-                    let records = match (&db, &expected) {
-                        (Some(db), Some(bind))
-                            if db.binding()?.as_deref() == Some(bind.as_str()) =>
-                        {
-                            Some(db.load()?)
+                    let opened = StateDb::open_reading(&path, for_run, |db| match &expected {
+                        Some(bind) if db.binding()?.as_deref() == Some(bind.as_str()) => {
+                            Ok(Some(db.load()?))
                         }
-                        _ => None,
-                    };
-                    Ok((db, records))
+                        _ => Ok(None),
+                    })?;
+                    Ok(match opened {
+                        Some((db, records)) => (Some(db), records),
+                        None => (None, None),
+                    })
                 })
                 .await
             }

@@ -97,18 +97,38 @@ impl StateDb {
     /// anything could write to it: it is checked through a read-only
     /// connection first, so not even a WAL checkpoint touches the file.
     pub fn open(path: &Path, create: bool) -> Result<Option<StateDb>, StateError> {
+        Ok(Self::open_reading(path, create, |_| Ok(()))?.map(|(db, ())| db))
+    }
+
+    /// [`StateDb::open`], and `read` run on the database as soon as it is
+    /// known to be sound. A run that reads its records at once reads them
+    /// through the connection that checked the file, whose page cache the
+    /// check has just filled, before the connection for writing is opened
+    /// (a database that needs a migration is read after it, as it is).
+    pub fn open_reading<R>(
+        path: &Path,
+        create: bool,
+        read: impl FnOnce(&StateDb) -> Result<R, StateError>,
+    ) -> Result<Option<(StateDb, R)>, StateError> {
         let exists = path.exists();
         if !create && !exists {
             return Ok(None);
         }
+        let mut read = Some(read);
+        let mut early = None;
         if exists {
             let (conn, version) = Self::connect_checked(path, false)?;
+            let checked = StateDb {
+                conn,
+                path: path.to_owned(),
+                version,
+            };
             if !create {
-                return Ok(Some(StateDb {
-                    conn,
-                    path: path.to_owned(),
-                    version,
-                }));
+                let r = read.take().map(|read| read(&checked)).transpose()?;
+                return Ok(r.map(|r| (checked, r)));
+            }
+            if version == SCHEMA_VERSION {
+                early = read.take().map(|read| read(&checked)).transpose()?;
             }
         } else if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| StateError::Open {
@@ -122,11 +142,17 @@ impl StateDb {
         if version < SCHEMA_VERSION {
             migrate(&mut conn, path)?;
         }
-        Ok(Some(StateDb {
+        let db = StateDb {
             conn,
             path: path.to_owned(),
             version: SCHEMA_VERSION,
-        }))
+        };
+        let r = match (early, read) {
+            (Some(r), _) => r,
+            (None, Some(read)) => read(&db)?,
+            (None, None) => unreachable!("the records are read once"),
+        };
+        Ok(Some((db, r)))
     }
 
     /// [`StateDb::open`] with `create`, for a state this run has already
@@ -933,6 +959,50 @@ mod tests {
             fs::read(&path).unwrap(),
             b"this is not a database, just some text that is long enough"
         );
+    }
+
+    /// `open_reading` reads a sound database (through the connection that
+    /// checked it) and hands back one that writes; it never reads a damaged
+    /// one, and leaves it as it was.
+    #[test]
+    fn open_reading_reads_only_a_sound_database() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        let mut db = StateDb::open(&path, true).unwrap().unwrap();
+        db.apply(&[StateChange::Put(
+            RelPath::parse("a/b.txt").unwrap(),
+            crate::state::tests::file_record(),
+        )])
+        .unwrap();
+        drop(db);
+        let (mut db, records) = StateDb::open_reading(&path, true, |db| db.load())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            records.keys().map(|p| p.as_str()).collect::<Vec<_>>(),
+            ["a/b.txt"]
+        );
+        db.apply(&[StateChange::Remove(RelPath::parse("a/b.txt").unwrap())])
+            .unwrap();
+        assert!(db.load().unwrap().is_empty());
+        drop(db);
+
+        let mut bytes = fs::read(&path).unwrap();
+        let page = 4096;
+        for b in &mut bytes[page..page + 200] {
+            *b = 0xa5;
+        }
+        fs::write(&path, &bytes).unwrap();
+        let mut read = false;
+        let err = StateDb::open_reading(&path, true, |_| {
+            read = true;
+            Ok(())
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err}");
+        assert!(!read, "a damaged database was read");
+        assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
     /// A record whose path is not text (a blob: the column's text affinity
