@@ -108,13 +108,18 @@ pub async fn by_time(
     let mut pairs: Vec<(RelPath, i64, NaiveDateTime)> = Vec::new();
     let mut ask = JoinSet::new();
     for (p, e) in &local.entries {
+        // Files the state knows first: on a re-run that is nearly all of
+        // them, and they need no look-up in the remote tree.
+        if state.get(p).is_some_and(|r| r.kind == Kind::File) {
+            continue;
+        }
         let (Some(lm), Some(rm)) = (
             e.meta.as_ref(),
             remote.entries.get(p).and_then(|r| r.meta.as_ref()),
         ) else {
             continue;
         };
-        if state.get(p).is_some_and(|r| r.kind == Kind::File) || rm.size() != Some(lm.size()) {
+        if rm.size() != Some(lm.size()) {
             continue;
         }
         if let RemoteTime::Exact(t) = rm.mtime() {
