@@ -847,7 +847,7 @@ async fn run_as(job: &Job, opts: &RunOptions, cancel: CancellationToken, mode: M
     tracing::debug!("phase: run done");
     // The run's own writer records it, in the connection that wrote its
     // state: one opening and one checkpoint of the database, not two. The
-    // goodbyes to the server (a round trip) go meanwhile.
+    // goodbyes to the server (written, not waited for) go meanwhile.
     let goodbyes = async {
         if let Some(pool) = pool {
             pool.close().await;

@@ -41,14 +41,25 @@ impl Slot {
         drop(permit);
     }
 
-    /// [`Slot::quit`] without waiting for the server's answer.
+    /// [`Slot::quit`] without waiting for the server's answer. A share of
+    /// the daemon's limit on the server's sessions is held until the server
+    /// has answered the QUIT (in the background: the run does not wait), so
+    /// the next run's connection does not come while the server still
+    /// counts this session.
     async fn quit_unanswered(self) {
         let Slot {
             conn,
             _server_permit: permit,
         } = self;
-        conn.quit_unanswered().await;
-        drop(permit);
+        match permit {
+            Some(permit) => {
+                tokio::spawn(async move {
+                    conn.quit().await;
+                    drop(permit);
+                });
+            }
+            None => conn.quit_unanswered().await,
+        }
     }
 }
 

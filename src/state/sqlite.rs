@@ -1005,6 +1005,20 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
+    /// A database of an older schema is read by `open_reading` only after
+    /// its migration, through the connection that migrated it.
+    #[test]
+    fn open_reading_reads_an_old_schema_after_its_migration() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("state.db");
+        v1_database(&path);
+        let (db, seen) = StateDb::open_reading(&path, true, |db| Ok(db.version()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, SCHEMA_VERSION);
+        assert_eq!(db.version(), SCHEMA_VERSION);
+    }
+
     /// A record whose path is not text (a blob: the column's text affinity
     /// turns numbers into text), or is text that is not UTF-8, is refused,
     /// the blob with the column's name and the type found.
