@@ -5,7 +5,8 @@
 //!
 //! Round trips per small upload are kept down, since each one costs client and
 //! server a wake-up per file. On a plaintext connection in passive mode,
-//! uploads use a data connection of ftpsync's own. With servers known to answer commands strictly in order (vsftpd,
+//! uploads use a data connection of ftpsync's own. With servers known to
+//! answer commands strictly in order (vsftpd,
 //! ProFTPD, Pure-FTPd, pyftpdlib), commands that do not depend on each other's
 //! replies are pipelined (the login, `CWD`+`EPSV`, `EPSV`+`STOR`,
 //! `MDTM`+`SIZE`, `RNFR`+`RNTO`, `MDTM`+`EPSV`+`RETR` in one write, as lftp
@@ -780,16 +781,16 @@ pub struct DirListing {
     pub by_control: bool,
 }
 
-/// The listing in the body of a reply to `STAT .`: the lines between the
-/// first and the last, in `LIST` format. `None` when the reply is not a
-/// listing (one line, or a first line that is itself an entry); with it,
-/// whether a `.` entry was shown (the server lists every name).
 /// `CWD dir`, `STAT .` and `NOOP`, as one piece of a write.
 fn stat_commands(dir: &str) -> Result<String, FtpFailure> {
     let dir = checked(dir)?;
     Ok(format!("CWD {dir}\r\nSTAT .\r\nNOOP\r\n"))
 }
 
+/// The listing in the body of a reply to `STAT .`: the lines between the
+/// first and the last, in `LIST` format. `None` when the reply is not a
+/// listing (one line, or a first line that is itself an entry); with it,
+/// whether a `.` entry was shown (the server lists every name).
 pub fn stat_listing(body: &[u8], now: chrono::NaiveDateTime) -> Option<(Listing, bool)> {
     let body = body.strip_suffix(b"\n").unwrap_or(body);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
